@@ -1,0 +1,212 @@
+//! Running a command: retries after a lost race, `If-Match`, idempotency keys, and the response that
+//! every write answers with (status, body, `ETag`, `Location`, `X-Consistency-Token`).
+//!
+//! A command is an async function that loads what it needs, decides, and commits its events with
+//! [`Outcome::commit`]. It is called again when another writer got to a stream first, unless the client
+//! pinned a version with `If-Match`; then the lost race is a `412`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use events::store::{log_head, AppendTx};
+use events::{LogPosition, StoreError};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::extract::Write;
+use crate::AppState;
+
+/// How often a command is run again after losing a race for a stream.
+const ATTEMPTS: u32 = 50;
+
+const CONSISTENCY_TOKEN: &str = "x-consistency-token";
+
+/// What a successful command answers.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: StatusCode,
+    pub body: Value,
+    /// The resource's stream version after the command: the `ETag`.
+    pub version: i64,
+    pub location: Option<String>,
+    /// Where the command's last event landed; `None` until committed, or when nothing was appended.
+    pub position: Option<LogPosition>,
+}
+
+impl Outcome {
+    pub fn new(status: StatusCode, body: impl Serialize, version: i64) -> Self {
+        Outcome {
+            status,
+            // Serialising our own view types cannot fail.
+            body: serde_json::to_value(body).expect("views serialise to JSON"),
+            version,
+            location: None,
+            position: None,
+        }
+    }
+
+    pub fn located(mut self, location: String) -> Self {
+        self.location = Some(location);
+        self
+    }
+
+    /// Commits the command's transaction, storing the response under the request's idempotency key in
+    /// the same transaction so that a retried request gets exactly this answer and appends nothing.
+    pub async fn commit(
+        mut self,
+        mut tx: AppendTx,
+        write: &Write,
+        position: LogPosition,
+    ) -> Result<Outcome, ApiError> {
+        self.position = Some(position);
+        if let Some(key) = &write.idempotency_key {
+            let headers = serde_json::to_value(self.headers()).expect("header pairs serialise");
+            let stored = sqlx::query(
+                "INSERT INTO idempotency_keys (caller, key, request_hash, status, headers, body) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (caller, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, \
+                   status = EXCLUDED.status, headers = EXCLUDED.headers, body = EXCLUDED.body, created_at = now() \
+                 WHERE idempotency_keys.created_at < now() - interval '24 hours'",
+            )
+            .bind(&write.actor.id)
+            .bind(key)
+            .bind(&write.fingerprint)
+            .bind(self.status.as_u16() as i16)
+            .bind(headers)
+            .bind(self.body.to_string())
+            .execute(tx.connection())
+            .await?;
+            if stored.rows_affected() == 0 {
+                // The same key committed concurrently; our transaction is dropped (rolled back) and the
+                // caller answers with the stored response instead.
+                return Err(ApiError::VersionConflict);
+            }
+        }
+        tx.commit().await.map_err(|error| match error {
+            StoreError::Aborted => ApiError::VersionConflict,
+            other => other.into(),
+        })?;
+        Ok(self)
+    }
+
+    fn headers(&self) -> Vec<(String, String)> {
+        let mut headers = vec![("etag".to_owned(), format!("\"{}\"", self.version))];
+        if let Some(location) = &self.location {
+            headers.push(("location".to_owned(), location.clone()));
+        }
+        if let Some(position) = self.position {
+            headers.push((CONSISTENCY_TOKEN.to_owned(), position.to_string()));
+        }
+        headers
+    }
+}
+
+/// Runs a command with the write's idempotency key and retry rules, and renders its response.
+pub async fn execute<F, Fut>(
+    state: &AppState,
+    write: &Write,
+    command: F,
+) -> Result<Response, ApiError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Outcome, ApiError>>,
+{
+    if let Some(replayed) = replay(state, write).await? {
+        return Ok(replayed);
+    }
+    let mut attempt = 0;
+    let mut outcome = loop {
+        attempt += 1;
+        match command().await {
+            Err(ApiError::VersionConflict) if write.if_match.is_some() => {
+                return Err(ApiError::PreconditionFailed {
+                    details: "If-Match: the resource changed while this request was applied".into(),
+                })
+            }
+            Err(ApiError::VersionConflict) if attempt < ATTEMPTS => {
+                // The same idempotency key may just have committed; if so, that is our answer.
+                if let Some(replayed) = replay(state, write).await? {
+                    return Ok(replayed);
+                }
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            other => break other?,
+        }
+    };
+    if outcome.position.is_none() {
+        // Nothing was appended (an update that changed nothing): reading at the log head still
+        // guarantees the client sees at least the state it was just shown.
+        outcome.position = Some(log_head(state.store.pool()).await?);
+    }
+    Ok(render(
+        outcome.status,
+        &outcome.headers(),
+        outcome.body.to_string(),
+    ))
+}
+
+/// The stored response for a repeated idempotency key, or `409` when the key was used for another
+/// request.
+async fn replay(state: &AppState, write: &Write) -> Result<Option<Response>, ApiError> {
+    let Some(key) = &write.idempotency_key else {
+        return Ok(None);
+    };
+    let stored: Option<(
+        String,
+        i16,
+        sqlx::types::Json<Vec<(String, String)>>,
+        String,
+    )> = sqlx::query_as(
+        "SELECT request_hash, status, headers, body FROM idempotency_keys \
+         WHERE caller = $1 AND key = $2 AND created_at > now() - interval '24 hours'",
+    )
+    .bind(&write.actor.id)
+    .bind(key)
+    .fetch_optional(state.store.pool())
+    .await?;
+    let Some((fingerprint, status, headers, body)) = stored else {
+        return Ok(None);
+    };
+    if fingerprint != write.fingerprint {
+        return Err(ApiError::Conflict {
+            error: "Idempotency key reused".into(),
+            details: "Idempotency-Key: this key was already used for a different request".into(),
+        });
+    }
+    let status = StatusCode::from_u16(status as u16).map_err(anyhow::Error::from)?;
+    let mut response = render(status, &headers.0, body);
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok(Some(response))
+}
+
+fn render(status: StatusCode, headers: &[(String, String)], body: String) -> Response {
+    let mut map = HeaderMap::new();
+    map.insert("content-type", HeaderValue::from_static("application/json"));
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            map.insert(name, value);
+        }
+    }
+    (status, map, body).into_response()
+}
+
+/// Short, growing, jittered pauses: enough to let the winner commit without stalling the request.
+fn backoff(attempt: u32) -> Duration {
+    let base = 1u64 << attempt.min(5);
+    Duration::from_micros(base * 500 + rand_jitter())
+}
+
+fn rand_jitter() -> u64 {
+    // Good enough to spread retries apart; not used for anything secret.
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()) % 1_000)
+}

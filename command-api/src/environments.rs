@@ -1,0 +1,256 @@
+//! `POST`, `PUT` and `DELETE` of `/api/environments`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use chrono::Utc;
+use events::environment::{Environment, EnvironmentChanges, EnvironmentCommand};
+use events::organization::Organization;
+use events::values::{double_option, Description, Name};
+use events::views::EnvironmentView;
+use events::{Action, Aggregate, Loaded, Resource, Role};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::command::{execute, Outcome};
+use crate::error::ApiError;
+use crate::extract::{parse_id, Body, Write};
+use crate::fields::{
+    name_taken, optional_description, refuse_if_referenced, required_name, update_description,
+    update_name,
+};
+use crate::{organizations, AppState};
+
+/// Environment names are unique within their organization.
+fn name_scope(organization_id: Uuid) -> String {
+    format!("environment:{organization_id}")
+}
+
+const WITHIN: &str = " in this organization";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateEnvironment {
+    organization_id: Uuid,
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpdateEnvironment {
+    #[serde(default, with = "double_option")]
+    name: Option<Option<String>>,
+    #[serde(default, with = "double_option")]
+    description: Option<Option<String>>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    write: Write,
+    body: Body<CreateEnvironment>,
+) -> Result<Response, ApiError> {
+    let organization_id = body.value.organization_id;
+    let role = write
+        .actor
+        .authorize_in(organization_id, Resource::Environments, Action::Create)?;
+    let write = write.with_body(&body.digest);
+    let name = required_name(&body.value.name)?;
+    let description = optional_description(body.value.description.as_deref())?;
+    let id = Uuid::now_v7();
+    execute(&state, &write, || {
+        create_once(
+            &state,
+            &write,
+            role,
+            id,
+            organization_id,
+            &name,
+            &description,
+        )
+    })
+    .await
+}
+
+async fn create_once(
+    state: &AppState,
+    write: &Write,
+    role: Role,
+    id: Uuid,
+    organization_id: Uuid,
+    name: &Name,
+    description: &Option<Description>,
+) -> Result<Outcome, ApiError> {
+    let org = organizations::load(state, organization_id).await?;
+    let organization_name = org
+        .state
+        .live
+        .as_ref()
+        .map(|o| o.name.clone())
+        .unwrap_or_default();
+    let mut env = Loaded::<Environment>::new_stream();
+    let events = env.state.decide(EnvironmentCommand::Create {
+        id,
+        organization_id,
+        name: name.clone(),
+        description: description.clone(),
+    })?;
+    let events = env.record(
+        events,
+        &write.metadata(role, Some(organization_id)),
+        Utc::now(),
+    );
+    let stream = Environment::stream_id(id);
+    let org_stream = Organization::stream_id(organization_id);
+    let mut tx = state.store.begin().await?;
+    // The organization must still be the one we loaded (in particular, not deleted) at commit.
+    tx.require_version(&org_stream, org.version).await?;
+    tx.claim_name(&name_scope(organization_id), &name.unique_key(), &stream)
+        .await
+        .map_err(name_taken("Environment", name, WITHIN))?;
+    tx.add_reference(&org_stream, &stream).await?;
+    let appended = tx.append(&stream, 0, events).await?;
+    Outcome::new(
+        StatusCode::CREATED,
+        view(&env, organization_name)?,
+        appended.version,
+    )
+    .located(format!("/api/environments/{id}"))
+    .commit(tx, write, appended.position)
+    .await
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    write: Write,
+    body: Body<UpdateEnvironment>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    write
+        .actor
+        .authorize_anywhere(Resource::Environments, Action::Update)?;
+    let write = write.with_body(&body.digest);
+    let changes = EnvironmentChanges {
+        name: update_name(body.value.name.as_ref())?,
+        description: update_description(body.value.description.as_ref())?,
+    };
+    execute(&state, &write, || update_once(&state, &write, id, &changes)).await
+}
+
+async fn update_once(
+    state: &AppState,
+    write: &Write,
+    id: Uuid,
+    changes: &EnvironmentChanges,
+) -> Result<Outcome, ApiError> {
+    let (mut env, organization_id) = load(state, id).await?;
+    let role = write
+        .actor
+        .authorize_in(organization_id, Resource::Environments, Action::Update)?;
+    write.check_if_match(env.version)?;
+    let expected = env.version;
+    let organization_name = organization_name(state, organization_id).await?;
+    let old_name = view(&env, String::new())?.name;
+    let events = env
+        .state
+        .decide(EnvironmentCommand::Update(changes.clone()))?;
+    if events.is_empty() {
+        return Ok(Outcome::new(
+            StatusCode::OK,
+            view(&env, organization_name)?,
+            env.version,
+        ));
+    }
+    let events = env.record(
+        events,
+        &write.metadata(role, Some(organization_id)),
+        Utc::now(),
+    );
+    let body = view(&env, organization_name)?;
+    let stream = Environment::stream_id(id);
+    let scope = name_scope(organization_id);
+    let mut tx = state.store.begin().await?;
+    if let Some(name) = &changes.name {
+        tx.release_name(&scope, &old_name.to_lowercase(), &stream)
+            .await?;
+        tx.claim_name(&scope, &name.unique_key(), &stream)
+            .await
+            .map_err(name_taken("Environment", name, WITHIN))?;
+    }
+    let appended = tx.append(&stream, expected, events).await?;
+    Outcome::new(StatusCode::OK, body, appended.version)
+        .commit(tx, write, appended.position)
+        .await
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    write: Write,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    write
+        .actor
+        .authorize_anywhere(Resource::Environments, Action::Delete)?;
+    execute(&state, &write, || delete_once(&state, &write, id)).await
+}
+
+async fn delete_once(state: &AppState, write: &Write, id: Uuid) -> Result<Outcome, ApiError> {
+    let (mut env, organization_id) = load(state, id).await?;
+    let role = write
+        .actor
+        .authorize_in(organization_id, Resource::Environments, Action::Delete)?;
+    write.check_if_match(env.version)?;
+    let expected = env.version;
+    let name = view(&env, String::new())?.name;
+    let events = env.state.decide(EnvironmentCommand::Delete)?;
+    let events = env.record(
+        events,
+        &write.metadata(role, Some(organization_id)),
+        Utc::now(),
+    );
+    let stream = Environment::stream_id(id);
+    let org_stream = Organization::stream_id(organization_id);
+    let mut tx = state.store.begin().await?;
+    let appended = tx.append(&stream, expected, events).await?;
+    refuse_if_referenced(&mut tx, &stream, "Environment").await?;
+    tx.release_name(&name_scope(organization_id), &name.to_lowercase(), &stream)
+        .await?;
+    tx.remove_reference(&org_stream, &stream).await?;
+    Outcome::new(
+        StatusCode::OK,
+        json!({ "success": true, "id": id }),
+        appended.version,
+    )
+    .commit(tx, write, appended.position)
+    .await
+}
+
+/// Loads a live environment and its organization's id, or answers `404`.
+async fn load(state: &AppState, id: Uuid) -> Result<(Loaded<Environment>, Uuid), ApiError> {
+    let env = state.store.load::<Environment>(id).await?;
+    match env.state.live.as_ref().map(|e| e.organization_id) {
+        Some(organization_id) => Ok((env, organization_id)),
+        None => Err(ApiError::not_found("Environment", id)),
+    }
+}
+
+async fn organization_name(state: &AppState, organization_id: Uuid) -> Result<String, ApiError> {
+    let org = organizations::load(state, organization_id).await?;
+    Ok(org.state.live.map(|o| o.name).unwrap_or_default())
+}
+
+fn view(env: &Loaded<Environment>, organization_name: String) -> Result<EnvironmentView, ApiError> {
+    env.state
+        .live
+        .as_ref()
+        .map(|e| EnvironmentView::new(e, organization_name))
+        .ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!(
+                "environment state missing after a successful decision"
+            ))
+        })
+}

@@ -1,0 +1,203 @@
+//! `POST`, `PUT` and `DELETE` of `/api/organizations`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use chrono::Utc;
+use events::organization::{Organization, OrganizationChanges, OrganizationCommand};
+use events::values::{double_option, Description, Name};
+use events::views::OrganizationView;
+use events::{Action, Aggregate, Loaded, Resource, Role};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::command::{execute, Outcome};
+use crate::error::ApiError;
+use crate::extract::{parse_id, Body, Write};
+use crate::fields::{
+    name_taken, optional_description, required_name, update_description, update_name,
+};
+use crate::AppState;
+
+/// Organization names are unique platform-wide.
+const NAME_SCOPE: &str = "organization";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateOrganization {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpdateOrganization {
+    #[serde(default, with = "double_option")]
+    name: Option<Option<String>>,
+    #[serde(default, with = "double_option")]
+    description: Option<Option<String>>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    write: Write,
+    body: Body<CreateOrganization>,
+) -> Result<Response, ApiError> {
+    let role = write
+        .actor
+        .authorize_platform(Resource::Organizations, Action::Create)?;
+    let write = write.with_body(&body.digest);
+    let name = required_name(&body.value.name)?;
+    let description = optional_description(body.value.description.as_deref())?;
+    let id = Uuid::now_v7();
+    execute(&state, &write, || {
+        create_once(&state, &write, role, id, &name, &description)
+    })
+    .await
+}
+
+async fn create_once(
+    state: &AppState,
+    write: &Write,
+    role: Role,
+    id: Uuid,
+    name: &Name,
+    description: &Option<Description>,
+) -> Result<Outcome, ApiError> {
+    let mut org = Loaded::<Organization>::new_stream();
+    let events = org.state.decide(OrganizationCommand::Create {
+        id,
+        name: name.clone(),
+        description: description.clone(),
+    })?;
+    let stream = Organization::stream_id(id);
+    let events = org.record(events, &write.metadata(role, Some(id)), Utc::now());
+    let mut tx = state.store.begin().await?;
+    tx.claim_name(NAME_SCOPE, &name.unique_key(), &stream)
+        .await
+        .map_err(name_taken("Organization", name, ""))?;
+    let appended = tx.append(&stream, 0, events).await?;
+    Outcome::new(StatusCode::CREATED, view(&org)?, appended.version)
+        .located(format!("/api/organizations/{id}"))
+        .commit(tx, write, appended.position)
+        .await
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    write: Write,
+    body: Body<UpdateOrganization>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let role = write
+        .actor
+        .authorize_in(id, Resource::Organizations, Action::Update)?;
+    let write = write.with_body(&body.digest);
+    let changes = OrganizationChanges {
+        name: update_name(body.value.name.as_ref())?,
+        description: update_description(body.value.description.as_ref())?,
+    };
+    execute(&state, &write, || {
+        update_once(&state, &write, role, id, &changes)
+    })
+    .await
+}
+
+async fn update_once(
+    state: &AppState,
+    write: &Write,
+    role: Role,
+    id: Uuid,
+    changes: &OrganizationChanges,
+) -> Result<Outcome, ApiError> {
+    let mut org = load(state, id).await?;
+    write.check_if_match(org.version)?;
+    let expected = org.version;
+    let old_name = view(&org)?.name;
+    let events = org
+        .state
+        .decide(OrganizationCommand::Update(changes.clone()))?;
+    if events.is_empty() {
+        return Ok(Outcome::new(StatusCode::OK, view(&org)?, org.version));
+    }
+    let events = org.record(events, &write.metadata(role, Some(id)), Utc::now());
+    let body = view(&org)?;
+    let stream = Organization::stream_id(id);
+    let mut tx = state.store.begin().await?;
+    if let Some(name) = &changes.name {
+        tx.release_name(NAME_SCOPE, &old_name.to_lowercase(), &stream)
+            .await?;
+        tx.claim_name(NAME_SCOPE, &name.unique_key(), &stream)
+            .await
+            .map_err(name_taken("Organization", name, ""))?;
+    }
+    let appended = tx.append(&stream, expected, events).await?;
+    Outcome::new(StatusCode::OK, body, appended.version)
+        .commit(tx, write, appended.position)
+        .await
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    write: Write,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let role = write
+        .actor
+        .authorize_in(id, Resource::Organizations, Action::Delete)?;
+    execute(&state, &write, || delete_once(&state, &write, role, id)).await
+}
+
+async fn delete_once(
+    state: &AppState,
+    write: &Write,
+    role: Role,
+    id: Uuid,
+) -> Result<Outcome, ApiError> {
+    let mut org = load(state, id).await?;
+    write.check_if_match(org.version)?;
+    let expected = org.version;
+    let name = view(&org)?.name;
+    let events = org.state.decide(OrganizationCommand::Delete)?;
+    let events = org.record(events, &write.metadata(role, Some(id)), Utc::now());
+    let stream = Organization::stream_id(id);
+    let mut tx = state.store.begin().await?;
+    let appended = tx.append(&stream, expected, events).await?;
+    // Checked after the append took the stream's lock: an environment being created concurrently
+    // either committed its reference already or will find the organization changed.
+    crate::fields::refuse_if_referenced(&mut tx, &stream, "Organization").await?;
+    tx.release_name(NAME_SCOPE, &name.to_lowercase(), &stream)
+        .await?;
+    Outcome::new(
+        StatusCode::OK,
+        json!({ "success": true, "id": id }),
+        appended.version,
+    )
+    .commit(tx, write, appended.position)
+    .await
+}
+
+/// Loads a live organization, or answers `404`.
+pub async fn load(state: &AppState, id: Uuid) -> Result<Loaded<Organization>, ApiError> {
+    let org = state.store.load::<Organization>(id).await?;
+    if org.state.live.is_none() {
+        return Err(ApiError::not_found("Organization", id));
+    }
+    Ok(org)
+}
+
+fn view(org: &Loaded<Organization>) -> Result<OrganizationView, ApiError> {
+    org.state
+        .live
+        .as_ref()
+        .map(OrganizationView::from)
+        .ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!(
+                "organization state missing after a successful decision"
+            ))
+        })
+}

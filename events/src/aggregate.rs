@@ -1,0 +1,88 @@
+//! The aggregate contract: state folded from a stream's events, and the pure decision of which events a
+//! command produces. No I/O here; the store loads and appends, services orchestrate.
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Why a command was refused by the domain rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("not found")]
+    NotFound,
+    #[error("already exists")]
+    AlreadyExists,
+}
+
+impl DomainError {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        DomainError::Invalid {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+pub trait Aggregate:
+    Default + Clone + Serialize + DeserializeOwned + Send + Sync + Unpin + 'static
+{
+    /// The stream-name prefix and Kafka topic suffix, e.g. `organization`.
+    const TYPE: &'static str;
+    /// Bumped whenever the state's shape changes, so that stale snapshots are ignored.
+    const SNAPSHOT_SCHEMA: i32 = 1;
+
+    type Event: Serialize + DeserializeOwned + Send + Sync;
+    type Command;
+
+    fn apply(&mut self, event: &Self::Event, at: DateTime<Utc>);
+
+    /// Decides which events `command` produces from the current state. Producing no events is a
+    /// valid answer (an update that changes nothing).
+    fn decide(&self, command: Self::Command) -> Result<Vec<Self::Event>, DomainError>;
+
+    fn stream_id(id: Uuid) -> String {
+        format!("{}-{}", Self::TYPE, id)
+    }
+}
+
+/// An aggregate's state with the stream version it was folded up to (0: the stream does not exist).
+#[derive(Debug, Clone)]
+pub struct Loaded<A> {
+    pub state: A,
+    pub version: i64,
+}
+
+impl<A: Aggregate> Loaded<A> {
+    /// Applies freshly decided events to this state and wraps them for the store, with the same
+    /// timestamp on both sides, so the state answered to the client is the state the log will fold to.
+    pub fn record(
+        &mut self,
+        events: Vec<A::Event>,
+        metadata: &crate::envelope::EventMetadata,
+        at: DateTime<Utc>,
+    ) -> Vec<crate::envelope::NewEvent> {
+        events
+            .iter()
+            .map(|event| {
+                let new = crate::envelope::NewEvent::new(event, metadata.clone(), at);
+                self.state.apply(event, new.recorded_at);
+                self.version += 1;
+                new
+            })
+            .collect()
+    }
+
+    /// A state that does not exist yet, for commands that create a stream.
+    pub fn new_stream() -> Self {
+        Loaded {
+            state: A::default(),
+            version: 0,
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! The shared kernel of the platform: domain events and their envelope, the aggregates that decide
+//! them, the event store, the actor and permission model, and bearer-token verification.
+//! Nothing here knows about HTTP servers; the service crates build on it.
+
+pub mod access;
+pub mod aggregate;
+pub mod auth;
+pub mod envelope;
+pub mod environment;
+pub mod organization;
+pub mod store;
+pub mod token;
+pub mod values;
+pub mod views;
+
+pub use access::{AccessError, Action, Actor, Resource, Role};
+pub use aggregate::{Aggregate, DomainError, Loaded};
+pub use envelope::{ActorRef, EventMetadata, LogPosition, NewEvent, RecordedEvent};
+pub use store::{Appended, EventStore, ExpectedVersion, PgEventStore, StoreError};

@@ -1,0 +1,32 @@
+//! Projection workers and the operator commands around them.
+//!
+//! Each projection reads the event log from its checkpoint and keeps its read-model tables; see
+//! [`projection`] for the contract, [`worker`] for how one runs live, [`rebuild`] for rebuilding
+//! without downtime.
+
+pub mod ops;
+pub mod projection;
+pub mod rebuild;
+pub mod status;
+pub mod tenants;
+pub mod worker;
+
+use std::sync::Arc;
+
+pub use projection::Projection;
+
+/// Every projection the system runs.
+pub fn projections() -> Vec<Arc<dyn Projection>> {
+    vec![Arc::new(tenants::Tenants)]
+}
+
+/// Spawns a live runner for each projection on the current runtime.
+pub fn spawn_workers(
+    pool: &sqlx::PgPool,
+    config: worker::WorkerConfig,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    projections()
+        .into_iter()
+        .map(|projection| tokio::spawn(worker::run(pool.clone(), projection, config.clone())))
+        .collect()
+}

@@ -1,0 +1,102 @@
+//! The projector process: `projector` runs every projection; `projector rebuild <name|all>` and
+//! `projector status` are the operator's commands.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use projector::rebuild::rebuild;
+use projector::status::statuses;
+use projector::{projections, spawn_workers};
+use sqlx::postgres::PgPoolOptions;
+
+#[derive(Parser)]
+#[command(about = "Projection workers and the operator commands around them")]
+struct Cli {
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Where /healthz, /readyz and /metrics are served while running.
+    #[arg(long, env = "PROJECTOR_ADDR", default_value = "127.0.0.1:8083")]
+    addr: SocketAddr,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every projection (the default).
+    Run,
+    /// Rebuild a projection (or `all`) from the start of the log, then swap it in.
+    Rebuild { name: String },
+    /// Print each projection's position and lag.
+    Status,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&cli.database_url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    events::store::migrate(&pool)
+        .await
+        .context("applying migrations")?;
+
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let metrics =
+                metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+            let _workers = spawn_workers(&pool, Default::default());
+            let listener = tokio::net::TcpListener::bind(cli.addr).await?;
+            tracing::info!(addr = %cli.addr, "projector running");
+            axum::serve(listener, projector::ops::router(pool, metrics)).await?;
+        }
+        Command::Rebuild { name } => {
+            let chosen: Vec<_> = projections()
+                .into_iter()
+                .filter(|p| name == "all" || p.name() == name)
+                .collect();
+            anyhow::ensure!(!chosen.is_empty(), "no projection named {name:?}");
+            for projection in chosen {
+                let done = rebuild(&pool, projection.as_ref(), |p| {
+                    println!(
+                        "rebuild {}: {}/{} events, {:.0} events/s",
+                        projection.name(),
+                        p.applied,
+                        p.total,
+                        p.events_per_second()
+                    )
+                })
+                .await
+                .with_context(|| format!("rebuilding {}", projection.name()))?;
+                println!(
+                    "rebuilt {}: {} events in {:.2} s ({:.0} events/s)",
+                    projection.name(),
+                    done.applied,
+                    done.elapsed.as_secs_f64(),
+                    done.events_per_second()
+                );
+            }
+        }
+        Command::Status => {
+            println!(
+                "{:<20} {:>14} {:>14} {:>10} {:>10}",
+                "projection", "transaction", "position", "behind", "lag (s)"
+            );
+            for s in statuses(&pool).await? {
+                println!(
+                    "{:<20} {:>14} {:>14} {:>10} {:>10.1}",
+                    s.name, s.transaction_id, s.global_position, s.behind, s.lag_seconds
+                );
+            }
+        }
+    }
+    Ok(())
+}

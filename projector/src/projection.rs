@@ -1,0 +1,105 @@
+//! The projection contract and the one batch step every runner uses: read the next events after a
+//! position and apply them, inside the caller's transaction.
+
+use async_trait::async_trait;
+use events::store::read_log;
+use events::{LogPosition, RecordedEvent};
+use sqlx::PgConnection;
+
+/// The schema live read models sit in; query-api reads from it.
+pub const LIVE_SCHEMA: &str = "read_models";
+
+/// The channel a projection notifies on when its checkpoint moves; the payload is its name.
+pub const CHECKPOINT_CHANNEL: &str = "projection_checkpoints";
+
+#[async_trait]
+pub trait Projection: Send + Sync {
+    /// Its checkpoint's name, also what `projector rebuild <name>` takes.
+    fn name(&self) -> &'static str;
+
+    /// The tables it owns. They are created by the migrations in [`LIVE_SCHEMA`]; a rebuild copies their
+    /// definitions.
+    fn tables(&self) -> &'static [&'static str];
+
+    /// Applies events, in log order, to its tables, named without a schema: the runner sets the
+    /// `search_path` to the live schema or to a rebuild's scratch schema. Events of types it does not
+    /// handle are passed too, and ignored.
+    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()>;
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch {
+    pub events: usize,
+    pub last: LogPosition,
+}
+
+/// Reads up to `limit` events after `after` and applies them to the tables in `schema`, in the
+/// caller's transaction. `None` when there was nothing to read.
+pub async fn apply_next_batch(
+    tx: &mut PgConnection,
+    projection: &dyn Projection,
+    schema: &str,
+    after: LogPosition,
+    limit: i64,
+) -> anyhow::Result<Option<Batch>> {
+    // `schema` is one of our own identifiers (the live schema or a rebuild's), never request input.
+    sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
+        .execute(&mut *tx)
+        .await?;
+    let events = read_log(&mut *tx, after, limit).await?;
+    let Some(last) = events.last().map(RecordedEvent::position) else {
+        return Ok(None);
+    };
+    projection.apply(tx, &events).await?;
+    Ok(Some(Batch {
+        events: events.len(),
+        last,
+    }))
+}
+
+pub async fn ensure_checkpoint(conn: &mut PgConnection, name: &str) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(name)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Locks the projection's checkpoint row until the transaction ends and returns it. Live batches and a
+/// rebuild's swap both take this lock, so they never interleave.
+pub async fn lock_checkpoint(tx: &mut PgConnection, name: &str) -> sqlx::Result<LogPosition> {
+    let (transaction_id, global_position): (i64, i64) = sqlx::query_as(
+        "SELECT transaction_id, global_position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
+    )
+    .bind(name)
+    .fetch_one(tx)
+    .await?;
+    Ok(LogPosition {
+        transaction_id,
+        global_position,
+    })
+}
+
+/// Moves the checkpoint (in the transaction that applied the events) and tells waiting readers.
+pub async fn save_checkpoint(
+    tx: &mut PgConnection,
+    name: &str,
+    position: LogPosition,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE projection_checkpoints SET transaction_id = $2, global_position = $3, updated_at = now() \
+         WHERE name = $1",
+    )
+    .bind(name)
+    .bind(position.transaction_id)
+    .bind(position.global_position)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHECKPOINT_CHANNEL)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! `GET /api/environments?organizationId=` and `GET /api/environments/{id}`, from the `tenants` read
+//! model.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use events::views::{EnvironmentView, NamedRef};
+use events::{Action, Resource};
+use uuid::Uuid;
+
+use crate::consistency::ReadConsistency;
+use crate::error::ApiError;
+use crate::extract::{parse_id, Caller, Params};
+use crate::organizations::PROJECTION;
+use crate::pagination::{contains_pattern, Page, PageRequest};
+use crate::AppState;
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    organization_id: Uuid,
+    organization_name: String,
+    name: String,
+    description: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<Row> for EnvironmentView {
+    fn from(r: Row) -> Self {
+        EnvironmentView {
+            id: r.id,
+            organization_id: r.organization_id,
+            organization: NamedRef {
+                name: r.organization_name,
+            },
+            name: r.name,
+            description: r.description,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+const COLUMNS: &str =
+    "id, organization_id, organization_name, name, description, created_at, updated_at";
+
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    consistency: ReadConsistency,
+    params: Params,
+) -> Result<Json<Page<EnvironmentView>>, ApiError> {
+    let organization_id = params
+        .uuid("organizationId")?
+        .ok_or_else(|| ApiError::invalid("organizationId", "is required"))?;
+    actor.authorize_in(organization_id, Resource::Environments, Action::Read)?;
+    let page = PageRequest::parse(params.get("page"), params.get("limit"))?;
+    let pattern = params.search()?.map(contains_pattern);
+    state.consistency.wait(PROJECTION, consistency).await?;
+
+    let organization_exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM read_models.organizations WHERE id = $1)")
+            .bind(organization_id)
+            .fetch_one(&state.pool)
+            .await?;
+    if !organization_exists {
+        return Err(ApiError::not_found("Organization", organization_id));
+    }
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM read_models.environments \
+         WHERE organization_id = $1 AND ($2::text IS NULL OR name ILIKE $2) \
+         ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
+    ))
+    .bind(organization_id)
+    .bind(&pattern)
+    .bind(page.limit)
+    .bind(page.offset())
+    .fetch_all(&state.pool)
+    .await?;
+    let total: i64 = match &pattern {
+        None => sqlx::query_scalar("SELECT COALESCE((SELECT count FROM read_models.tenant_counts WHERE scope = $1), 0)")
+            .bind(format!("environments:{organization_id}"))
+            .fetch_one(&state.pool)
+            .await?,
+        Some(pattern) => sqlx::query_scalar(
+            "SELECT count(*) FROM read_models.environments WHERE organization_id = $1 AND name ILIKE $2",
+        )
+        .bind(organization_id)
+        .bind(pattern)
+        .fetch_one(&state.pool)
+        .await?,
+    };
+    Ok(Json(Page::new(
+        rows.into_iter().map(Into::into).collect(),
+        page,
+        total,
+    )))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    consistency: ReadConsistency,
+    Path(id): Path<String>,
+) -> Result<Json<EnvironmentView>, ApiError> {
+    let id = parse_id(&id)?;
+    actor.authorize_anywhere(Resource::Environments, Action::Read)?;
+    state.consistency.wait(PROJECTION, consistency).await?;
+    let row: Option<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM read_models.environments WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await?;
+    let row = row.ok_or_else(|| ApiError::not_found("Environment", id))?;
+    actor.authorize_in(row.organization_id, Resource::Environments, Action::Read)?;
+    Ok(Json(row.into()))
+}

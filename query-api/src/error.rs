@@ -1,0 +1,106 @@
+//! The one error type of query-api: every failure becomes a status code and an `{error, details}`
+//! body here and nowhere else.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use events::auth::AuthError;
+use events::token::TokenError;
+use events::AccessError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{error}")]
+    BadRequest { error: String, details: String },
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{error}")]
+    NotFound { error: String, details: String },
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn invalid(field: &str, message: impl std::fmt::Display) -> Self {
+        ApiError::BadRequest {
+            error: "Invalid request".into(),
+            details: format!("{field}: {message}"),
+        }
+    }
+
+    pub fn not_found(resource: &str, id: impl std::fmt::Display) -> Self {
+        ApiError::NotFound {
+            error: format!("{resource} not found"),
+            details: format!("no {} with id {id}", resource.to_lowercase()),
+        }
+    }
+}
+
+impl From<AccessError> for ApiError {
+    fn from(error: AccessError) -> Self {
+        match error {
+            AccessError::Forbidden { .. } => ApiError::Forbidden(error.to_string()),
+            AccessError::Hidden => ApiError::NotFound {
+                error: "Not found".into(),
+                details: String::new(),
+            },
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Token(TokenError::KeysUnavailable(source)) => {
+                tracing::error!(error = %source, "cannot fetch the issuer's signing keys");
+                ApiError::Unavailable(
+                    "the identity provider's signing keys could not be fetched".into(),
+                )
+            }
+            other => ApiError::Unauthorized(other.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        ApiError::Internal(error.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error, details) = match self {
+            ApiError::BadRequest { error, details } => (StatusCode::BAD_REQUEST, error, details),
+            ApiError::Unauthorized(details) => {
+                (StatusCode::UNAUTHORIZED, "Unauthorized".into(), details)
+            }
+            ApiError::Forbidden(error) => (StatusCode::FORBIDDEN, error, String::new()),
+            ApiError::NotFound { error, details } => (StatusCode::NOT_FOUND, error, details),
+            ApiError::Unavailable(details) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable".into(),
+                details,
+            ),
+            ApiError::Internal(error) => {
+                tracing::error!(error = format!("{error:#}"), "request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal Server Error".into(),
+                    String::new(),
+                )
+            }
+        };
+        let body = if details.is_empty() {
+            json!({ "error": error })
+        } else {
+            json!({ "error": error, "details": details })
+        };
+        (status, Json(body)).into_response()
+    }
+}

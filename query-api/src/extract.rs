@@ -1,0 +1,79 @@
+//! Extractors for reads: the authenticated caller and the list query parameters.
+
+use std::collections::HashMap;
+
+use axum::extract::{FromRequestParts, Query};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use events::Actor;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// The authenticated caller of a read.
+pub struct Caller(pub Actor);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let authorization = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        Ok(Caller(state.auth.authenticate(authorization).await?))
+    }
+}
+
+/// The query string as named parameters; each endpoint parses the ones it takes.
+pub struct Params(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(params) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::invalid("query", e.body_text()))?;
+        Ok(Params(params))
+    }
+}
+
+impl Params {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    pub fn uuid(&self, name: &str) -> Result<Option<Uuid>, ApiError> {
+        self.get(name)
+            .map(|raw| {
+                raw.parse()
+                    .map_err(|_| ApiError::invalid(name, format!("{raw:?} is not a valid UUID")))
+            })
+            .transpose()
+    }
+
+    /// The `search` term, if any; an empty one means no filter.
+    pub fn search(&self) -> Result<Option<&str>, ApiError> {
+        match self.get("search") {
+            Some(s) if s.chars().count() > events::values::NAME_MAX_CHARS => {
+                Err(ApiError::invalid(
+                    "search",
+                    format!(
+                        "must be at most {} characters",
+                        events::values::NAME_MAX_CHARS
+                    ),
+                ))
+            }
+            Some("") | None => Ok(None),
+            Some(s) => Ok(Some(s)),
+        }
+    }
+}
+
+/// Parses a path id, answering `400` for anything that is not a UUID.
+pub fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::invalid("id", format!("{raw:?} is not a valid UUID")))
+}

@@ -1,0 +1,47 @@
+//! The query-api process: configuration from the environment (API.md §1), migrations, then serve.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use events::auth::{AuthConfig, Authenticator};
+use query_api::consistency::Consistency;
+use query_api::{router, AppState};
+use sqlx::postgres::PgPoolOptions;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let database_url = std::env::var("DATABASE_URL").context("DATABASE_URL is not set")?;
+    let addr: SocketAddr = std::env::var("QUERY_API_ADDR")
+        .unwrap_or_else(|_| "127.0.0.1:8082".into())
+        .parse()
+        .context("QUERY_API_ADDR")?;
+    let pool = PgPoolOptions::new()
+        .max_connections(40)
+        .connect(&database_url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    events::store::migrate(&pool)
+        .await
+        .context("applying migrations")?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let state = AppState {
+        consistency: Consistency::start(pool.clone()),
+        pool,
+        auth: Arc::new(Authenticator::new(AuthConfig::from_env()?)),
+        metrics,
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "query-api listening");
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
+    Ok(())
+}

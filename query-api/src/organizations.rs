@@ -1,0 +1,100 @@
+//! `GET /api/organizations` and `GET /api/organizations/{id}`, from the `tenants` read model.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use events::views::OrganizationView;
+use events::{Action, Resource};
+use uuid::Uuid;
+
+use crate::consistency::ReadConsistency;
+use crate::error::ApiError;
+use crate::extract::{parse_id, Caller, Params};
+use crate::pagination::{contains_pattern, Page, PageRequest};
+use crate::AppState;
+
+pub const PROJECTION: &str = "tenants";
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    name: String,
+    description: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<Row> for OrganizationView {
+    fn from(r: Row) -> Self {
+        OrganizationView {
+            id: r.id,
+            name: r.name,
+            description: r.description,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    consistency: ReadConsistency,
+    params: Params,
+) -> Result<Json<Page<OrganizationView>>, ApiError> {
+    actor.authorize_anywhere(Resource::Organizations, Action::Read)?;
+    let page = PageRequest::parse(params.get("page"), params.get("limit"))?;
+    let pattern = params.search()?.map(contains_pattern);
+    let visible = actor.visible_organizations();
+    state.consistency.wait(PROJECTION, consistency).await?;
+
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, name, description, created_at, updated_at FROM read_models.organizations \
+         WHERE ($1::uuid[] IS NULL OR id = ANY($1)) AND ($2::text IS NULL OR name ILIKE $2) \
+         ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4",
+    )
+    .bind(&visible)
+    .bind(&pattern)
+    .bind(page.limit)
+    .bind(page.offset())
+    .fetch_all(&state.pool)
+    .await?;
+    let total: i64 = if visible.is_none() && pattern.is_none() {
+        sqlx::query_scalar("SELECT COALESCE((SELECT count FROM read_models.tenant_counts WHERE scope = 'organizations'), 0)")
+            .fetch_one(&state.pool)
+            .await?
+    } else {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM read_models.organizations \
+             WHERE ($1::uuid[] IS NULL OR id = ANY($1)) AND ($2::text IS NULL OR name ILIKE $2)",
+        )
+        .bind(&visible)
+        .bind(&pattern)
+        .fetch_one(&state.pool)
+        .await?
+    };
+    Ok(Json(Page::new(
+        rows.into_iter().map(Into::into).collect(),
+        page,
+        total,
+    )))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    consistency: ReadConsistency,
+    Path(id): Path<String>,
+) -> Result<Json<OrganizationView>, ApiError> {
+    let id = parse_id(&id)?;
+    actor.authorize_in(id, Resource::Organizations, Action::Read)?;
+    state.consistency.wait(PROJECTION, consistency).await?;
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT id, name, description, created_at, updated_at FROM read_models.organizations WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await?;
+    row.map(|r| Json(r.into()))
+        .ok_or_else(|| ApiError::not_found("Organization", id))
+}

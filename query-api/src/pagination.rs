@@ -1,0 +1,130 @@
+//! `page`/`limit` parameters and the `{data, pagination}` envelope of list responses (seed 001).
+
+use serde::Serialize;
+
+use crate::error::ApiError;
+
+pub const DEFAULT_LIMIT: i64 = 10;
+pub const MAX_LIMIT: i64 = 100;
+
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest {
+    pub page: i64,
+    pub limit: i64,
+}
+
+impl PageRequest {
+    pub fn parse(page: Option<&str>, limit: Option<&str>) -> Result<Self, ApiError> {
+        let page = match page {
+            None => 1,
+            Some(raw) => raw
+                .parse()
+                .ok()
+                .filter(|p| *p >= 1)
+                .ok_or_else(|| ApiError::invalid("page", "must be an integer of at least 1"))?,
+        };
+        let limit = match limit {
+            None => DEFAULT_LIMIT,
+            Some(raw) => raw
+                .parse()
+                .ok()
+                .filter(|l| (1..=MAX_LIMIT).contains(l))
+                .ok_or_else(|| {
+                    ApiError::invalid("limit", format!("must be an integer from 1 to {MAX_LIMIT}"))
+                })?,
+        };
+        Ok(PageRequest { page, limit })
+    }
+
+    pub fn offset(&self) -> i64 {
+        (self.page - 1).saturating_mul(self.limit)
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pagination {
+    pub page: i64,
+    pub limit: i64,
+    pub total: i64,
+    pub total_pages: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub pagination: Pagination,
+}
+
+impl<T> Page<T> {
+    pub fn new(data: Vec<T>, request: PageRequest, total: i64) -> Self {
+        Page {
+            data,
+            pagination: Pagination {
+                page: request.page,
+                limit: request.limit,
+                total,
+                total_pages: (total + request.limit - 1) / request.limit,
+            },
+        }
+    }
+}
+
+/// A `search` term as an ILIKE pattern matching it as a substring, with `%`, `_` and `\` taken
+/// literally.
+pub fn contains_pattern(search: &str) -> String {
+    let mut pattern = String::with_capacity(search.len() + 2);
+    pattern.push('%');
+    for c in search.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_and_pages_are_checked() {
+        assert_eq!(PageRequest::parse(None, None).unwrap().limit, 10);
+        assert_eq!(
+            PageRequest::parse(Some("3"), Some("100")).unwrap().offset(),
+            200
+        );
+        for (page, limit) in [
+            (Some("0"), None),
+            (Some("x"), None),
+            (None, Some("101")),
+            (None, Some("0")),
+            (None, Some("-1")),
+        ] {
+            assert!(
+                PageRequest::parse(page, limit).is_err(),
+                "{page:?} {limit:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn total_pages_round_up() {
+        let request = PageRequest::parse(None, Some("10")).unwrap();
+        assert_eq!(
+            Page::<()>::new(vec![], request, 42).pagination.total_pages,
+            5
+        );
+        assert_eq!(
+            Page::<()>::new(vec![], request, 0).pagination.total_pages,
+            0
+        );
+    }
+
+    #[test]
+    fn search_wildcards_are_literal() {
+        assert_eq!(contains_pattern(r"50%_a\b"), r"%50\%\_a\\b%");
+    }
+}

@@ -1,0 +1,290 @@
+//! What the black-box tests and the benchmark share: a fresh database, a local issuer, and the whole
+//! system (command-api, query-api, projector) started on real ports against them.
+
+pub mod issuer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use events::auth::{parse_subjects, AuthConfig, Authenticator};
+use events::token::TokenConfig;
+use events::PgEventStore;
+use issuer::{Issuer, SigningKey};
+use reqwest::Method;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+use tokio::task::JoinHandle;
+
+/// The subject that holds the System role in tests.
+pub const SYSTEM_ADMIN: &str = "system-admin";
+pub const AUDIENCE: &str = "admin-platform-tests";
+
+pub fn fixture_key(n: u8) -> SigningKey {
+    let path = format!("{}/fixtures/issuer-key-{n}.pem", env!("CARGO_MANIFEST_DIR"));
+    let pem = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    SigningKey::from_pem(&format!("test-key-{n}"), &pem).expect("fixture keys parse")
+}
+
+/// The server that test databases are created on: `TEST_DATABASE_URL`, or the local default.
+fn server_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A freshly created, migrated database, dropped when this value is dropped.
+pub struct TestDb {
+    pub pool: PgPool,
+    pub name: String,
+    server: PgConnectOptions,
+}
+
+impl TestDb {
+    pub async fn create() -> anyhow::Result<Self> {
+        Self::create_with_pool_size(20).await
+    }
+
+    pub async fn create_with_pool_size(max_connections: u32) -> anyhow::Result<Self> {
+        let server: PgConnectOptions = server_url().parse().context("TEST_DATABASE_URL")?;
+        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = server
+            .connect()
+            .await
+            .context("connecting to the test server")?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await?;
+        admin.close().await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(server.clone().database(&name))
+            .await?;
+        events::store::migrate(&pool).await?;
+        Ok(TestDb { pool, name, server })
+    }
+
+    pub fn connect_options(&self) -> PgConnectOptions {
+        self.server.clone().database(&self.name)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop runs outside async context: a short-lived thread and runtime do the cleanup.
+        let server = self.server.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(runtime) = runtime {
+                runtime.block_on(async {
+                    if let Ok(mut admin) = server.connect().await {
+                        let _ =
+                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .execute(&mut admin)
+                                .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// Serves `router` on a random local port.
+pub async fn serve(router: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding a local port");
+    let addr = listener.local_addr().expect("a bound address");
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await;
+    });
+    addr
+}
+
+pub async fn start_issuer() -> Issuer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding a local port");
+    let url = format!(
+        "http://{}/",
+        listener.local_addr().expect("a bound address")
+    );
+    let issuer = Issuer::new(url, AUDIENCE.into(), fixture_key(1));
+    let router = issuer.router();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    issuer
+}
+
+/// The whole system on local ports, over its own database.
+pub struct TestApp {
+    pub db: TestDb,
+    pub store: PgEventStore,
+    pub issuer: Issuer,
+    pub command_url: String,
+    pub query_url: String,
+    pub http: reqwest::Client,
+    /// A System user's bearer token.
+    pub admin_token: String,
+    projector: Vec<JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with_pool_size(20).await
+    }
+
+    pub async fn spawn_with_pool_size(max_connections: u32) -> Self {
+        let db = TestDb::create_with_pool_size(max_connections)
+            .await
+            .expect("creating the test database");
+        let issuer = start_issuer().await;
+        let auth = Arc::new(Authenticator::new(AuthConfig {
+            token: TokenConfig {
+                issuer: issuer.url.clone(),
+                audience: AUDIENCE.into(),
+                jwks_url: format!("{}.well-known/jwks.json", issuer.url),
+                refetch_interval: Duration::from_millis(200),
+            },
+            system_admins: parse_subjects(SYSTEM_ADMIN),
+        }));
+        let metrics = metrics_handle();
+        let store = PgEventStore::new(db.pool.clone());
+        let command = serve(command_api::router(command_api::AppState {
+            store: store.clone(),
+            auth: auth.clone(),
+            metrics: metrics.clone(),
+        }))
+        .await;
+        let query = serve(query_api::router(query_api::AppState {
+            pool: db.pool.clone(),
+            auth,
+            consistency: query_api::consistency::Consistency::start(db.pool.clone()),
+            metrics,
+        }))
+        .await;
+        let admin_token = issuer.token(SYSTEM_ADMIN);
+        let mut app = TestApp {
+            db,
+            store,
+            issuer,
+            command_url: format!("http://{command}"),
+            query_url: format!("http://{query}"),
+            http: reqwest::Client::new(),
+            admin_token,
+            projector: Vec::new(),
+        };
+        app.start_projector();
+        app
+    }
+
+    pub fn start_projector(&mut self) {
+        let config = projector::worker::WorkerConfig {
+            retry_delay: Duration::from_millis(50),
+            ..Default::default()
+        };
+        self.projector = projector::spawn_workers(&self.db.pool, config);
+    }
+
+    /// Kills the projector's workers wherever they are (as a crash would).
+    pub fn stop_projector(&mut self) {
+        for worker in self.projector.drain(..) {
+            worker.abort();
+        }
+    }
+
+    /// A request through the gateway's routing: `GET`/`HEAD` to query-api, the rest to command-api.
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let base = if method == Method::GET || method == Method::HEAD {
+            &self.query_url
+        } else {
+            &self.command_url
+        };
+        self.http.request(method, format!("{base}{path}"))
+    }
+
+    /// A request as the System user.
+    pub fn admin(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.request(method, path).bearer_auth(&self.admin_token)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        send(self.admin(Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        send(self.admin(Method::POST, path).json(&body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        send(self.admin(Method::PUT, path).json(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        send(self.admin(Method::DELETE, path)).await
+    }
+
+    /// Creates an organization and returns its id.
+    pub async fn create_organization(&self, name: &str) -> String {
+        let (status, body) = self
+            .post("/api/organizations", serde_json::json!({ "name": name }))
+            .await;
+        assert_eq!(status, 201, "creating organization {name}: {body}");
+        body["id"].as_str().expect("an id").to_owned()
+    }
+
+    /// Creates an environment and returns its id.
+    pub async fn create_environment(&self, organization_id: &str, name: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/api/environments",
+                serde_json::json!({ "organizationId": organization_id, "name": name }),
+            )
+            .await;
+        assert_eq!(status, 201, "creating environment {name}: {body}");
+        body["id"].as_str().expect("an id").to_owned()
+    }
+
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.db.pool)
+            .await
+            .expect("counting events")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop_projector();
+    }
+}
+
+/// Sends a request and returns its status and JSON body (`Value::Null` for an empty body).
+pub async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.expect("sending the request");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("reading the body");
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, body)
+}
+
+fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .build_recorder()
+        .handle()
+}
