@@ -403,7 +403,7 @@ impl AppendTx {
         // can never be committed.
         let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
             "WITH stream AS ( \
-                 INSERT INTO streams (stream_id, version) VALUES ($1, $2 + $3) \
+                 INSERT INTO streams (stream_id, version) VALUES ($1, $3) \
                  ON CONFLICT (stream_id) DO UPDATE SET version = streams.version + $3 \
                  RETURNING version - $3 AS previous \
              ) \
