@@ -133,6 +133,14 @@ where
                 }
                 tokio::time::sleep(backoff(attempt)).await;
             }
+            Err(error) if write.idempotency_key.is_some() => {
+                // A concurrent request with the same key may have won the race that made this one
+                // fail (the same name claimed, the resource already deleted): answer as it did.
+                return match replay(state, write).await? {
+                    Some(replayed) => Ok(replayed),
+                    None => Err(error),
+                };
+            }
             other => break other?,
         }
     };

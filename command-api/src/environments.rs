@@ -50,15 +50,19 @@ pub struct UpdateEnvironment {
 pub async fn create(
     State(state): State<AppState>,
     write: Write,
-    body: Body<CreateEnvironment>,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let organization_id = body.value.organization_id;
+    write
+        .actor
+        .authorize_anywhere(Resource::Environments, Action::Create)?;
+    let input: CreateEnvironment = body.parse()?;
+    let organization_id = input.organization_id;
     let role = write
         .actor
         .authorize_in(organization_id, Resource::Environments, Action::Create)?;
     let write = write.with_body(&body.digest);
-    let name = required_name(&body.value.name)?;
-    let description = optional_description(body.value.description.as_deref())?;
+    let name = required_name(&input.name)?;
+    let description = optional_description(input.description.as_deref())?;
     let id = Uuid::now_v7();
     execute(&state, &write, || {
         create_once(
@@ -126,16 +130,17 @@ pub async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
     write: Write,
-    body: Body<UpdateEnvironment>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     write
         .actor
         .authorize_anywhere(Resource::Environments, Action::Update)?;
     let write = write.with_body(&body.digest);
+    let input: UpdateEnvironment = body.parse()?;
     let changes = EnvironmentChanges {
-        name: update_name(body.value.name.as_ref())?,
-        description: update_description(body.value.description.as_ref())?,
+        name: update_name(input.name.as_ref())?,
+        description: update_description(input.description.as_ref())?,
     };
     execute(&state, &write, || update_once(&state, &write, id, &changes)).await
 }

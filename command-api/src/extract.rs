@@ -139,14 +139,16 @@ fn parse_if_match(value: &str) -> Result<i64, ApiError> {
         })
 }
 
-/// A JSON request body parsed into `T`, and a digest of its bytes for idempotency.
-pub struct Body<T> {
-    pub value: T,
+/// A JSON request body, checked for media type and size. It is parsed with [`Body::parse`] once the
+/// caller is known to be allowed to make the request, so that a forbidden caller gets `403`, not a
+/// verdict on its input.
+pub struct Body {
+    bytes: axum::body::Bytes,
+    /// A digest of the bytes, for idempotency.
     pub digest: String,
 }
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
-    // The state is not needed: parsing a body depends on nothing but the request.
+impl<S: Send + Sync> FromRequest<S> for Body {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, _state: &S) -> Result<Self, ApiError> {
@@ -170,25 +172,34 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
         let bytes = axum::body::to_bytes(request.into_body(), BODY_LIMIT)
             .await
             .map_err(|_| ApiError::PayloadTooLarge)?;
-        let value =
-            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&bytes))
-                .map_err(|e| {
-                    let path = e.path().to_string();
-                    let inner = e.into_inner();
-                    let details = if path == "." {
-                        inner.to_string()
-                    } else {
-                        format!("{path}: {inner}")
-                    };
-                    ApiError::BadRequest {
-                        error: "Invalid request body".into(),
-                        details,
-                    }
-                })?;
         Ok(Body {
-            value,
             digest: hex(Sha256::digest(&bytes)),
+            bytes,
         })
+    }
+}
+
+impl Body {
+    /// Parses the body into a request type; `400` names the offending field.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        let invalid = |details: String| ApiError::BadRequest {
+            error: "Invalid request body".into(),
+            details,
+        };
+        // Serde would also accept an array for a struct (field by position); the API takes objects only.
+        if self.bytes.trim_ascii_start().first() != Some(&b'{') {
+            return Err(invalid("the body must be a JSON object".into()));
+        }
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&self.bytes))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                invalid(if path == "." {
+                    inner.to_string()
+                } else {
+                    format!("{path}: {inner}")
+                })
+            })
     }
 }
 

@@ -43,14 +43,15 @@ pub struct UpdateOrganization {
 pub async fn create(
     State(state): State<AppState>,
     write: Write,
-    body: Body<CreateOrganization>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let role = write
         .actor
         .authorize_platform(Resource::Organizations, Action::Create)?;
     let write = write.with_body(&body.digest);
-    let name = required_name(&body.value.name)?;
-    let description = optional_description(body.value.description.as_deref())?;
+    let input: CreateOrganization = body.parse()?;
+    let name = required_name(&input.name)?;
+    let description = optional_description(input.description.as_deref())?;
     let id = Uuid::now_v7();
     execute(&state, &write, || {
         create_once(&state, &write, role, id, &name, &description)
@@ -89,16 +90,17 @@ pub async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
     write: Write,
-    body: Body<UpdateOrganization>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let role = write
         .actor
         .authorize_in(id, Resource::Organizations, Action::Update)?;
     let write = write.with_body(&body.digest);
+    let input: UpdateOrganization = body.parse()?;
     let changes = OrganizationChanges {
-        name: update_name(body.value.name.as_ref())?,
-        description: update_description(body.value.description.as_ref())?,
+        name: update_name(input.name.as_ref())?,
+        description: update_description(input.description.as_ref())?,
     };
     execute(&state, &write, || {
         update_once(&state, &write, role, id, &changes)
