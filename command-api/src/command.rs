@@ -156,18 +156,22 @@ where
     ))
 }
 
+/// A response kept under an idempotency key.
+#[derive(sqlx::FromRow)]
+struct StoredResponse {
+    request_hash: String,
+    status: i16,
+    headers: sqlx::types::Json<Vec<(String, String)>>,
+    body: String,
+}
+
 /// The stored response for a repeated idempotency key, or `409` when the key was used for another
 /// request.
 async fn replay(state: &AppState, write: &Write) -> Result<Option<Response>, ApiError> {
     let Some(key) = &write.idempotency_key else {
         return Ok(None);
     };
-    let stored: Option<(
-        String,
-        i16,
-        sqlx::types::Json<Vec<(String, String)>>,
-        String,
-    )> = sqlx::query_as(
+    let stored: Option<StoredResponse> = sqlx::query_as(
         "SELECT request_hash, status, headers, body FROM idempotency_keys \
          WHERE caller = $1 AND key = $2 AND created_at > now() - interval '24 hours'",
     )
@@ -175,10 +179,10 @@ async fn replay(state: &AppState, write: &Write) -> Result<Option<Response>, Api
     .bind(key)
     .fetch_optional(state.store.pool())
     .await?;
-    let Some((fingerprint, status, headers, body)) = stored else {
+    let Some(StoredResponse { request_hash, status, headers, body }) = stored else {
         return Ok(None);
     };
-    if fingerprint != write.fingerprint {
+    if request_hash != write.fingerprint {
         return Err(ApiError::Conflict {
             error: "Idempotency key reused".into(),
             details: "Idempotency-Key: this key was already used for a different request".into(),

@@ -449,20 +449,20 @@ impl AppendTx {
         })
     }
 
-    /// Makes this transaction depend on another stream staying at `version` (0: not existing) until it
-    /// commits, without writing to it: a concurrent append to that stream waits for us, or we for it
-    /// and then see the conflict.
-    pub async fn require_version(
-        &mut self,
-        stream_id: &str,
-        version: i64,
-    ) -> Result<(), StoreError> {
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1 FOR SHARE")
-                .bind(stream_id)
-                .fetch_optional(&mut *self.tx)
-                .await
-                .map_err(|e| self.fail(e))?;
+    /// Makes this transaction depend on another stream staying at `version` (0: not existing) without
+    /// writing to it. It holds the stream's advisory lock in shared mode until commit: many dependents
+    /// run at once, while [`AppendTx::references_to`] (taken by whoever deletes that stream) waits for
+    /// them. A shared in-memory lock rather than `FOR SHARE` on the stream row, because many writers
+    /// depending on one hot stream (environments of one organization) would otherwise queue on that row.
+    pub async fn require_version(&mut self, stream_id: &str, version: i64) -> Result<(), StoreError> {
+        let current: Option<i64> = sqlx::query_scalar(
+            "SELECT s.version FROM (SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))) l \
+             LEFT JOIN streams s ON s.stream_id = $1",
+        )
+        .bind(stream_id)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(|e| self.fail(e))?;
         if current.unwrap_or(0) != version {
             self.aborted = true;
             return Err(StoreError::Conflict {
@@ -533,14 +533,16 @@ impl AppendTx {
         Ok(())
     }
 
-    /// Up to `limit` streams that refer to `target`. Call it after appending to `target`: the append's
-    /// row lock makes a concurrent [`AppendTx::require_version`] on `target` wait, so no new reference
-    /// can slip in between this check and the commit.
-    pub async fn references_to(
-        &mut self,
-        target: &str,
-        limit: i64,
-    ) -> Result<Vec<String>, StoreError> {
+    /// Up to `limit` streams that refer to `target`. Takes `target`'s advisory lock exclusively first,
+    /// so it waits for every transaction that [`AppendTx::require_version`]d `target` and is still in
+    /// flight, and sees their references. Call it after appending to `target`: the new version then
+    /// makes any later dependent fail its version check.
+    pub async fn references_to(&mut self, target: &str, limit: i64) -> Result<Vec<String>, StoreError> {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(target)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| self.fail(e))?;
         sqlx::query_scalar(
             "SELECT source FROM stream_references WHERE target = $1 ORDER BY source LIMIT $2",
         )

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+#
+# deploy/test.sh — runs the whole test suite.
+#
+# It owns the test run: it makes sure the Rust toolchain, the build dependencies and a local
+# PostgreSQL (127.0.0.1:5432, see deploy/lib.sh) are there, then runs
+# `cargo test --workspace --locked` with TEST_DATABASE_URL pointing at that server's `postgres`
+# database. Tests create (and drop) their own randomly named databases from it, so nothing
+# needs to be running beforehand and the local stack's database is not touched.
+#
+# Extra arguments go to cargo test, e.g.:
+#   deploy/test.sh -p command-api
+#   deploy/test.sh -- --nocapture
+# Exits with cargo's status. Works from any directory.
+
+set -euo pipefail
+
+# shellcheck source=deploy/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+ensure_rust
+ensure_packages curl pkg-config cmake build-essential ca-certificates
+ensure_postgres
+
+export TEST_DATABASE_URL="$PG_ADMIN_URL"
+
+log "cargo test --workspace --locked $*"
+status=0
+cargo test --workspace --locked "$@" || status=$?
+exit "$status"

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+#
+# deploy/up.sh — sets everything up and runs the whole system locally.
+#
+# It owns the local stack's lifecycle on a development machine:
+#   1. system packages (nginx, build tools) and PostgreSQL on 127.0.0.1:5432;
+#   2. the `admin_platform` database and the `.env` file at the repository root (written once,
+#      never overwritten: edit it to change addresses or keys);
+#   3. a release build of the workspace;
+#   4. the processes, in the background, each logging to deploy/.run/<name>.log with its pid in
+#      deploy/.run/<name>.pid: dev-issuer (local token issuer), command-api, query-api, projector,
+#      and the nginx gateway (config rendered from deploy/nginx.conf.template);
+#   5. waiting until every process answers, then printing how to use the system.
+#
+# Re-running it restarts everything (it calls deploy/down.sh first). Stop with deploy/down.sh.
+# Works from any directory. Needs root (or sudo) for packages and PostgreSQL.
+
+set -euo pipefail
+
+# shellcheck source=deploy/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+# Seconds each component gets to become ready.
+READY_TIMEOUT=120
+
+# ---------------------------------------------------------------------------------------------
+# 1. System dependencies
+# ---------------------------------------------------------------------------------------------
+
+log "checking system packages"
+# gettext-base provides envsubst (nginx config rendering); ca-certificates lets cargo fetch crates.
+ensure_packages nginx curl openssl pkg-config cmake build-essential gettext-base ca-certificates
+ensure_postgres
+
+# ---------------------------------------------------------------------------------------------
+# 2. Configuration and database
+# ---------------------------------------------------------------------------------------------
+
+if [ ! -f .env ]; then
+    log "writing .env (local configuration; kept on later runs)"
+    secrets_key="$(openssl rand -base64 32)"
+    umask_saved="$(umask)"
+    umask 077 # .env holds SECRETS_KEY
+    cat >.env <<EOF
+# Local configuration of the admin platform, written by deploy/up.sh. Edit freely: it is never
+# overwritten. Loaded by deploy/up.sh and deploy/dev-token with \`set -a; . ./.env; set +a\`.
+DATABASE_URL=postgres://postgres:postgres@127.0.0.1:5432/admin_platform
+COMMAND_API_ADDR=127.0.0.1:8081
+QUERY_API_ADDR=127.0.0.1:8082
+PROJECTOR_ADDR=127.0.0.1:8083
+GATEWAY_ADDR=127.0.0.1:8080
+DEV_ISSUER_ADDR=127.0.0.1:8090
+DEV_ISSUER_KEY_FILE=$RUN_DIR/dev-issuer-key.pem
+AUTH_ISSUER=http://127.0.0.1:8090/
+AUTH_AUDIENCE=admin-platform
+SYSTEM_ADMINS=dev-admin
+SECRETS_KEY=$secrets_key
+RUST_LOG=info
+EOF
+    umask "$umask_saved"
+else
+    log "using the existing .env"
+fi
+
+set -a
+# shellcheck disable=SC1091
+. ./.env
+set +a
+
+# The database named in DATABASE_URL (admin_platform unless .env was edited), on the local server.
+db_name="${DATABASE_URL##*/}"
+db_name="${db_name%%\?*}"
+ensure_database "${db_name:-admin_platform}"
+
+# ---------------------------------------------------------------------------------------------
+# 3. Build
+# ---------------------------------------------------------------------------------------------
+
+ensure_rust
+log "cargo build --release --workspace"
+cargo build --release --workspace
+
+# ---------------------------------------------------------------------------------------------
+# 4. Start the processes
+# ---------------------------------------------------------------------------------------------
+
+bash "$REPO_ROOT/deploy/down.sh"
+mkdir -p "$RUN_DIR"
+
+# start_process NAME ARGS...: starts target/release/NAME in the background with the environment
+# loaded above, logging to $RUN_DIR/NAME.log (truncated) and recording its pid in NAME.pid.
+start_process() {
+    local name="$1"
+    shift
+    local bin="$REPO_ROOT/target/release/$name"
+    [ -x "$bin" ] || die "$bin was not built"
+    log "starting $name"
+    nohup "$bin" "$@" >"$RUN_DIR/$name.log" 2>&1 </dev/null &
+    echo "$!" >"$RUN_DIR/$name.pid"
+}
+
+# wait_ready NAME URL LOGFILE: waits for URL to answer 200; on failure shows the end of LOGFILE
+# and exits. For a process started by start_process, stops waiting as soon as it has exited.
+wait_ready() {
+    local name="$1" url="$2" logfile="$3" pid=""
+    [ -f "$RUN_DIR/$name.pid" ] && pid="$(cat "$RUN_DIR/$name.pid")"
+    log "waiting for $name ($url)"
+    if ! wait_http "$url" "$READY_TIMEOUT" ${pid:+"$pid"}; then
+        printf '\n--- last lines of %s ---\n' "$logfile" >&2
+        tail -n 40 "$logfile" >&2 2>/dev/null || true
+        printf -- '---\n' >&2
+        die "$name is not ready. The other processes are left running; stop them with deploy/down.sh"
+    fi
+}
+
+# The token issuer first: the APIs fetch its JWKS to verify tokens.
+start_process dev-issuer serve
+wait_ready dev-issuer "http://$DEV_ISSUER_ADDR/.well-known/jwks.json" "$RUN_DIR/dev-issuer.log"
+
+start_process command-api
+start_process query-api
+start_process projector # no arguments: run the projection workers
+
+# The gateway: render the template (only our placeholders; nginx's own $variables stay as they
+# are), check it, then start nginx, which daemonizes and writes $RUN_DIR/nginx.pid itself.
+export RUN_DIR
+mkdir -p "$RUN_DIR/nginx-tmp"
+# shellcheck disable=SC2016 # the list names the variables envsubst may replace; no expansion here
+envsubst '${RUN_DIR} ${GATEWAY_ADDR} ${COMMAND_API_ADDR} ${QUERY_API_ADDR}' \
+    <"$REPO_ROOT/deploy/nginx.conf.template" >"$RUN_DIR/nginx.conf"
+: >"$RUN_DIR/nginx-error.log"
+if ! nginx_check="$(run_nginx -t -q 2>&1)"; then
+    printf '%s\n' "$nginx_check" >&2
+    die "the rendered nginx config $RUN_DIR/nginx.conf is invalid"
+fi
+log "starting nginx gateway on $GATEWAY_ADDR"
+run_nginx
+
+# ---------------------------------------------------------------------------------------------
+# 5. Readiness
+# ---------------------------------------------------------------------------------------------
+
+wait_ready command-api "http://$COMMAND_API_ADDR/readyz" "$RUN_DIR/command-api.log"
+wait_ready query-api "http://$QUERY_API_ADDR/readyz" "$RUN_DIR/query-api.log"
+wait_ready projector "http://$PROJECTOR_ADDR/readyz" "$RUN_DIR/projector.log"
+wait_ready nginx "http://$GATEWAY_ADDR/healthz" "$RUN_DIR/nginx-error.log"
+
+cat <<EOF
+
+The admin platform is running.
+
+  Gateway:    http://$GATEWAY_ADDR/   (GET/HEAD -> query-api, other methods -> command-api)
+  Logs:       $RUN_DIR/*.log
+  Stop:       deploy/down.sh
+
+Get a bearer token for the system administrator ($SYSTEM_ADMINS):
+
+  TOKEN=\$(deploy/dev-token dev-admin)
+  curl -H "Authorization: Bearer \$TOKEN" http://$GATEWAY_ADDR/...
+EOF

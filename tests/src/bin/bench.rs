@@ -1,0 +1,274 @@
+//! The benchmark: the system against raw PostgreSQL on the same machine, in the same run.
+//!
+//! Run with `cargo run --release -p tests --bin bench` (PostgreSQL as for the tests; `TEST_DATABASE_URL`
+//! picks the server). It prints, each with its raw baseline and the ratio between them:
+//! (a) raw single-row appends from 32 connections, (b) `POST /api/environments` from 32 HTTP clients
+//! with p50/p99, (c) `projector rebuild` of the tenants projection against a raw bulk insert of as many
+//! rows, and (d) list-page latency with 1,000,000 environments in one organization.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use reqwest::Method;
+use serde_json::json;
+use sqlx::PgPool;
+use tests::TestApp;
+use uuid::Uuid;
+
+#[derive(Parser)]
+struct Args {
+    /// Concurrent connections and HTTP clients for (a) and (b).
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// How long (a) and (b) each run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Events replayed by the rebuild in (c).
+    #[arg(long, default_value_t = 200_000)]
+    rebuild_events: usize,
+    /// Environments in the organization listed in (d).
+    #[arg(long, default_value_t = 1_000_000)]
+    list_rows: usize,
+    /// List requests measured in (d).
+    #[arg(long, default_value_t = 4_000)]
+    list_requests: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let command_line: Vec<String> = std::env::args().collect();
+    println!("command: cargo run --release -p tests --bin bench -- {}", command_line[1..].join(" "));
+    let mut app = TestApp::spawn_with_pool_size(args.clients as u32 + 16).await;
+    let duration = Duration::from_secs(args.seconds);
+
+    let raw = raw_appends(&app.db.pool, args.clients, duration).await?;
+    println!("(a) raw single-row appends, {} connections: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms", args.clients, raw.rate, raw.p50, raw.p99);
+
+    let http = http_creates(&app, args.clients, duration).await?;
+    println!(
+        "(b) POST /api/environments, {} clients: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors; ratio to (a) {:.2} (target >= 0.60, p99 < 20 ms)",
+        args.clients,
+        http.rate,
+        http.p50,
+        http.p99,
+        http.errors,
+        http.rate / raw.rate
+    );
+
+    app.stop_projector();
+    let (rebuild_rate, bulk_rate) = rebuild_against_bulk_insert(&app.db.pool, args.rebuild_events).await?;
+    println!(
+        "(c) rebuild of {} events: {:.0} events/s; raw bulk insert of as many rows: {:.0} rows/s; ratio {:.2} (target >= 0.60)",
+        args.rebuild_events,
+        rebuild_rate,
+        bulk_rate,
+        rebuild_rate / bulk_rate
+    );
+    app.start_projector();
+
+    let list = list_latency(&app, args.list_rows, args.list_requests).await?;
+    println!(
+        "(d) GET /api/environments pages 1-100 of {} rows, 8 clients: p50 {:.2} ms, p99 {:.2} ms (target p99 < 10 ms)",
+        args.list_rows, list.p50, list.p99
+    );
+    Ok(())
+}
+
+struct Measured {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    errors: usize,
+}
+
+fn measure(mut latencies: Vec<Duration>, elapsed: Duration, errors: usize) -> Measured {
+    latencies.sort();
+    let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)));
+    let ms = |d: Option<&Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+    Measured { rate: latencies.len() as f64 / elapsed.as_secs_f64(), p50: ms(at(0.50)), p99: ms(at(0.99)), errors }
+}
+
+/// Runs `clients` loops of `op` until `duration` has passed, timing each call.
+async fn run_for<F, Fut>(clients: usize, duration: Duration, op: F) -> Measured
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let errors = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            let op = op.clone();
+            let errors = errors.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut n = 0;
+                while started.elapsed() < duration {
+                    let t = Instant::now();
+                    if op(client, n).await {
+                        latencies.push(t.elapsed());
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    n += 1;
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("a benchmark client panicked"));
+    }
+    measure(latencies, started.elapsed(), errors.load(Ordering::Relaxed))
+}
+
+async fn raw_appends(pool: &PgPool, clients: usize, duration: Duration) -> anyhow::Result<Measured> {
+    sqlx::query("CREATE TABLE raw_appends (LIKE events INCLUDING ALL)").execute(pool).await?;
+    let data = json!({ "id": Uuid::now_v7(), "organizationId": Uuid::now_v7(), "name": "Production environment", "description": null });
+    let metadata = json!({ "actor": { "id": "bench", "role": "system" }, "organizationId": Uuid::now_v7(), "requestId": Uuid::now_v7().to_string(),
+        "correlationId": Uuid::now_v7().to_string(), "causationId": null, "clientIp": "127.0.0.1", "userAgent": "bench/1.0" });
+    let pool = pool.clone();
+    Ok(run_for(clients, duration, move |client, n| {
+        let (pool, data, metadata) = (pool.clone(), data.clone(), metadata.clone());
+        async move {
+            sqlx::query(
+                "INSERT INTO raw_appends (stream_id, stream_version, event_id, event_type, schema_version, data, metadata, recorded_at) \
+                 VALUES ($1, 1, $2, 'environment.created', 1, $3, $4, now())",
+            )
+            .bind(format!("raw-{client}-{n}"))
+            .bind(Uuid::now_v7())
+            .bind(data)
+            .bind(metadata)
+            .execute(&pool)
+            .await
+            .is_ok()
+        }
+    })
+    .await)
+}
+
+async fn http_creates(app: &TestApp, clients: usize, duration: Duration) -> anyhow::Result<Measured> {
+    let org = app.create_organization("Bench Corp").await;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
+    let url = format!("{}/api/environments", app.command_url);
+    let token = app.admin_token.clone();
+    Ok(run_for(clients, duration, move |client, n| {
+        let request = http
+            .request(Method::POST, &url)
+            .bearer_auth(&token)
+            .json(&json!({ "organizationId": org, "name": format!("env {client}-{n}") }));
+        async move { request.send().await.is_ok_and(|r| r.status() == 201) }
+    })
+    .await)
+}
+
+/// (c): appends `count` tenant events straight into the log, rebuilds the tenants projection over the
+/// whole log, and bulk-inserts as many rows into a table shaped like its read model.
+async fn rebuild_against_bulk_insert(pool: &PgPool, count: usize) -> anyhow::Result<(f64, f64)> {
+    let org = Uuid::now_v7();
+    let metadata = json!({ "actor": { "id": "bench", "role": "system" }, "organizationId": org, "requestId": "bench",
+        "correlationId": "bench", "causationId": null, "clientIp": null, "userAgent": null });
+    sqlx::query(
+        "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, data, metadata, recorded_at) \
+         VALUES ($1, 1, gen_random_uuid(), 'organization.created', 1, $2, $3, now())",
+    )
+    .bind(format!("organization-{org}"))
+    .bind(json!({ "id": org, "name": "Rebuild Corp", "description": null }))
+    .bind(&metadata)
+    .execute(pool)
+    .await?;
+    // Nine creates and one rename (of the environment created just before) in every ten events.
+    sqlx::query(
+        "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, data, metadata, recorded_at) \
+         SELECT 'environment-' || e.id, CASE WHEN e.rename THEN 2 ELSE 1 END, gen_random_uuid(), \
+                CASE WHEN e.rename THEN 'environment.updated' ELSE 'environment.created' END, 1, \
+                CASE WHEN e.rename THEN jsonb_build_object('name', 'renamed ' || g) \
+                     ELSE jsonb_build_object('id', e.id, 'organizationId', $1::uuid, 'name', 'env ' || g, 'description', NULL) END, \
+                $3, now() \
+         FROM generate_series(1, $2) g, \
+              LATERAL (SELECT g % 10 = 0 AS rename) r, \
+              LATERAL (SELECT r.rename, md5('env' || CASE WHEN r.rename THEN g - 1 ELSE g END)::uuid AS id) e",
+    )
+    .bind(org)
+    .bind(count as i64 - 1)
+    .bind(&metadata)
+    .execute(pool)
+    .await?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(pool).await?;
+
+    let progress = projector::rebuild::rebuild(pool, &projector::tenants::Tenants, |p| {
+        println!("    rebuild tenants: {}/{} events, {:.0} events/s", p.applied, p.total, p.events_per_second())
+    })
+    .await?;
+    let rebuild_rate = progress.applied as f64 / progress.elapsed.as_secs_f64();
+    anyhow::ensure!(progress.applied as i64 == total, "the rebuild applied {} of {total} events", progress.applied);
+
+    sqlx::query("CREATE TABLE bulk_environments (LIKE read_models.environments INCLUDING ALL)").execute(pool).await?;
+    let started = Instant::now();
+    for chunk in (0..total).collect::<Vec<_>>().chunks(5_000) {
+        let ids: Vec<Uuid> = chunk.iter().map(|_| Uuid::new_v4()).collect();
+        let names: Vec<String> = chunk.iter().map(|n| format!("env {n}")).collect();
+        sqlx::query(
+            "INSERT INTO bulk_environments (id, organization_id, organization_name, name, description, version, created_at, updated_at) \
+             SELECT id, $2, 'Rebuild Corp', name, NULL, 1, now(), now() FROM UNNEST($1::uuid[], $3::text[]) AS r(id, name)",
+        )
+        .bind(&ids)
+        .bind(org)
+        .bind(&names)
+        .execute(pool)
+        .await?;
+    }
+    let bulk_rate = total as f64 / started.elapsed().as_secs_f64();
+    Ok((rebuild_rate, bulk_rate))
+}
+
+async fn list_latency(app: &TestApp, rows: usize, requests: usize) -> anyhow::Result<Measured> {
+    let org = app.create_organization("Listing Corp").await;
+    let org_id: Uuid = org.parse()?;
+    sqlx::query(
+        "INSERT INTO read_models.environments (id, organization_id, organization_name, name, description, version, created_at, updated_at) \
+         SELECT gen_random_uuid(), $1, 'Listing Corp', 'env ' || g, NULL, 1, now() - g * interval '1 ms', now() FROM generate_series(1, $2) g",
+    )
+    .bind(org_id)
+    .bind(rows as i64)
+    .execute(&app.db.pool)
+    .await?;
+    sqlx::query("INSERT INTO read_models.tenant_counts (scope, count) VALUES ($1, $2) ON CONFLICT (scope) DO UPDATE SET count = EXCLUDED.count")
+        .bind(format!("environments:{org_id}"))
+        .bind(rows as i64)
+        .execute(&app.db.pool)
+        .await?;
+    sqlx::query("ANALYZE read_models.environments").execute(&app.db.pool).await?;
+
+    let http = reqwest::Client::new();
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, next, token) = (http.clone(), next.clone(), app.admin_token.clone());
+            let url = format!("{}/api/environments?organizationId={org}", app.query_url);
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < requests {
+                    let page = 1 + latencies.len() % 100;
+                    let t = Instant::now();
+                    let response = http.get(format!("{url}&page={page}")).bearer_auth(&token).send().await;
+                    if response.is_ok_and(|r| r.status() == 200) {
+                        latencies.push(t.elapsed());
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await?);
+    }
+    let errors = requests.saturating_sub(latencies.len());
+    Ok(measure(latencies, started.elapsed(), errors))
+}
