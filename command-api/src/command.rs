@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use events::store::{log_head, AppendTx};
-use events::{LogPosition, StoreError};
+use events::store::{log_head, StoredResponse, WriteSet};
+use events::LogPosition;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -53,42 +53,26 @@ impl Outcome {
         self
     }
 
-    /// Commits the command's transaction, storing the response under the request's idempotency key in
-    /// the same transaction so that a retried request gets exactly this answer and appends nothing.
+    /// Commits the command's writes, with this response kept under the request's idempotency key in
+    /// the same statement, so that a retried request gets exactly this answer and appends nothing.
     pub async fn commit(
         mut self,
-        mut tx: AppendTx,
+        state: &AppState,
+        changes: WriteSet,
         write: &Write,
-        position: LogPosition,
     ) -> Result<Outcome, ApiError> {
-        self.position = Some(position);
-        if let Some(key) = &write.idempotency_key {
-            let headers = serde_json::to_value(self.headers()).expect("header pairs serialise");
-            let stored = sqlx::query(
-                "INSERT INTO idempotency_keys (caller, key, request_hash, status, headers, body) \
-                 VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT (caller, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, \
-                   status = EXCLUDED.status, headers = EXCLUDED.headers, body = EXCLUDED.body, created_at = now() \
-                 WHERE idempotency_keys.created_at < now() - interval '24 hours'",
-            )
-            .bind(&write.actor.id)
-            .bind(key)
-            .bind(&write.fingerprint)
-            .bind(self.status.as_u16() as i16)
-            .bind(headers)
-            .bind(self.body.to_string())
-            .execute(tx.connection())
-            .await?;
-            if stored.rows_affected() == 0 {
-                // The same key committed concurrently; our transaction is dropped (rolled back) and the
-                // caller answers with the stored response instead.
-                return Err(ApiError::VersionConflict);
-            }
-        }
-        tx.commit().await.map_err(|error| match error {
-            StoreError::Aborted => ApiError::VersionConflict,
-            other => other.into(),
-        })?;
+        let changes = match &write.idempotency_key {
+            Some(key) => changes.remember_response(StoredResponse {
+                caller: write.actor.id.clone(),
+                key: key.clone(),
+                request_hash: write.fingerprint.clone(),
+                status: self.status.as_u16() as i16,
+                headers: serde_json::to_value(self.headers()).expect("header pairs serialise"),
+                body: self.body.to_string(),
+            }),
+            None => changes,
+        };
+        self.position = Some(state.store.commit(changes).await?.position);
         Ok(self)
     }
 
@@ -156,13 +140,15 @@ where
     ))
 }
 
-/// A response kept under an idempotency key.
+/// A response kept under an idempotency key, with the log position of the write that made it.
 #[derive(sqlx::FromRow)]
-struct StoredResponse {
+struct KeptResponse {
     request_hash: String,
     status: i16,
     headers: sqlx::types::Json<Vec<(String, String)>>,
     body: String,
+    transaction_id: i64,
+    global_position: i64,
 }
 
 /// The stored response for a repeated idempotency key, or `409` when the key was used for another
@@ -171,25 +157,31 @@ async fn replay(state: &AppState, write: &Write) -> Result<Option<Response>, Api
     let Some(key) = &write.idempotency_key else {
         return Ok(None);
     };
-    let stored: Option<StoredResponse> = sqlx::query_as(
-        "SELECT request_hash, status, headers, body FROM idempotency_keys \
+    let stored: Option<KeptResponse> = sqlx::query_as(
+        "SELECT request_hash, status, headers, body, transaction_id, global_position FROM idempotency_keys \
          WHERE caller = $1 AND key = $2 AND created_at > now() - interval '24 hours'",
     )
     .bind(&write.actor.id)
     .bind(key)
     .fetch_optional(state.store.pool())
     .await?;
-    let Some(StoredResponse { request_hash, status, headers, body }) = stored else {
+    let Some(kept) = stored else {
         return Ok(None);
     };
-    if request_hash != write.fingerprint {
+    if kept.request_hash != write.fingerprint {
         return Err(ApiError::Conflict {
             error: "Idempotency key reused".into(),
             details: "Idempotency-Key: this key was already used for a different request".into(),
         });
     }
-    let status = StatusCode::from_u16(status as u16).map_err(anyhow::Error::from)?;
-    let mut response = render(status, &headers.0, body);
+    let status = StatusCode::from_u16(kept.status as u16).map_err(anyhow::Error::from)?;
+    let position = LogPosition {
+        transaction_id: kept.transaction_id,
+        global_position: kept.global_position,
+    };
+    let mut headers = kept.headers.0;
+    headers.push((CONSISTENCY_TOKEN.to_owned(), position.to_string()));
+    let mut response = render(status, &headers, kept.body);
     response
         .headers_mut()
         .insert("idempotent-replayed", HeaderValue::from_static("true"));

@@ -6,6 +6,7 @@ use axum::response::Response;
 use chrono::Utc;
 use events::environment::{Environment, EnvironmentChanges, EnvironmentCommand};
 use events::organization::Organization;
+use events::store::WriteSet;
 use events::values::{double_option, Description, Name};
 use events::views::EnvironmentView;
 use events::{Action, Aggregate, Loaded, Resource, Role};
@@ -17,8 +18,7 @@ use crate::command::{execute, Outcome};
 use crate::error::ApiError;
 use crate::extract::{parse_id, Body, Write};
 use crate::fields::{
-    name_taken, optional_description, refuse_if_referenced, required_name, update_description,
-    update_name,
+    name_taken, optional_description, required_name, update_description, update_name,
 };
 use crate::{organizations, AppState};
 
@@ -108,22 +108,20 @@ async fn create_once(
     );
     let stream = Environment::stream_id(id);
     let org_stream = Organization::stream_id(organization_id);
-    let mut tx = state.store.begin().await?;
     // The organization must still be the one we loaded (in particular, not deleted) at commit.
-    tx.require_version(&org_stream, org.version).await?;
-    tx.claim_name(&name_scope(organization_id), &name.unique_key(), &stream)
-        .await
-        .map_err(name_taken("Environment", name, WITHIN))?;
-    tx.add_reference(&org_stream, &stream).await?;
-    let appended = tx.append(&stream, 0, events).await?;
+    let changes = WriteSet::append(&stream, 0, events)
+        .require_version(&org_stream, org.version)
+        .claim_name(&name_scope(organization_id), &name.unique_key())
+        .add_reference(&org_stream);
     Outcome::new(
         StatusCode::CREATED,
         view(&env, organization_name)?,
-        appended.version,
+        changes.version_after(),
     )
     .located(format!("/api/environments/{id}"))
-    .commit(tx, write, appended.position)
+    .commit(state, changes, write)
     .await
+    .map_err(name_taken("Environment", name, WITHIN))
 }
 
 pub async fn update(
@@ -177,18 +175,20 @@ async fn update_once(
     let body = view(&env, organization_name)?;
     let stream = Environment::stream_id(id);
     let scope = name_scope(organization_id);
-    let mut tx = state.store.begin().await?;
+    let mut write_set = WriteSet::append(&stream, expected, events);
     if let Some(name) = &changes.name {
-        tx.release_name(&scope, &old_name.to_lowercase(), &stream)
-            .await?;
-        tx.claim_name(&scope, &name.unique_key(), &stream)
-            .await
-            .map_err(name_taken("Environment", name, WITHIN))?;
+        write_set = write_set
+            .release_name(&scope, &old_name.to_lowercase())
+            .claim_name(&scope, &name.unique_key());
     }
-    let appended = tx.append(&stream, expected, events).await?;
-    Outcome::new(StatusCode::OK, body, appended.version)
-        .commit(tx, write, appended.position)
-        .await
+    let outcome = Outcome::new(StatusCode::OK, body, write_set.version_after());
+    match &changes.name {
+        Some(name) => outcome
+            .commit(state, write_set, write)
+            .await
+            .map_err(name_taken("Environment", name, WITHIN)),
+        None => outcome.commit(state, write_set, write).await,
+    }
 }
 
 pub async fn delete(
@@ -219,18 +219,16 @@ async fn delete_once(state: &AppState, write: &Write, id: Uuid) -> Result<Outcom
     );
     let stream = Environment::stream_id(id);
     let org_stream = Organization::stream_id(organization_id);
-    let mut tx = state.store.begin().await?;
-    let appended = tx.append(&stream, expected, events).await?;
-    refuse_if_referenced(&mut tx, &stream, "Environment").await?;
-    tx.release_name(&name_scope(organization_id), &name.to_lowercase(), &stream)
-        .await?;
-    tx.remove_reference(&org_stream, &stream).await?;
+    let changes = WriteSet::append(&stream, expected, events)
+        .refuse_if_referenced()
+        .release_name(&name_scope(organization_id), &name.to_lowercase())
+        .remove_reference(&org_stream);
     Outcome::new(
         StatusCode::OK,
         json!({ "success": true, "id": id }),
-        appended.version,
+        changes.version_after(),
     )
-    .commit(tx, write, appended.position)
+    .commit(state, changes, write)
     .await
 }
 

@@ -21,6 +21,9 @@ pub enum ApiError {
     NotFound { error: String, details: String },
     #[error("{error}")]
     Conflict { error: String, details: String },
+    /// A name claim was lost; handlers say which resource and name (see `fields::name_taken`).
+    #[error("name taken")]
+    NameTaken,
     /// The stream moved between load and append; retried unless the client pinned a version.
     #[error("concurrent write")]
     VersionConflict,
@@ -98,10 +101,37 @@ impl From<AuthError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Conflict { .. } => ApiError::VersionConflict,
+            StoreError::Conflict { .. } | StoreError::IdempotencyKeyUsed => {
+                ApiError::VersionConflict
+            }
+            StoreError::NameTaken { .. } => ApiError::NameTaken,
+            StoreError::Referenced { sources } => ApiError::Conflict {
+                error: "Still referenced".into(),
+                details: format!("still referenced by {}", describe_streams(&sources)),
+            },
             other => ApiError::Internal(other.into()),
         }
     }
+}
+
+/// Stream ids (`<aggregate>-<uuid>`) grouped for people: "environments: id, id; workflows: id".
+fn describe_streams(streams: &[String]) -> String {
+    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+    for stream in streams {
+        let (kind, id) = stream
+            .split_once('-')
+            .unwrap_or(("resource", stream.as_str()));
+        let kind = format!("{kind}s");
+        match groups.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, ids)) => ids.push(id),
+            None => groups.push((kind, vec![id])),
+        }
+    }
+    let listed: Vec<String> = groups
+        .iter()
+        .map(|(kind, ids)| format!("{kind}: {}", ids.join(", ")))
+        .collect();
+    listed.join("; ")
 }
 
 impl From<sqlx::Error> for ApiError {
@@ -120,6 +150,11 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(error) => (StatusCode::FORBIDDEN, error, String::new()),
             ApiError::NotFound { error, details } => (StatusCode::NOT_FOUND, error, details),
             ApiError::Conflict { error, details } => (StatusCode::CONFLICT, error, details),
+            ApiError::NameTaken => (
+                StatusCode::CONFLICT,
+                "Name already exists".into(),
+                "name: already taken".into(),
+            ),
             ApiError::VersionConflict => (
                 StatusCode::CONFLICT,
                 "Conflict".into(),

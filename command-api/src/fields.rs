@@ -1,9 +1,7 @@
 //! Request fields shared by resources: names and descriptions turned into domain values (with the
-//! API's `400` answers), the `409` for a taken name, and the `409` for deleting something referenced.
+//! API's `400` answers), and the `409` for a taken name.
 
-use events::store::AppendTx;
 use events::values::{Description, Name};
-use events::StoreError;
 
 use crate::error::ApiError;
 
@@ -33,14 +31,14 @@ pub fn update_description(
     raw.map(|d| optional_description(d.as_deref())).transpose()
 }
 
-/// Maps a lost name claim to `409`; `within` says where names must be unique (may be empty).
+/// Maps a lost name claim to `409` naming the resource; `within` says where names must be unique.
 pub fn name_taken<'a>(
     resource: &'a str,
     name: &'a Name,
     within: &'a str,
-) -> impl FnOnce(StoreError) -> ApiError + 'a {
+) -> impl FnOnce(ApiError) -> ApiError + 'a {
     move |error| match error {
-        StoreError::NameTaken { .. } => ApiError::Conflict {
+        ApiError::NameTaken => ApiError::Conflict {
             error: format!("{resource} name already exists"),
             details: format!(
                 "name: {} named {:?} already exists{within}",
@@ -48,7 +46,7 @@ pub fn name_taken<'a>(
                 name.as_str()
             ),
         },
-        other => other.into(),
+        other => other,
     }
 }
 
@@ -59,38 +57,4 @@ fn article(resource: &str) -> String {
     } else {
         format!("a {lower}")
     }
-}
-
-/// Refuses to delete a stream that other streams still refer to, naming them.
-/// Call it after appending the deletion (see [`AppendTx::references_to`]).
-pub async fn refuse_if_referenced(
-    tx: &mut AppendTx,
-    stream: &str,
-    resource: &str,
-) -> Result<(), ApiError> {
-    const SHOWN: i64 = 10;
-    let sources = tx.references_to(stream, SHOWN).await?;
-    if sources.is_empty() {
-        return Ok(());
-    }
-    // Stream ids are `<aggregate>-<uuid>`: group them as "environments: id, id".
-    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
-    for source in sources {
-        let (kind, id) = source
-            .split_once('-')
-            .unwrap_or(("resource", source.as_str()));
-        let kind = format!("{kind}s");
-        match groups.iter_mut().find(|(k, _)| *k == kind) {
-            Some((_, ids)) => ids.push(id.to_owned()),
-            None => groups.push((kind, vec![id.to_owned()])),
-        }
-    }
-    let listed: Vec<String> = groups
-        .iter()
-        .map(|(kind, ids)| format!("{kind}: {}", ids.join(", ")))
-        .collect();
-    Err(ApiError::Conflict {
-        error: format!("{resource} is still referenced"),
-        details: format!("still referenced by {}", listed.join("; ")),
-    })
 }

@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::Utc;
 use events::organization::{Organization, OrganizationChanges, OrganizationCommand};
+use events::store::WriteSet;
 use events::values::{double_option, Description, Name};
 use events::views::OrganizationView;
 use events::{Action, Aggregate, Loaded, Resource, Role};
@@ -75,15 +76,12 @@ async fn create_once(
     })?;
     let stream = Organization::stream_id(id);
     let events = org.record(events, &write.metadata(role, Some(id)), Utc::now());
-    let mut tx = state.store.begin().await?;
-    tx.claim_name(NAME_SCOPE, &name.unique_key(), &stream)
-        .await
-        .map_err(name_taken("Organization", name, ""))?;
-    let appended = tx.append(&stream, 0, events).await?;
-    Outcome::new(StatusCode::CREATED, view(&org)?, appended.version)
+    let changes = WriteSet::append(&stream, 0, events).claim_name(NAME_SCOPE, &name.unique_key());
+    Outcome::new(StatusCode::CREATED, view(&org)?, changes.version_after())
         .located(format!("/api/organizations/{id}"))
-        .commit(tx, write, appended.position)
+        .commit(state, changes, write)
         .await
+        .map_err(name_taken("Organization", name, ""))
 }
 
 pub async fn update(
@@ -128,18 +126,20 @@ async fn update_once(
     let events = org.record(events, &write.metadata(role, Some(id)), Utc::now());
     let body = view(&org)?;
     let stream = Organization::stream_id(id);
-    let mut tx = state.store.begin().await?;
+    let mut write_set = WriteSet::append(&stream, expected, events);
     if let Some(name) = &changes.name {
-        tx.release_name(NAME_SCOPE, &old_name.to_lowercase(), &stream)
-            .await?;
-        tx.claim_name(NAME_SCOPE, &name.unique_key(), &stream)
-            .await
-            .map_err(name_taken("Organization", name, ""))?;
+        write_set = write_set
+            .release_name(NAME_SCOPE, &old_name.to_lowercase())
+            .claim_name(NAME_SCOPE, &name.unique_key());
     }
-    let appended = tx.append(&stream, expected, events).await?;
-    Outcome::new(StatusCode::OK, body, appended.version)
-        .commit(tx, write, appended.position)
-        .await
+    let outcome = Outcome::new(StatusCode::OK, body, write_set.version_after());
+    match &changes.name {
+        Some(name) => outcome
+            .commit(state, write_set, write)
+            .await
+            .map_err(name_taken("Organization", name, "")),
+        None => outcome.commit(state, write_set, write).await,
+    }
 }
 
 pub async fn delete(
@@ -167,19 +167,15 @@ async fn delete_once(
     let events = org.state.decide(OrganizationCommand::Delete)?;
     let events = org.record(events, &write.metadata(role, Some(id)), Utc::now());
     let stream = Organization::stream_id(id);
-    let mut tx = state.store.begin().await?;
-    let appended = tx.append(&stream, expected, events).await?;
-    // Checked after the append took the stream's lock: an environment being created concurrently
-    // either committed its reference already or will find the organization changed.
-    crate::fields::refuse_if_referenced(&mut tx, &stream, "Organization").await?;
-    tx.release_name(NAME_SCOPE, &name.to_lowercase(), &stream)
-        .await?;
+    let changes = WriteSet::append(&stream, expected, events)
+        .refuse_if_referenced()
+        .release_name(NAME_SCOPE, &name.to_lowercase());
     Outcome::new(
         StatusCode::OK,
         json!({ "success": true, "id": id }),
-        appended.version,
+        changes.version_after(),
     )
-    .commit(tx, write, appended.position)
+    .commit(state, changes, write)
     .await
 }
 

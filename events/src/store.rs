@@ -14,6 +14,11 @@
 //! [`AppendTx::append`] takes an exact version and [`ExpectedVersion::Any`] is resolved by reading the
 //! current version first and retrying on conflict.
 //!
+//! Writes. Everything one command decided (the streams it depends on, name claims, references, its
+//! events, the response kept under its idempotency key) is gathered in a [`WriteSet`] and committed by
+//! one call of the `append_write` SQL function (`schemas/migrations/0003_append_write.sql`), which
+//! checks and applies it all or raises. One round trip per command, whatever it touches.
+//!
 //! Wake-ups. After a commit the store sends `NOTIFY` so that followers wake at once. It is sent from a
 //! background task, coalesced, outside the appending transaction: PostgreSQL serialises the commits of
 //! notifying transactions on a global lock, which would undo group commit. A lost notification costs a
@@ -23,13 +28,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
 use sqlx::postgres::{PgListener, PgPool};
-use sqlx::{PgConnection, PgExecutor, Postgres, Transaction};
+use sqlx::PgExecutor;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::aggregate::{Aggregate, Loaded};
-use crate::envelope::{LogPosition, NewEvent, RecordedEvent};
+use crate::envelope::{EventMetadata, LogPosition, NewEvent, RecordedEvent};
 
 /// The channel followers `LISTEN` on; a notification means "new events may be readable".
 pub const APPENDED_CHANNEL: &str = "events_appended";
@@ -64,8 +71,10 @@ pub enum StoreError {
     Conflict { stream: String },
     #[error("the name is already taken in {scope}")]
     NameTaken { scope: String },
-    #[error("the transaction failed earlier and cannot be committed")]
-    Aborted,
+    #[error("still referenced by {sources:?}")]
+    Referenced { sources: Vec<String> },
+    #[error("the idempotency key was used by another request")]
+    IdempotencyKeyUsed,
     #[error("decoding an event of stream {stream}")]
     Decode {
         stream: String,
@@ -127,13 +136,11 @@ impl PgEventStore {
         &self.pool
     }
 
-    /// Starts a transaction in which one command's appends, name claims and references commit together.
-    pub async fn begin(&self) -> Result<AppendTx, StoreError> {
-        Ok(AppendTx {
-            tx: self.pool.begin().await?,
-            appended: self.appended.clone(),
-            aborted: false,
-        })
+    /// Commits a write set on its own (one statement, so its own transaction).
+    pub async fn commit(&self, write: WriteSet) -> Result<Appended, StoreError> {
+        let appended = commit_in(&self.pool, &write).await?;
+        self.appended.notify_one();
+        Ok(appended)
     }
 
     /// Folds an aggregate from its latest snapshot and the events after it.
@@ -261,12 +268,11 @@ impl EventStore for PgEventStore {
                 Some(version) => version,
                 None => self.current_version(stream_id).await?,
             };
-            let mut tx = self.begin().await?;
-            match tx.append(stream_id, version, events.clone()).await {
-                Ok(appended) => {
-                    tx.commit().await?;
-                    return Ok(appended);
-                }
+            match self
+                .commit(WriteSet::append(stream_id, version, events.clone()))
+                .await
+            {
+                Ok(appended) => return Ok(appended),
                 Err(StoreError::Conflict { .. }) if fixed.is_none() => continue,
                 Err(error) => return Err(error),
             }
@@ -364,230 +370,208 @@ async fn notify_followers(pool: PgPool, appended: Arc<Notify>) {
     }
 }
 
-/// One command's writes. Dropping it without [`AppendTx::commit`] rolls everything back.
-pub struct AppendTx {
-    tx: Transaction<'static, Postgres>,
-    appended: Arc<Notify>,
-    aborted: bool,
+/// Commits a write set inside the caller's transaction (for callers that hold one open on purpose).
+pub async fn commit_in<'e>(
+    executor: impl PgExecutor<'e>,
+    write: &WriteSet,
+) -> Result<Appended, StoreError> {
+    let (version, transaction_id, global_position): (i64, i64, i64) =
+        sqlx::query_as("SELECT version, transaction_id, global_position FROM append_write($1)")
+            .bind(sqlx::types::Json(write))
+            .fetch_one(executor)
+            .await
+            .map_err(|error| write.error(error))?;
+    Ok(Appended {
+        version,
+        position: LogPosition {
+            transaction_id,
+            global_position,
+        },
+    })
 }
 
-impl AppendTx {
-    /// Appends `events` to a stream that must be at `expected_version` (0: must not exist), a version
-    /// read before this transaction began. Takes the stream's row lock until commit.
-    pub async fn append(
-        &mut self,
-        stream_id: &str,
-        expected_version: i64,
-        events: Vec<NewEvent>,
-    ) -> Result<Appended, StoreError> {
-        assert!(!events.is_empty(), "an append needs at least one event");
-        let count = events.len() as i64;
-        let mut ids = Vec::with_capacity(events.len());
-        let mut types = Vec::with_capacity(events.len());
-        let mut schema_versions = Vec::with_capacity(events.len());
-        let mut data = Vec::with_capacity(events.len());
-        let mut metadata = Vec::with_capacity(events.len());
-        let mut times: Vec<DateTime<Utc>> = Vec::with_capacity(events.len());
-        for event in events {
-            ids.push(event.event_id);
-            types.push(event.event_type);
-            schema_versions.push(event.schema_version);
-            data.push(event.data);
-            // Metadata is plain strings and ids; serialising it cannot fail.
-            metadata.push(serde_json::to_value(&event.metadata).expect("metadata serialises"));
-            times.push(event.recorded_at);
-        }
-        // The stream row's upsert moves the version and holds the row lock that serialises writers of
-        // this stream; events are inserted only when the version it replaced is the expected one. When
-        // it is not, nothing is inserted and the transaction is marked aborted, so the bumped version
-        // can never be committed.
-        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
-            "WITH stream AS ( \
-                 INSERT INTO streams (stream_id, version) VALUES ($1, $3) \
-                 ON CONFLICT (stream_id) DO UPDATE SET version = streams.version + $3 \
-                 RETURNING version - $3 AS previous \
-             ) \
-             INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, data, metadata, recorded_at) \
-             SELECT $1, stream.previous + e.ord, e.event_id, e.event_type, e.schema_version, e.data, e.metadata, e.recorded_at \
-             FROM stream, UNNEST($4::uuid[], $5::text[], $6::int[], $7::jsonb[], $8::jsonb[], $9::timestamptz[]) \
-                  WITH ORDINALITY AS e(event_id, event_type, schema_version, data, metadata, recorded_at, ord) \
-             WHERE stream.previous = $2 \
-             RETURNING stream_version, transaction_id, global_position",
-        )
-        .bind(stream_id)
-        .bind(expected_version)
-        .bind(count)
-        .bind(&ids)
-        .bind(&types)
-        .bind(&schema_versions)
-        .bind(&data)
-        .bind(&metadata)
-        .bind(&times)
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(|e| match self.fail(e) {
-            StoreError::Conflict { .. } => StoreError::Conflict {
-                stream: stream_id.to_owned(),
-            },
-            other => other,
-        })?;
+/// Everything one command writes, committed atomically by [`PgEventStore::commit`]: events appended to
+/// one stream at an expected version, plus the bookkeeping that must commit with them. Nothing is
+/// written until then, and a failed check writes nothing at all.
+#[derive(Debug, Clone, Serialize)]
+pub struct WriteSet {
+    stream: String,
+    /// The version the stream must be at (0: must not exist), read before the write began.
+    expected: i64,
+    events: Vec<EventRow>,
+    requires: Vec<Dependency>,
+    claims: Vec<NameClaim>,
+    releases: Vec<NameClaim>,
+    references_added: Vec<Reference>,
+    references_removed: Vec<Reference>,
+    /// A stream that must have no references left (the one being deleted).
+    unreferenced: Option<String>,
+    response: Option<StoredResponse>,
+}
 
-        let Some(&(version, transaction_id, global_position)) =
-            rows.iter().max_by_key(|(version, _, _)| *version)
-        else {
-            self.aborted = true;
-            return Err(StoreError::Conflict {
-                stream: stream_id.to_owned(),
-            });
-        };
-        Ok(Appended {
+#[derive(Debug, Clone, Serialize)]
+struct EventRow {
+    event_id: Uuid,
+    event_type: String,
+    schema_version: i32,
+    data: Value,
+    metadata: EventMetadata,
+    recorded_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Dependency {
+    stream: String,
+    version: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct NameClaim {
+    scope: String,
+    name: String,
+    stream: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Reference {
+    target: String,
+    source: String,
+}
+
+/// A response to keep under an idempotency key; stored with the write's log position.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredResponse {
+    pub caller: String,
+    pub key: String,
+    pub request_hash: String,
+    pub status: i16,
+    pub headers: Value,
+    pub body: String,
+}
+
+impl WriteSet {
+    /// Appends `events` to `stream`, which must be at `expected_version` (0: must not exist): a version
+    /// read before this write (see the module docs).
+    pub fn append(stream: &str, expected_version: i64, events: Vec<NewEvent>) -> Self {
+        assert!(!events.is_empty(), "a write appends at least one event");
+        WriteSet {
+            stream: stream.to_owned(),
+            expected: expected_version,
+            events: events
+                .into_iter()
+                .map(|e| EventRow {
+                    event_id: e.event_id,
+                    event_type: e.event_type,
+                    schema_version: e.schema_version,
+                    data: e.data,
+                    metadata: e.metadata,
+                    recorded_at: e.recorded_at,
+                })
+                .collect(),
+            requires: Vec::new(),
+            claims: Vec::new(),
+            releases: Vec::new(),
+            references_added: Vec::new(),
+            references_removed: Vec::new(),
+            unreferenced: None,
+            response: None,
+        }
+    }
+
+    /// The stream version the write leaves behind.
+    pub fn version_after(&self) -> i64 {
+        self.expected + self.events.len() as i64
+    }
+
+    /// Requires another stream to be at `version` (0: not existing) when the write commits, without
+    /// writing to it. A deletion of that stream ([`WriteSet::refuse_if_referenced`]) waits for this write.
+    pub fn require_version(mut self, stream: &str, version: i64) -> Self {
+        self.requires.push(Dependency {
+            stream: stream.to_owned(),
             version,
-            position: LogPosition {
-                transaction_id,
-                global_position,
+        });
+        self
+    }
+
+    /// Claims `name` (callers pass it case-folded) within `scope` for this write's stream.
+    pub fn claim_name(mut self, scope: &str, name: &str) -> Self {
+        let stream = self.stream.clone();
+        self.claims.push(NameClaim {
+            scope: scope.to_owned(),
+            name: name.to_owned(),
+            stream,
+        });
+        self
+    }
+
+    pub fn release_name(mut self, scope: &str, name: &str) -> Self {
+        let stream = self.stream.clone();
+        self.releases.push(NameClaim {
+            scope: scope.to_owned(),
+            name: name.to_owned(),
+            stream,
+        });
+        self
+    }
+
+    /// Records that this write's stream refers to `target`.
+    pub fn add_reference(mut self, target: &str) -> Self {
+        let source = self.stream.clone();
+        self.references_added.push(Reference {
+            target: target.to_owned(),
+            source,
+        });
+        self
+    }
+
+    pub fn remove_reference(mut self, target: &str) -> Self {
+        let source = self.stream.clone();
+        self.references_removed.push(Reference {
+            target: target.to_owned(),
+            source,
+        });
+        self
+    }
+
+    /// Refuses the write ([`StoreError::Referenced`]) while other streams still refer to this one.
+    pub fn refuse_if_referenced(mut self) -> Self {
+        self.unreferenced = Some(self.stream.clone());
+        self
+    }
+
+    /// Keeps `response` under its idempotency key, committed with the events.
+    pub fn remember_response(mut self, response: StoredResponse) -> Self {
+        self.response = Some(response);
+        self
+    }
+
+    /// Maps the errors `append_write` raises.
+    fn error(&self, error: sqlx::Error) -> StoreError {
+        let Some(db) = error.as_database_error() else {
+            return StoreError::Database(error);
+        };
+        let detail = || {
+            db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .and_then(|e| e.detail())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        match db.code().as_deref() {
+            Some("ES001") => StoreError::Conflict { stream: detail() },
+            Some("ES002") => StoreError::Referenced {
+                sources: detail().split(',').map(str::to_owned).collect(),
             },
-        })
-    }
-
-    /// Makes this transaction depend on another stream staying at `version` (0: not existing) without
-    /// writing to it. It holds the stream's advisory lock in shared mode until commit: many dependents
-    /// run at once, while [`AppendTx::references_to`] (taken by whoever deletes that stream) waits for
-    /// them. A shared in-memory lock rather than `FOR SHARE` on the stream row, because many writers
-    /// depending on one hot stream (environments of one organization) would otherwise queue on that row.
-    pub async fn require_version(&mut self, stream_id: &str, version: i64) -> Result<(), StoreError> {
-        let current: Option<i64> = sqlx::query_scalar(
-            "SELECT s.version FROM (SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))) l \
-             LEFT JOIN streams s ON s.stream_id = $1",
-        )
-        .bind(stream_id)
-        .fetch_one(&mut *self.tx)
-        .await
-        .map_err(|e| self.fail(e))?;
-        if current.unwrap_or(0) != version {
-            self.aborted = true;
-            return Err(StoreError::Conflict {
-                stream: stream_id.to_owned(),
-            });
-        }
-        Ok(())
-    }
-
-    /// Claims `name` (compared as given; callers pass a case-folded key) within `scope` for a stream.
-    pub async fn claim_name(
-        &mut self,
-        scope: &str,
-        name: &str,
-        stream_id: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO name_claims (scope, name, stream_id) VALUES ($1, $2, $3)")
-            .bind(scope)
-            .bind(name)
-            .bind(stream_id)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(|e| match self.fail(e) {
-                StoreError::NameTaken { .. } => StoreError::NameTaken {
-                    scope: scope.to_owned(),
-                },
-                other => other,
-            })?;
-        Ok(())
-    }
-
-    pub async fn release_name(
-        &mut self,
-        scope: &str,
-        name: &str,
-        stream_id: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM name_claims WHERE scope = $1 AND name = $2 AND stream_id = $3")
-            .bind(scope)
-            .bind(name)
-            .bind(stream_id)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(|e| self.fail(e))?;
-        Ok(())
-    }
-
-    /// Records that `source` refers to `target`.
-    pub async fn add_reference(&mut self, target: &str, source: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO stream_references (target, source) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(target)
-        .bind(source)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(|e| self.fail(e))?;
-        Ok(())
-    }
-
-    pub async fn remove_reference(&mut self, target: &str, source: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM stream_references WHERE target = $1 AND source = $2")
-            .bind(target)
-            .bind(source)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(|e| self.fail(e))?;
-        Ok(())
-    }
-
-    /// Up to `limit` streams that refer to `target`. Takes `target`'s advisory lock exclusively first,
-    /// so it waits for every transaction that [`AppendTx::require_version`]d `target` and is still in
-    /// flight, and sees their references. Call it after appending to `target`: the new version then
-    /// makes any later dependent fail its version check.
-    pub async fn references_to(&mut self, target: &str, limit: i64) -> Result<Vec<String>, StoreError> {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(target)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(|e| self.fail(e))?;
-        sqlx::query_scalar(
-            "SELECT source FROM stream_references WHERE target = $1 ORDER BY source LIMIT $2",
-        )
-        .bind(target)
-        .bind(limit)
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(|e| self.fail(e))
-    }
-
-    /// The transaction's connection, for writes of the caller's own that must commit with the events.
-    pub fn connection(&mut self) -> &mut PgConnection {
-        &mut self.tx
-    }
-
-    pub async fn commit(self) -> Result<(), StoreError> {
-        if self.aborted {
-            return Err(StoreError::Aborted);
-        }
-        self.tx.commit().await?;
-        self.appended.notify_one();
-        Ok(())
-    }
-
-    /// Maps a database error to a store error and marks the transaction unusable: PostgreSQL has
-    /// aborted it anyway.
-    fn fail(&mut self, error: sqlx::Error) -> StoreError {
-        self.aborted = true;
-        if let Some(db) = error.as_database_error() {
-            if db.is_unique_violation() {
-                match db.constraint() {
-                    Some("name_claims_pkey") => {
-                        return StoreError::NameTaken {
-                            scope: String::new(),
-                        }
-                    }
-                    Some("events_stream_version_key") => {
-                        return StoreError::Conflict {
-                            stream: String::new(),
-                        }
-                    }
-                    _ => {}
+            Some("ES003") => StoreError::IdempotencyKeyUsed,
+            _ if db.is_unique_violation() && db.constraint() == Some("name_claims_pkey") => {
+                StoreError::NameTaken {
+                    scope: self
+                        .claims
+                        .first()
+                        .map(|c| c.scope.clone())
+                        .unwrap_or_default(),
                 }
             }
+            _ => StoreError::Database(error),
         }
-        StoreError::Database(error)
     }
 }

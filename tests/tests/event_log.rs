@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use events::organization::{Organization, OrganizationEvent};
-use events::store::read_log;
+use events::store::{commit_in, read_log, WriteSet};
 use events::{
     ActorRef, Aggregate, EventMetadata, EventStore, ExpectedVersion, LogPosition, NewEvent,
     PgEventStore, Role, StoreError,
@@ -124,10 +124,9 @@ async fn a_live_reader_sees_every_committed_event_exactly_once_in_log_order() {
                     // A deliberately slow transaction: its positions are handed out now, but it commits
                     // only after many faster writers have committed later positions.
                     let version = stream_version(&store, &own).await;
-                    let mut tx = store.begin().await.unwrap();
-                    tx.append(&own, version, events(writer, written, count))
-                        .await
-                        .unwrap();
+                    let mut tx = store.pool().begin().await.unwrap();
+                    let write = WriteSet::append(&own, version, events(writer, written, count));
+                    commit_in(&mut *tx, &write).await.unwrap();
                     tokio::time::sleep(Duration::from_millis(20 + (writer as u64 * 7) % 60)).await;
                     tx.commit().await.unwrap();
                 } else {
@@ -179,8 +178,10 @@ async fn a_live_reader_sees_every_committed_event_exactly_once_in_log_order() {
 async fn the_reader_does_not_pass_a_transaction_that_is_still_in_flight() {
     let db = TestDb::create().await.unwrap();
     let store = PgEventStore::new(db.pool.clone());
-    let mut slow = store.begin().await.unwrap();
-    let slow_appended = slow.append("slow", 0, events(0, 0, 1)).await.unwrap();
+    let mut slow = db.pool.begin().await.unwrap();
+    let slow_appended = commit_in(&mut *slow, &WriteSet::append("slow", 0, events(0, 0, 1)))
+        .await
+        .unwrap();
     let fast_appended = store
         .append("fast", ExpectedVersion::NoStream, events(1, 0, 1))
         .await
@@ -288,10 +289,23 @@ async fn a_wrong_expected_version_appends_nothing() {
     assert_eq!(stream_version(&store, "s").await, 1);
     assert_eq!(stream_version(&store, "missing").await, 0);
 
-    // A transaction that lost its version check cannot be committed by mistake.
-    let mut tx = store.begin().await.unwrap();
-    assert!(tx.append("s", 7, events(0, 0, 1)).await.is_err());
-    assert!(matches!(tx.commit().await, Err(StoreError::Aborted)));
+    // A write that fails its version check leaves none of its other writes behind either.
+    let write = WriteSet::append("s", 7, events(0, 0, 1))
+        .claim_name("scope", "name")
+        .add_reference("target");
+    assert!(matches!(
+        store.commit(write).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let claims: i64 = sqlx::query_scalar("SELECT count(*) FROM name_claims")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let references: i64 = sqlx::query_scalar("SELECT count(*) FROM stream_references")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!((claims, references), (0, 0));
     assert_eq!(stream_version(&store, "s").await, 1);
 }
 

@@ -40,12 +40,18 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let command_line: Vec<String> = std::env::args().collect();
-    println!("command: cargo run --release -p tests --bin bench -- {}", command_line[1..].join(" "));
+    println!(
+        "command: cargo run --release -p tests --bin bench -- {}",
+        command_line[1..].join(" ")
+    );
     let mut app = TestApp::spawn_with_pool_size(args.clients as u32 + 16).await;
     let duration = Duration::from_secs(args.seconds);
 
     let raw = raw_appends(&app.db.pool, args.clients, duration).await?;
-    println!("(a) raw single-row appends, {} connections: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms", args.clients, raw.rate, raw.p50, raw.p99);
+    println!(
+        "(a) raw single-row appends, {} connections: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+        args.clients, raw.rate, raw.p50, raw.p99
+    );
 
     let http = http_creates(&app, args.clients, duration).await?;
     println!(
@@ -59,7 +65,8 @@ async fn main() -> anyhow::Result<()> {
     );
 
     app.stop_projector();
-    let (rebuild_rate, bulk_rate) = rebuild_against_bulk_insert(&app.db.pool, args.rebuild_events).await?;
+    let (rebuild_rate, bulk_rate) =
+        rebuild_against_bulk_insert(&app.db.pool, args.rebuild_events).await?;
     println!(
         "(c) rebuild of {} events: {:.0} events/s; raw bulk insert of as many rows: {:.0} rows/s; ratio {:.2} (target >= 0.60)",
         args.rebuild_events,
@@ -86,9 +93,17 @@ struct Measured {
 
 fn measure(mut latencies: Vec<Duration>, elapsed: Duration, errors: usize) -> Measured {
     latencies.sort();
-    let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)));
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+    };
     let ms = |d: Option<&Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
-    Measured { rate: latencies.len() as f64 / elapsed.as_secs_f64(), p50: ms(at(0.50)), p99: ms(at(0.99)), errors }
+    Measured {
+        rate: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: ms(at(0.50)),
+        p99: ms(at(0.99)),
+        errors,
+    }
 }
 
 /// Runs `clients` loops of `op` until `duration` has passed, timing each call.
@@ -126,8 +141,14 @@ where
     measure(latencies, started.elapsed(), errors.load(Ordering::Relaxed))
 }
 
-async fn raw_appends(pool: &PgPool, clients: usize, duration: Duration) -> anyhow::Result<Measured> {
-    sqlx::query("CREATE TABLE raw_appends (LIKE events INCLUDING ALL)").execute(pool).await?;
+async fn raw_appends(
+    pool: &PgPool,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<Measured> {
+    sqlx::query("CREATE TABLE raw_appends (LIKE events INCLUDING ALL)")
+        .execute(pool)
+        .await?;
     let data = json!({ "id": Uuid::now_v7(), "organizationId": Uuid::now_v7(), "name": "Production environment", "description": null });
     let metadata = json!({ "actor": { "id": "bench", "role": "system" }, "organizationId": Uuid::now_v7(), "requestId": Uuid::now_v7().to_string(),
         "correlationId": Uuid::now_v7().to_string(), "causationId": null, "clientIp": "127.0.0.1", "userAgent": "bench/1.0" });
@@ -151,9 +172,15 @@ async fn raw_appends(pool: &PgPool, clients: usize, duration: Duration) -> anyho
     .await)
 }
 
-async fn http_creates(app: &TestApp, clients: usize, duration: Duration) -> anyhow::Result<Measured> {
+async fn http_creates(
+    app: &TestApp,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<Measured> {
     let org = app.create_organization("Bench Corp").await;
-    let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()?;
     let url = format!("{}/api/environments", app.command_url);
     let token = app.admin_token.clone();
     Ok(run_for(clients, duration, move |client, n| {
@@ -198,16 +225,29 @@ async fn rebuild_against_bulk_insert(pool: &PgPool, count: usize) -> anyhow::Res
     .bind(&metadata)
     .execute(pool)
     .await?;
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(pool).await?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await?;
 
     let progress = projector::rebuild::rebuild(pool, &projector::tenants::Tenants, |p| {
-        println!("    rebuild tenants: {}/{} events, {:.0} events/s", p.applied, p.total, p.events_per_second())
+        println!(
+            "    rebuild tenants: {}/{} events, {:.0} events/s",
+            p.applied,
+            p.total,
+            p.events_per_second()
+        )
     })
     .await?;
     let rebuild_rate = progress.applied as f64 / progress.elapsed.as_secs_f64();
-    anyhow::ensure!(progress.applied as i64 == total, "the rebuild applied {} of {total} events", progress.applied);
+    anyhow::ensure!(
+        progress.applied as i64 == total,
+        "the rebuild applied {} of {total} events",
+        progress.applied
+    );
 
-    sqlx::query("CREATE TABLE bulk_environments (LIKE read_models.environments INCLUDING ALL)").execute(pool).await?;
+    sqlx::query("CREATE TABLE bulk_environments (LIKE read_models.environments INCLUDING ALL)")
+        .execute(pool)
+        .await?;
     let started = Instant::now();
     for chunk in (0..total).collect::<Vec<_>>().chunks(5_000) {
         let ids: Vec<Uuid> = chunk.iter().map(|_| Uuid::new_v4()).collect();
@@ -242,7 +282,9 @@ async fn list_latency(app: &TestApp, rows: usize, requests: usize) -> anyhow::Re
         .bind(rows as i64)
         .execute(&app.db.pool)
         .await?;
-    sqlx::query("ANALYZE read_models.environments").execute(&app.db.pool).await?;
+    sqlx::query("ANALYZE read_models.environments")
+        .execute(&app.db.pool)
+        .await?;
 
     let http = reqwest::Client::new();
     let next = Arc::new(AtomicUsize::new(0));
@@ -256,7 +298,11 @@ async fn list_latency(app: &TestApp, rows: usize, requests: usize) -> anyhow::Re
                 while next.fetch_add(1, Ordering::Relaxed) < requests {
                     let page = 1 + latencies.len() % 100;
                     let t = Instant::now();
-                    let response = http.get(format!("{url}&page={page}")).bearer_auth(&token).send().await;
+                    let response = http
+                        .get(format!("{url}&page={page}"))
+                        .bearer_auth(&token)
+                        .send()
+                        .await;
                     if response.is_ok_and(|r| r.status() == 200) {
                         latencies.push(t.elapsed());
                     }

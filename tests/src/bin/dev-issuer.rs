@@ -19,7 +19,11 @@ use tests::issuer::{Issuer, SigningKey};
 struct Cli {
     #[arg(long, env = "DEV_ISSUER_ADDR", default_value = "127.0.0.1:8090")]
     addr: SocketAddr,
-    #[arg(long, env = "DEV_ISSUER_KEY_FILE", default_value = "deploy/.run/dev-issuer-key.pem")]
+    #[arg(
+        long,
+        env = "DEV_ISSUER_KEY_FILE",
+        default_value = "deploy/.run/dev-issuer-key.pem"
+    )]
     key_file: PathBuf,
     /// The issuer URL the APIs expect (`AUTH_ISSUER`); defaults to this server's address.
     #[arg(long, env = "AUTH_ISSUER")]
@@ -47,12 +51,20 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let key = load_or_generate(&cli.key_file)?;
-    let url = cli.issuer.clone().unwrap_or_else(|| format!("http://{}/", cli.addr));
+    let url = cli
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("http://{}/", cli.addr));
     let issuer = Issuer::new(url, cli.audience.clone(), key);
     match cli.command {
         Command::Serve => {
-            let listener = tokio::net::TcpListener::bind(cli.addr).await.with_context(|| format!("binding {}", cli.addr))?;
-            println!("dev issuer {} serving its keys on http://{}", issuer.url, cli.addr);
+            let listener = tokio::net::TcpListener::bind(cli.addr)
+                .await
+                .with_context(|| format!("binding {}", cli.addr))?;
+            println!(
+                "dev issuer {} serving its keys on http://{}",
+                issuer.url, cli.addr
+            );
             axum::serve(listener, issuer.router()).await?;
         }
         Command::Token { sub, ttl_seconds } => {
@@ -66,15 +78,24 @@ async fn main() -> anyhow::Result<()> {
 
 fn load_or_generate(path: &PathBuf) -> anyhow::Result<SigningKey> {
     if !path.exists() {
-        let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).context("generating an RSA key")?;
-        let pem = key.to_pkcs8_pem(LineEnding::LF).context("encoding the key")?;
+        let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
+            .context("generating an RSA key")?;
+        let pem = key
+            .to_pkcs8_pem(LineEnding::LF)
+            .context("encoding the key")?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(path, pem.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, pem.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
     }
-    let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let pem =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     // The key id names the key, so a regenerated key is refetched rather than mistaken for the old one.
-    let kid: String = Sha256::digest(pem.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let kid: String = Sha256::digest(pem.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     SigningKey::from_pem(&kid, &pem)
 }
