@@ -86,21 +86,29 @@ struct BatchState {
 }
 
 impl BatchState {
-    /// Loads every row the batch touches, and the organizations that new environments belong to
-    /// (for their names).
+    /// Loads every existing row the batch touches, and the organizations that new environments belong
+    /// to (for their names). A stream whose first event in the batch creates it has no row yet, which
+    /// spares a rebuild almost all of its lookups.
     async fn load(
         conn: &mut PgConnection,
         events: &[(TenantEvent, i64, DateTime<Utc>)],
     ) -> anyhow::Result<Self> {
         let mut organization_ids = HashSet::new();
         let mut environment_ids = HashSet::new();
+        let mut seen = HashSet::new();
         for (event, _, _) in events {
             match event {
-                TenantEvent::Organization(id, _) => {
-                    organization_ids.insert(*id);
+                TenantEvent::Organization(id, event) => {
+                    let created_here = matches!(event, OrganizationEvent::Created { .. });
+                    if seen.insert(*id) && !created_here {
+                        organization_ids.insert(*id);
+                    }
                 }
                 TenantEvent::Environment(id, event) => {
-                    environment_ids.insert(*id);
+                    let created_here = matches!(event, EnvironmentEvent::Created { .. });
+                    if seen.insert(*id) && !created_here {
+                        environment_ids.insert(*id);
+                    }
                     if let EnvironmentEvent::Created {
                         organization_id, ..
                     } = event

@@ -59,11 +59,15 @@ pub async fn list(
     let pattern = params.search()?.map(contains_pattern);
     state.consistency.wait(PROJECTION, consistency).await?;
 
-    let organization_exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM read_models.organizations WHERE id = $1)")
-            .bind(organization_id)
-            .fetch_one(&state.pool)
-            .await?;
+    // Whether the organization exists and, for an unfiltered list, the total: one round trip.
+    let (organization_exists, counted): (bool, Option<i64>) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM read_models.organizations WHERE id = $1), \
+                (SELECT count FROM read_models.tenant_counts WHERE scope = $2)",
+    )
+    .bind(organization_id)
+    .bind(format!("environments:{organization_id}"))
+    .fetch_one(&state.pool)
+    .await?;
     if !organization_exists {
         return Err(ApiError::not_found("Organization", organization_id));
     }
@@ -79,10 +83,7 @@ pub async fn list(
     .fetch_all(&state.pool)
     .await?;
     let total: i64 = match &pattern {
-        None => sqlx::query_scalar("SELECT COALESCE((SELECT count FROM read_models.tenant_counts WHERE scope = $1), 0)")
-            .bind(format!("environments:{organization_id}"))
-            .fetch_one(&state.pool)
-            .await?,
+        None => counted.unwrap_or(0),
         Some(pattern) => sqlx::query_scalar(
             "SELECT count(*) FROM read_models.environments WHERE organization_id = $1 AND name ILIKE $2",
         )
