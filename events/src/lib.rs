@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod environment;
 pub mod organization;
 pub mod store;
+pub mod telemetry;
 pub mod token;
 pub mod values;
 pub mod views;

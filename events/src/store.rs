@@ -11,7 +11,7 @@
 //! Per-stream order follows as long as every append states the stream version it expects and that
 //! version was read before the appending transaction began: a writer of version n+1 must have seen
 //! version n committed before its own transaction id was assigned, so it sorts after it. That is why
-//! [`AppendTx::append`] takes an exact version and [`ExpectedVersion::Any`] is resolved by reading the
+//! [`WriteSet::append`] takes an exact version and [`ExpectedVersion::Any`] is resolved by reading the
 //! current version first and retrying on conflict.
 //!
 //! Writes. Everything one command decided (the streams it depends on, name claims, references, its

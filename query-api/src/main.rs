@@ -11,12 +11,7 @@ use sqlx::postgres::PgPoolOptions;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx::postgres::notice=warn".into()),
-        )
-        .init();
+    events::telemetry::init();
     let database_url = std::env::var("DATABASE_URL").context("DATABASE_URL is not set")?;
     let addr: SocketAddr = std::env::var("QUERY_API_ADDR")
         .unwrap_or_else(|_| "127.0.0.1:8082".into())
