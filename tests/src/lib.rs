@@ -47,6 +47,13 @@ impl TestDb {
     }
 
     pub async fn create_with_pool_size(max_connections: u32) -> anyhow::Result<Self> {
+        let db = Self::create_empty(max_connections).await?;
+        events::store::migrate(&db.pool).await?;
+        Ok(db)
+    }
+
+    /// A fresh database with no migrations applied.
+    pub async fn create_empty(max_connections: u32) -> anyhow::Result<Self> {
         let server: PgConnectOptions = server_url().parse().context("TEST_DATABASE_URL")?;
         let name = format!("test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = server
@@ -62,7 +69,6 @@ impl TestDb {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(server.clone().database(&name))
             .await?;
-        events::store::migrate(&pool).await?;
         Ok(TestDb { pool, name, server })
     }
 
