@@ -43,19 +43,29 @@ pub async fn apply_next_batch(
     after: LogPosition,
     limit: i64,
 ) -> anyhow::Result<Option<Batch>> {
-    // `schema` is one of our own identifiers (the live schema or a rebuild's), never request input.
-    sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
-        .execute(&mut *tx)
-        .await?;
     let events = read_log(&mut *tx, after, limit).await?;
     let Some(last) = events.last().map(RecordedEvent::position) else {
         return Ok(None);
     };
-    projection.apply(tx, &events).await?;
+    apply_batch(tx, projection, schema, &events).await?;
     Ok(Some(Batch {
         events: events.len(),
         last,
     }))
+}
+
+/// Applies events already read to the tables in `schema`, in the caller's transaction.
+pub async fn apply_batch(
+    tx: &mut PgConnection,
+    projection: &dyn Projection,
+    schema: &str,
+    events: &[RecordedEvent],
+) -> anyhow::Result<()> {
+    // `schema` is one of our own identifiers (the live schema or a rebuild's), never request input.
+    sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
+        .execute(&mut *tx)
+        .await?;
+    projection.apply(tx, events).await
 }
 
 pub async fn ensure_checkpoint(conn: &mut PgConnection, name: &str) -> sqlx::Result<()> {

@@ -10,11 +10,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use events::LogPosition;
+use events::store::read_log;
+use events::{LogPosition, RecordedEvent};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::projection::{
-    apply_next_batch, ensure_checkpoint, lock_checkpoint, save_checkpoint, Projection, LIVE_SCHEMA,
+    apply_batch, apply_next_batch, ensure_checkpoint, lock_checkpoint, save_checkpoint, Projection,
+    LIVE_SCHEMA,
 };
 
 const BATCH_SIZE: i64 = 5_000;
@@ -75,24 +77,24 @@ pub async fn rebuild(
     let mut position = LogPosition::START;
     let mut last_report = Instant::now();
 
-    // Fill the copies batch by batch, each batch its own short transaction, until a batch comes back
-    // short: the rest is applied under the checkpoint lock.
-    loop {
+    // Fill the copies batch by batch, each batch its own short transaction, until the log is read to
+    // its end; the rest is applied under the checkpoint lock. A reader on its own connection stays a
+    // couple of batches ahead, so reading and decoding the log overlaps with writing the tables.
+    let (batches, mut ahead) = tokio::sync::mpsc::channel::<Vec<RecordedEvent>>(2);
+    let reader = tokio::spawn(read_ahead(pool.clone(), batches));
+    while let Some(events) = ahead.recv().await {
         let mut tx = conn.begin().await?;
-        let batch = apply_next_batch(&mut tx, projection, &scratch, position, BATCH_SIZE).await?;
+        apply_batch(&mut tx, projection, &scratch, &events).await?;
         tx.commit().await?;
-        let Some(batch) = batch else { break };
-        position = batch.last;
-        progress.applied += batch.events as u64;
+        position = events.last().map_or(position, RecordedEvent::position);
+        progress.applied += events.len() as u64;
         progress.elapsed = started.elapsed();
         if last_report.elapsed() >= Duration::from_secs(1) {
             report(progress);
             last_report = Instant::now();
         }
-        if (batch.events as i64) < BATCH_SIZE {
-            break;
-        }
     }
+    reader.await.context("the log reader panicked")??;
 
     let mut tx = conn.begin().await?;
     lock_checkpoint(&mut tx, name).await?;
@@ -119,4 +121,24 @@ pub async fn rebuild(
     progress.elapsed = started.elapsed();
     report(progress);
     Ok(progress)
+}
+
+/// Reads the log from the start in batches and hands them over until it reaches the end (or the
+/// receiving side stops).
+async fn read_ahead(
+    pool: PgPool,
+    batches: tokio::sync::mpsc::Sender<Vec<RecordedEvent>>,
+) -> anyhow::Result<()> {
+    let mut position = LogPosition::START;
+    loop {
+        let events = read_log(&pool, position, BATCH_SIZE).await?;
+        let Some(last) = events.last().map(RecordedEvent::position) else {
+            return Ok(());
+        };
+        position = last;
+        let short = (events.len() as i64) < BATCH_SIZE;
+        if batches.send(events).await.is_err() || short {
+            return Ok(());
+        }
+    }
 }
