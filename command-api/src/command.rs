@@ -106,9 +106,15 @@ where
         attempt += 1;
         match command().await {
             Err(ApiError::VersionConflict) if write.if_match.is_some() => {
-                return Err(ApiError::PreconditionFailed {
-                    details: "If-Match: the resource changed while this request was applied".into(),
-                })
+                // A twin request with the same idempotency key may be the writer that moved the
+                // version; then its response is ours.
+                return match replay(state, write).await? {
+                    Some(replayed) => Ok(replayed),
+                    None => Err(ApiError::PreconditionFailed {
+                        details: "If-Match: the resource changed while this request was applied"
+                            .into(),
+                    }),
+                };
             }
             Err(ApiError::VersionConflict) if attempt < ATTEMPTS => {
                 // The same idempotency key may just have committed; if so, that is our answer.

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod envelope;
 pub mod environment;
 pub mod organization;
+pub mod read_models;
 pub mod store;
 pub mod telemetry;
 pub mod token;

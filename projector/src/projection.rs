@@ -2,15 +2,13 @@
 //! position and apply them, inside the caller's transaction.
 
 use async_trait::async_trait;
+use events::read_models::CHECKPOINT_CHANNEL;
 use events::store::read_log;
 use events::{LogPosition, RecordedEvent};
 use sqlx::PgConnection;
 
 /// The schema live read models sit in; query-api reads from it.
 pub const LIVE_SCHEMA: &str = "read_models";
-
-/// The channel a projection notifies on when its checkpoint moves; the payload is its name.
-pub const CHECKPOINT_CHANNEL: &str = "projection_checkpoints";
 
 #[async_trait]
 pub trait Projection: Send + Sync {

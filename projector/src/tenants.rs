@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use events::environment::{Environment, EnvironmentData, EnvironmentEvent};
 use events::organization::{Organization, OrganizationData, OrganizationEvent};
+use events::read_models::{environments_count, ORGANIZATIONS_COUNT, TENANTS};
 use events::{Aggregate, RecordedEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -21,16 +22,10 @@ use crate::projection::Projection;
 
 pub struct Tenants;
 
-/// The list-count scope of all organizations, and of one organization's environments.
-pub const ORGANIZATIONS_SCOPE: &str = "organizations";
-pub fn environments_scope(organization_id: Uuid) -> String {
-    format!("environments:{organization_id}")
-}
-
 #[async_trait]
 impl Projection for Tenants {
     fn name(&self) -> &'static str {
-        "tenants"
+        TENANTS
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -192,9 +187,9 @@ impl BatchState {
                 row.version = version;
                 match event {
                     OrganizationEvent::Created { .. } => {
-                        self.count(ORGANIZATIONS_SCOPE.to_owned(), 1)
+                        self.count(ORGANIZATIONS_COUNT.to_owned(), 1)
                     }
-                    OrganizationEvent::Deleted {} => self.count(ORGANIZATIONS_SCOPE.to_owned(), -1),
+                    OrganizationEvent::Deleted {} => self.count(ORGANIZATIONS_COUNT.to_owned(), -1),
                     OrganizationEvent::Updated { name: Some(_), .. } => {
                         self.renamed_organizations.insert(*id);
                     }
@@ -212,10 +207,10 @@ impl BatchState {
                 match event {
                     EnvironmentEvent::Created {
                         organization_id, ..
-                    } => self.count(environments_scope(*organization_id), 1),
+                    } => self.count(environments_count(*organization_id), 1),
                     EnvironmentEvent::Deleted {} => {
                         if let Some(organization_id) = organization_id {
-                            self.count(environments_scope(organization_id), -1)
+                            self.count(environments_count(organization_id), -1)
                         }
                     }
                     EnvironmentEvent::Updated { .. } => {}

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use events::read_models::CHECKPOINT_CHANNEL;
 use events::LogPosition;
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -20,8 +21,6 @@ use crate::error::ApiError;
 
 pub const MAX_WAIT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(25);
-/// Must match the projector's `CHECKPOINT_CHANNEL`.
-const CHECKPOINT_CHANNEL: &str = "projection_checkpoints";
 
 /// What a request asked for.
 #[derive(Debug, Clone, Copy)]

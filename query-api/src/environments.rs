@@ -4,6 +4,7 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use events::read_models::{environments_count, TENANTS};
 use events::views::{EnvironmentView, NamedRef};
 use events::{Action, Resource};
 use uuid::Uuid;
@@ -11,7 +12,6 @@ use uuid::Uuid;
 use crate::consistency::ReadConsistency;
 use crate::error::ApiError;
 use crate::extract::{parse_id, Caller, Params};
-use crate::organizations::PROJECTION;
 use crate::pagination::{contains_pattern, Page, PageRequest};
 use crate::AppState;
 
@@ -57,7 +57,7 @@ pub async fn list(
     actor.authorize_in(organization_id, Resource::Environments, Action::Read)?;
     let page = PageRequest::parse(params.get("page"), params.get("limit"))?;
     let pattern = params.search()?.map(contains_pattern);
-    state.consistency.wait(PROJECTION, consistency).await?;
+    state.consistency.wait(TENANTS, consistency).await?;
 
     // Whether the organization exists and, for an unfiltered list, the total: one round trip.
     let (organization_exists, counted): (bool, Option<i64>) = sqlx::query_as(
@@ -65,7 +65,7 @@ pub async fn list(
                 (SELECT count FROM read_models.tenant_counts WHERE scope = $2)",
     )
     .bind(organization_id)
-    .bind(format!("environments:{organization_id}"))
+    .bind(environments_count(organization_id))
     .fetch_one(&state.pool)
     .await?;
     if !organization_exists {
@@ -107,7 +107,7 @@ pub async fn get(
 ) -> Result<Json<EnvironmentView>, ApiError> {
     let id = parse_id(&id)?;
     actor.authorize_anywhere(Resource::Environments, Action::Read)?;
-    state.consistency.wait(PROJECTION, consistency).await?;
+    state.consistency.wait(TENANTS, consistency).await?;
     let row: Option<Row> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM read_models.environments WHERE id = $1"
     ))

@@ -3,6 +3,7 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use events::read_models::{ORGANIZATIONS_COUNT, TENANTS};
 use events::views::OrganizationView;
 use events::{Action, Resource};
 use uuid::Uuid;
@@ -12,8 +13,6 @@ use crate::error::ApiError;
 use crate::extract::{parse_id, Caller, Params};
 use crate::pagination::{contains_pattern, Page, PageRequest};
 use crate::AppState;
-
-pub const PROJECTION: &str = "tenants";
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -46,7 +45,7 @@ pub async fn list(
     let page = PageRequest::parse(params.get("page"), params.get("limit"))?;
     let pattern = params.search()?.map(contains_pattern);
     let visible = actor.visible_organizations();
-    state.consistency.wait(PROJECTION, consistency).await?;
+    state.consistency.wait(TENANTS, consistency).await?;
 
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, name, description, created_at, updated_at FROM read_models.organizations \
@@ -60,9 +59,12 @@ pub async fn list(
     .fetch_all(&state.pool)
     .await?;
     let total: i64 = if visible.is_none() && pattern.is_none() {
-        sqlx::query_scalar("SELECT COALESCE((SELECT count FROM read_models.tenant_counts WHERE scope = 'organizations'), 0)")
-            .fetch_one(&state.pool)
-            .await?
+        sqlx::query_scalar(
+            "SELECT COALESCE((SELECT count FROM read_models.tenant_counts WHERE scope = $1), 0)",
+        )
+        .bind(ORGANIZATIONS_COUNT)
+        .fetch_one(&state.pool)
+        .await?
     } else {
         sqlx::query_scalar(
             "SELECT count(*) FROM read_models.organizations \
@@ -88,7 +90,7 @@ pub async fn get(
 ) -> Result<Json<OrganizationView>, ApiError> {
     let id = parse_id(&id)?;
     actor.authorize_in(id, Resource::Organizations, Action::Read)?;
-    state.consistency.wait(PROJECTION, consistency).await?;
+    state.consistency.wait(TENANTS, consistency).await?;
     let row: Option<Row> = sqlx::query_as(
         "SELECT id, name, description, created_at, updated_at FROM read_models.organizations WHERE id = $1",
     )

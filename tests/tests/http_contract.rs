@@ -284,6 +284,37 @@ async fn concurrent_requests_with_one_idempotency_key_create_one_resource() {
     assert_eq!(app.event_count().await, 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_retries_with_if_match_and_one_key_all_get_the_one_update() {
+    let app = TestApp::spawn().await;
+    let id = app.create_organization("Acme").await;
+    let events = app.event_count().await;
+    let path = format!("/api/organizations/{id}");
+    let requests = (0..10).map(|_| {
+        let request = app
+            .admin(Method::PUT, &path)
+            .header("if-match", "\"1\"")
+            .header("idempotency-key", "rename-once")
+            .json(&json!({ "name": "Acme 2" }));
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response
+                    .headers()
+                    .get("etag")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        }
+    });
+    for (status, etag) in futures::future::join_all(requests).await {
+        assert_eq!((status, etag.as_str()), (200, "\"2\""));
+    }
+    assert_eq!(app.event_count().await, events + 1);
+}
+
 #[tokio::test]
 async fn if_match_with_a_stale_version_is_refused_and_changes_nothing() {
     let app = TestApp::spawn().await;
