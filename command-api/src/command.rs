@@ -63,7 +63,7 @@ impl Outcome {
     ) -> Result<Outcome, ApiError> {
         let changes = match &write.idempotency_key {
             Some(key) => changes.remember_response(StoredResponse {
-                caller: write.actor.id.clone(),
+                caller: write.actor.user_id.to_string(),
                 key: key.clone(),
                 request_hash: write.fingerprint.clone(),
                 status: self.status.as_u16() as i16,
@@ -167,7 +167,7 @@ async fn replay(state: &AppState, write: &Write) -> Result<Option<Response>, Api
         "SELECT request_hash, status, headers, body, transaction_id, global_position FROM idempotency_keys \
          WHERE caller = $1 AND key = $2 AND created_at > now() - interval '24 hours'",
     )
-    .bind(&write.actor.id)
+    .bind(write.actor.user_id.to_string())
     .bind(key)
     .fetch_optional(state.store.pool())
     .await?;

@@ -59,7 +59,8 @@ pub async fn create(
     let organization_id = input.organization_id;
     let role = write
         .actor
-        .authorize_in(organization_id, Resource::Environments, Action::Create)?;
+        .authorize_in(organization_id, Resource::Environments, Action::Create)
+        .map_err(ApiError::denied("Organization", organization_id))?;
     let write = write.with_body(&body.digest);
     let name = required_name(&input.name)?;
     let description = optional_description(input.description.as_deref())?;
@@ -152,7 +153,8 @@ async fn update_once(
     let (mut env, organization_id) = load(state, id).await?;
     let role = write
         .actor
-        .authorize_in(organization_id, Resource::Environments, Action::Update)?;
+        .authorize_in(organization_id, Resource::Environments, Action::Update)
+        .map_err(ApiError::denied("Environment", id))?;
     write.check_if_match(env.version)?;
     let expected = env.version;
     let organization_name = organization_name(state, organization_id).await?;
@@ -207,7 +209,8 @@ async fn delete_once(state: &AppState, write: &Write, id: Uuid) -> Result<Outcom
     let (mut env, organization_id) = load(state, id).await?;
     let role = write
         .actor
-        .authorize_in(organization_id, Resource::Environments, Action::Delete)?;
+        .authorize_in(organization_id, Resource::Environments, Action::Delete)
+        .map_err(ApiError::denied("Environment", id))?;
     write.check_if_match(env.version)?;
     let expected = env.version;
     let name = view(&env, String::new())?.name;

@@ -17,6 +17,9 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    /// A write authenticated by the session cookie that did not come from the API's own origin.
+    #[error("cross-site request")]
+    CrossSite { details: String },
     #[error("{error}")]
     NotFound { error: String, details: String },
     #[error("{error}")]
@@ -68,10 +71,30 @@ impl From<DomainError> for ApiError {
                 error: "Already exists".into(),
                 details: String::new(),
             },
+            DomainError::Conflict { error, details } => ApiError::Conflict {
+                error: error.into(),
+                details,
+            },
         }
     }
 }
 
+impl ApiError {
+    /// Maps a refusal of access to `resource` `id`: `403`, or for another tenant's resource exactly
+    /// the `404` a missing one gets.
+    pub fn denied(
+        resource: &'static str,
+        id: impl std::fmt::Display,
+    ) -> impl FnOnce(AccessError) -> Self {
+        move |error| match error {
+            AccessError::Forbidden { .. } => ApiError::Forbidden(error.to_string()),
+            AccessError::Hidden => ApiError::not_found(resource, id),
+        }
+    }
+}
+
+/// For checks that cannot hide anything (platform-wide ones, and the early check before a request's
+/// organization is known), which only ever forbid.
 impl From<AccessError> for ApiError {
     fn from(error: AccessError) -> Self {
         match error {
@@ -92,6 +115,9 @@ impl From<AuthError> for ApiError {
                 ApiError::Unavailable(
                     "the identity provider's signing keys could not be fetched".into(),
                 )
+            }
+            AuthError::Store(error) => {
+                ApiError::Internal(anyhow::Error::new(error).context("authenticating"))
             }
             other => ApiError::Unauthorized(other.to_string()),
         }
@@ -148,6 +174,11 @@ impl IntoResponse for ApiError {
                 (StatusCode::UNAUTHORIZED, "Unauthorized".into(), details)
             }
             ApiError::Forbidden(error) => (StatusCode::FORBIDDEN, error, String::new()),
+            ApiError::CrossSite { details } => (
+                StatusCode::FORBIDDEN,
+                "Forbidden: cross-site request refused".into(),
+                details,
+            ),
             ApiError::NotFound { error, details } => (StatusCode::NOT_FOUND, error, details),
             ApiError::Conflict { error, details } => (StatusCode::CONFLICT, error, details),
             ApiError::NameTaken => (

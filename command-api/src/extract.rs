@@ -4,10 +4,11 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
-use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
-use events::{Actor, EventMetadata, Role};
+use events::auth::{Authenticated, Credentials};
+use events::{Actor, EventMetadata, RequestContext, Role};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -22,10 +23,7 @@ const IDEMPOTENCY_KEY_MAX: usize = 255;
 /// Everything about a write request except its body.
 pub struct Write {
     pub actor: Actor,
-    pub request_id: String,
-    pub correlation_id: String,
-    pub client_ip: Option<String>,
-    pub user_agent: Option<String>,
+    pub context: RequestContext,
     /// The stream version the client requires (`If-Match`).
     pub if_match: Option<i64>,
     pub idempotency_key: Option<String>,
@@ -43,15 +41,8 @@ impl Write {
     }
 
     pub fn metadata(&self, role: Role, organization_id: Option<Uuid>) -> EventMetadata {
-        EventMetadata {
-            actor: self.actor.as_ref_with(role),
-            organization_id,
-            request_id: self.request_id.clone(),
-            correlation_id: self.correlation_id.clone(),
-            causation_id: None,
-            client_ip: self.client_ip.clone(),
-            user_agent: self.user_agent.clone(),
-        }
+        self.context
+            .metadata(self.actor.as_ref_with(role), organization_id)
     }
 
     /// Refuses with `412` when the client pinned a version the resource is no longer at.
@@ -69,14 +60,11 @@ impl FromRequestParts<AppState> for Write {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let (caller, context) = authenticate(parts, state).await?;
+        if caller.session.is_some() {
+            check_same_origin(&parts.headers, state.sign_in.public_origin())?;
+        }
         let headers = &parts.headers;
-        let actor = state
-            .auth
-            .authenticate(header(headers, AUTHORIZATION.as_str()))
-            .await?;
-        let request_id = header(headers, "x-request-id")
-            .map(str::to_owned)
-            .unwrap_or_else(|| Uuid::now_v7().to_string());
         let if_match = header(headers, "if-match")
             .map(parse_if_match)
             .transpose()?;
@@ -92,31 +80,60 @@ impl FromRequestParts<AppState> for Write {
                 }
             })
             .transpose()?;
-        let client_ip = header(headers, "x-real-ip")
-            .or_else(|| {
-                header(headers, "x-forwarded-for")
-                    .and_then(|v| v.split(',').next())
-                    .map(str::trim)
-            })
-            .map(str::to_owned)
-            .or_else(|| {
-                parts
-                    .extensions
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map(|c| c.0.ip().to_string())
-            });
         Ok(Write {
-            actor,
-            correlation_id: header(headers, "x-correlation-id")
-                .map(str::to_owned)
-                .unwrap_or_else(|| request_id.clone()),
-            request_id,
-            client_ip,
-            user_agent: header(headers, USER_AGENT.as_str()).map(str::to_owned),
+            actor: caller.actor,
+            context,
             if_match,
             idempotency_key,
             fingerprint: format!("{} {}", parts.method, parts.uri.path()),
         })
+    }
+}
+
+/// The request's context, and its caller from the bearer token or the session cookie.
+pub async fn authenticate(
+    parts: &Parts,
+    state: &AppState,
+) -> Result<(Authenticated, RequestContext), ApiError> {
+    let context = request_context(parts);
+    let headers = &parts.headers;
+    let credentials =
+        Credentials::from_headers(header(headers, "authorization"), header(headers, "cookie"));
+    let caller = state.auth.authenticate(credentials, &context).await?;
+    Ok((caller, context))
+}
+
+/// The request's context alone, for handlers that authenticate differently (browser sign-in).
+pub struct Context(pub RequestContext);
+
+impl<S: Send + Sync> FromRequestParts<S> for Context {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        Ok(Context(request_context(parts)))
+    }
+}
+
+pub fn request_context(parts: &Parts) -> RequestContext {
+    let peer_ip = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    RequestContext::from_headers(|name| header(&parts.headers, name), peer_ip)
+}
+
+/// The CSRF defence for cookie-authenticated writes (API.md §2): browsers send `Origin` with every
+/// cross-origin request and with same-origin writes, and a page cannot forge it, so a write whose
+/// `Origin` is not the API's own did not come from the API's own pages.
+pub fn check_same_origin(headers: &HeaderMap, public_origin: &str) -> Result<(), ApiError> {
+    match header(headers, "origin") {
+        Some(origin) if origin.eq_ignore_ascii_case(public_origin) => Ok(()),
+        sent => Err(ApiError::CrossSite {
+            details: format!(
+                "a write authenticated by the session cookie must come from {public_origin} (Origin: {})",
+                sent.unwrap_or("missing")
+            ),
+        }),
     }
 }
 

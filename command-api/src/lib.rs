@@ -6,12 +6,15 @@ pub mod environments;
 pub mod error;
 pub mod extract;
 pub mod fields;
+pub mod members;
 pub mod ops;
 pub mod organizations;
+pub mod sign_in;
+pub mod users;
 
 use std::sync::Arc;
 
-use axum::routing::{post, put};
+use axum::routing::{get, post, put};
 use axum::Router;
 use events::auth::Authenticator;
 use events::PgEventStore;
@@ -22,6 +25,7 @@ pub struct AppState {
     pub store: PgEventStore,
     pub auth: Arc<Authenticator>,
     pub metrics: PrometheusHandle,
+    pub sign_in: Arc<sign_in::SignIn>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -35,6 +39,18 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/environments/{id}",
             put(environments::update).delete(environments::delete),
-        );
+        )
+        .route("/api/organizations/{id}/members", post(members::add))
+        .route(
+            "/api/organizations/{id}/members/{user_id}",
+            put(members::change_role).delete(members::remove),
+        )
+        .route(
+            "/api/users/{id}/system-role",
+            put(users::grant_system_role).delete(users::revoke_system_role),
+        )
+        .route("/api/auth/login", get(sign_in::login))
+        .route("/api/auth/callback", get(sign_in::callback))
+        .route("/api/auth/logout", post(sign_in::logout));
     ops::layered(api.merge(ops::routes()).with_state(state))
 }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use command_api::sign_in::{SignIn, SignInConfig};
 use command_api::{router, AppState};
 use events::auth::{AuthConfig, Authenticator};
 use events::PgEventStore;
@@ -26,9 +27,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("applying migrations")?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let store = PgEventStore::new(pool);
     let state = AppState {
-        store: PgEventStore::new(pool),
-        auth: Arc::new(Authenticator::new(AuthConfig::from_env()?)),
+        auth: Arc::new(Authenticator::new(AuthConfig::from_env()?, store.clone())),
+        sign_in: Arc::new(SignIn::new(SignInConfig::from_env()?)),
+        store,
         metrics,
     };
     let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -93,7 +93,8 @@ pub async fn update(
     let id = parse_id(&id)?;
     let role = write
         .actor
-        .authorize_in(id, Resource::Organizations, Action::Update)?;
+        .authorize_in(id, Resource::Organizations, Action::Update)
+        .map_err(ApiError::denied("Organization", id))?;
     let write = write.with_body(&body.digest);
     let input: UpdateOrganization = body.parse()?;
     let changes = OrganizationChanges {
@@ -150,7 +151,8 @@ pub async fn delete(
     let id = parse_id(&id)?;
     let role = write
         .actor
-        .authorize_in(id, Resource::Organizations, Action::Delete)?;
+        .authorize_in(id, Resource::Organizations, Action::Delete)
+        .map_err(ApiError::denied("Organization", id))?;
     execute(&state, &write, || delete_once(&state, &write, role, id)).await
 }
 

@@ -29,11 +29,43 @@ impl fmt::Display for Role {
     }
 }
 
+impl Role {
+    /// The roles a membership can hold, in the order `GET /api/roles` lists them.
+    pub const ASSIGNABLE: [Role; 3] = [Role::Admin, Role::User, Role::Guest];
+
+    /// Whether the role belongs to organization memberships (System is platform-wide).
+    pub fn is_assignable(self) -> bool {
+        self != Role::System
+    }
+
+    /// The role's id. Fixed for ever, so that clients may store it.
+    pub fn id(self) -> Uuid {
+        Uuid::from_u128(match self {
+            Role::System => 0x0193_0000_0000_7000_8000_0000_0000_0000,
+            Role::Admin => 0x0193_0000_0000_7000_8000_0000_0000_0001,
+            Role::User => 0x0193_0000_0000_7000_8000_0000_0000_0002,
+            Role::Guest => 0x0193_0000_0000_7000_8000_0000_0000_0003,
+        })
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Role::System => "Platform administrator",
+            Role::Admin => "Organization administrator",
+            Role::User => "Standard user",
+            Role::Guest => "Read-only access",
+        }
+    }
+}
+
 /// What a permission is about. Displayed as the word used in `403` messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Resource {
     Organizations,
     Environments,
+    Members,
+    /// Platform-wide user administration: the user list and the System role.
+    Users,
 }
 
 impl fmt::Display for Resource {
@@ -41,6 +73,8 @@ impl fmt::Display for Resource {
         f.write_str(match self {
             Resource::Organizations => "organizations",
             Resource::Environments => "environments",
+            Resource::Members => "members",
+            Resource::Users => "users",
         })
     }
 }
@@ -67,14 +101,14 @@ impl fmt::Display for Action {
 /// The permission matrix of API.md §3: the only place that says which role may do what.
 pub fn role_allows(role: Role, resource: Resource, action: Action) -> bool {
     use Action::*;
+    use Resource::*;
     match (role, resource) {
         (Role::System, _) => true,
         // Organizations are created and deleted platform-wide, by System only.
-        (Role::Admin, Resource::Organizations) => matches!(action, Read | Update),
-        (Role::Admin, Resource::Environments) => true,
-        (Role::User | Role::Guest, Resource::Organizations | Resource::Environments) => {
-            action == Read
-        }
+        (Role::Admin, Organizations) => matches!(action, Read | Update),
+        (Role::Admin, Environments | Members) => true,
+        (Role::User | Role::Guest, Organizations | Environments | Members) => action == Read,
+        (Role::Admin | Role::User | Role::Guest, Users) => false,
     }
 }
 
@@ -82,8 +116,8 @@ pub fn role_allows(role: Role, resource: Resource, action: Action) -> bool {
 pub enum AccessError {
     #[error("Forbidden: You do not have permission to {action} {resource}")]
     Forbidden { action: Action, resource: Resource },
-    /// The resource belongs to an organization the caller is not a member of: answered as "not found"
-    /// so that other tenants' ids do not leak.
+    /// The resource belongs to an organization the caller is not a member of. Services answer exactly
+    /// as they would for a resource that does not exist, so that other tenants' ids do not leak.
     #[error("not found")]
     Hidden,
 }
@@ -91,8 +125,7 @@ pub enum AccessError {
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
-    /// The token's subject.
-    pub id: String,
+    pub user_id: Uuid,
     pub system: bool,
     /// The caller's role in each organization it belongs to.
     pub memberships: HashMap<Uuid, Role>,
@@ -114,12 +147,9 @@ impl Actor {
         resource: Resource,
         action: Action,
     ) -> Result<Role, AccessError> {
-        let forbidden = AccessError::Forbidden { action, resource };
         match self.role_in(organization) {
             Some(role) if role_allows(role, resource, action) => Ok(role),
-            Some(_) => Err(forbidden),
-            // Someone with no role anywhere learns nothing from a 404 either way; tell them plainly.
-            None if self.memberships.is_empty() => Err(forbidden),
+            Some(_) => Err(AccessError::Forbidden { action, resource }),
             None => Err(AccessError::Hidden),
         }
     }
@@ -137,33 +167,45 @@ impl Actor {
         }
     }
 
-    /// May the caller do `action` on `resource` in some organization (or platform-wide)? Lists use
-    /// this, then filter rows to [`Actor::visible_organizations`].
+    /// The early check of a request whose organization is not known yet (it is in the body, or the
+    /// resource must be loaded first): refuses callers whose roles allow `action` nowhere, before their
+    /// input is looked at. A caller with no membership at all passes: [`Actor::authorize_in`] then hides
+    /// the organization from it, as from anyone outside it.
     pub fn authorize_anywhere(
         &self,
         resource: Resource,
         action: Action,
-    ) -> Result<Role, AccessError> {
-        if self.system {
-            return Ok(Role::System);
+    ) -> Result<(), AccessError> {
+        let allowed = self.system
+            || self.memberships.is_empty()
+            || self
+                .memberships
+                .values()
+                .any(|role| role_allows(*role, resource, action));
+        if allowed {
+            Ok(())
+        } else {
+            Err(AccessError::Forbidden { action, resource })
         }
-        self.memberships
-            .values()
-            .copied()
-            .find(|role| role_allows(*role, resource, action))
-            .ok_or(AccessError::Forbidden { action, resource })
     }
 
-    /// `None`: every organization (System); otherwise the organizations the caller belongs to.
-    pub fn visible_organizations(&self) -> Option<Vec<Uuid>> {
-        (!self.system).then(|| self.memberships.keys().copied().collect())
+    /// The organizations whose rows a list of `resource` may show: `None` for all (System), otherwise
+    /// those where the caller's role may read it.
+    pub fn readable_organizations(&self, resource: Resource) -> Option<Vec<Uuid>> {
+        (!self.system).then(|| {
+            self.memberships
+                .iter()
+                .filter(|(_, role)| role_allows(**role, resource, Action::Read))
+                .map(|(organization, _)| *organization)
+                .collect()
+        })
     }
 
     /// The actor as recorded in an event, acting in `role`.
     pub fn as_ref_with(&self, role: Role) -> ActorRef {
         ActorRef {
-            id: self.id.clone(),
-            role,
+            id: self.user_id.to_string(),
+            role: Some(role),
         }
     }
 }
@@ -174,14 +216,14 @@ mod tests {
 
     fn member(role: Role, organization: Uuid) -> Actor {
         Actor {
-            id: "u".into(),
+            user_id: Uuid::now_v7(),
             system: false,
             memberships: HashMap::from([(organization, role)]),
         }
     }
 
     #[test]
-    fn the_matrix_for_organizations_and_environments() {
+    fn the_matrix() {
         use Action::*;
         use Resource::*;
         let cases = [
@@ -191,7 +233,12 @@ mod tests {
             (Role::Admin, Environments, [true, true, true, true]),
             (Role::User, Environments, [true, false, false, false]),
             (Role::Guest, Environments, [true, false, false, false]),
+            (Role::Admin, Members, [true, true, true, true]),
+            (Role::User, Members, [true, false, false, false]),
+            (Role::Guest, Members, [true, false, false, false]),
+            (Role::Admin, Users, [false, false, false, false]),
             (Role::System, Organizations, [true, true, true, true]),
+            (Role::System, Users, [true, true, true, true]),
         ];
         for (role, resource, expected) in cases {
             let got = [Read, Create, Update, Delete].map(|a| role_allows(role, resource, a));
@@ -200,7 +247,7 @@ mod tests {
     }
 
     #[test]
-    fn other_tenants_are_hidden_and_the_roleless_are_forbidden() {
+    fn other_tenants_are_hidden_and_missing_permissions_forbidden() {
         let own = Uuid::now_v7();
         let other = Uuid::now_v7();
         let admin = member(Role::Admin, own);
@@ -212,17 +259,41 @@ mod tests {
             admin.authorize_in(other, Resource::Environments, Action::Read),
             Err(AccessError::Hidden)
         );
-        let nobody = Actor {
-            id: "n".into(),
-            system: false,
-            memberships: HashMap::new(),
-        };
-        let err = nobody
+        let guest = member(Role::Guest, own);
+        let err = guest
             .authorize_in(own, Resource::Environments, Action::Create)
             .unwrap_err();
         assert_eq!(
             err.to_string(),
             "Forbidden: You do not have permission to create environments"
+        );
+        assert!(guest
+            .authorize_anywhere(Resource::Members, Action::Create)
+            .is_err());
+    }
+
+    #[test]
+    fn lists_show_only_the_callers_organizations() {
+        let own = Uuid::now_v7();
+        assert_eq!(
+            member(Role::Guest, own).readable_organizations(Resource::Environments),
+            Some(vec![own])
+        );
+        let nobody = Actor {
+            user_id: Uuid::now_v7(),
+            system: false,
+            memberships: HashMap::new(),
+        };
+        assert_eq!(
+            nobody.readable_organizations(Resource::Organizations),
+            Some(vec![])
+        );
+        assert!(nobody
+            .authorize_anywhere(Resource::Environments, Action::Create)
+            .is_ok());
+        assert_eq!(
+            nobody.authorize_in(own, Resource::Environments, Action::Create),
+            Err(AccessError::Hidden)
         );
     }
 }

@@ -18,6 +18,12 @@ pub enum DomainError {
     NotFound,
     #[error("already exists")]
     AlreadyExists,
+    /// The command contradicts a rule about the current state (`409`).
+    #[error("{error}: {details}")]
+    Conflict {
+        error: &'static str,
+        details: String,
+    },
 }
 
 impl DomainError {

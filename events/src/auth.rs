@@ -1,11 +1,26 @@
-//! Turning a request's credentials into an [`Actor`]: verify the bearer token, then resolve the
-//! subject's platform role. Both APIs authenticate through this.
+//! Turning a request's credentials into an [`Actor`]: a bearer token or a session cookie names a user;
+//! the user's System role and memberships come from the access lookups the log keeps (see
+//! `schemas/migrations/0004_access.sql`). Both APIs authenticate through here.
+//!
+//! The first request of a new subject records the user, and a request whose token reports a changed
+//! email or name records the change, so every other request costs one indexed query.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crate::access::Actor;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::access::{Actor, Role};
+use crate::aggregate::Aggregate;
+use crate::envelope::{ActorRef, RequestContext};
+use crate::sessions::{token_hash, Session};
+use crate::store::{PgEventStore, StoreError, WriteSet};
 use crate::token::{TokenConfig, TokenError, TokenVerifier};
+use crate::user::{user_id, Identity, User};
+
+/// How many times recording a user is retried after losing a race for its stream.
+const RECORD_ATTEMPTS: usize = 5;
 
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
@@ -44,43 +59,204 @@ pub fn parse_subjects(list: &str) -> HashSet<String> {
         .collect()
 }
 
+/// What a request presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credentials<'a> {
+    Bearer(&'a str),
+    /// A session cookie's token.
+    Session(&'a str),
+}
+
+impl<'a> Credentials<'a> {
+    /// A bearer token if there is an `Authorization` header, else the session cookie if any. A bearer
+    /// token wins: it cannot be sent cross-site without the caller's script, so it needs no CSRF check.
+    pub fn from_headers(authorization: Option<&'a str>, cookie: Option<&'a str>) -> Option<Self> {
+        if let Some(value) = authorization {
+            let token = value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+                .map(str::trim)
+                .unwrap_or_default();
+            return Some(Credentials::Bearer(token));
+        }
+        cookie
+            .and_then(|header| crate::sessions::cookie(header, crate::sessions::SESSION_COOKIE))
+            .map(Credentials::Session)
+    }
+}
+
+/// An authenticated caller: who it is, what it may do, and how it proved it.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub actor: Actor,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    /// The browser session, when the request came with a session cookie (writes then need the CSRF
+    /// check).
+    pub session: Option<Session>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("missing bearer token")]
+    #[error("missing bearer token or session cookie")]
     Missing,
+    #[error("empty bearer token")]
+    EmptyToken,
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error("the session has ended or never existed; sign in again")]
+    SessionEnded,
+    #[error("recording the user")]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for AuthError {
+    fn from(error: sqlx::Error) -> Self {
+        AuthError::Store(StoreError::Database(error))
+    }
 }
 
 pub struct Authenticator {
     verifier: TokenVerifier,
     system_admins: HashSet<String>,
+    store: PgEventStore,
 }
 
+/// A user as the access lookups know it.
+#[derive(Clone, sqlx::FromRow)]
+struct AccessRow {
+    user_id: Uuid,
+    subject: String,
+    email: Option<String>,
+    name: Option<String>,
+    system_role: bool,
+    memberships: Json<HashMap<Uuid, Role>>,
+    session_id: Option<Uuid>,
+}
+
+const ACCESS_COLUMNS: &str = "u.user_id, u.subject, u.email, u.name, u.system_role, \
+     COALESCE((SELECT jsonb_object_agg(m.organization_id, m.role) FROM access_memberships m \
+               WHERE m.user_id = u.user_id), '{}'::jsonb) AS memberships";
+
 impl Authenticator {
-    pub fn new(config: AuthConfig) -> Self {
+    pub fn new(config: AuthConfig, store: PgEventStore) -> Self {
         Authenticator {
             verifier: TokenVerifier::new(config.token),
             system_admins: config.system_admins,
+            store,
         }
     }
 
-    /// Authenticates from an `Authorization` header value.
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Actor, AuthError> {
-        let token = authorization
-            .and_then(|value| {
-                value
-                    .strip_prefix("Bearer ")
-                    .or_else(|| value.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(AuthError::Missing)?;
-        let claims = self.verifier.verify(token).await?;
-        Ok(Actor {
-            system: self.system_admins.contains(&claims.sub),
-            id: claims.sub,
-            memberships: HashMap::new(),
-        })
+    pub fn verifier(&self) -> &TokenVerifier {
+        &self.verifier
+    }
+
+    pub async fn authenticate(
+        &self,
+        credentials: Option<Credentials<'_>>,
+        context: &RequestContext,
+    ) -> Result<Authenticated, AuthError> {
+        match credentials.ok_or(AuthError::Missing)? {
+            Credentials::Bearer("") => Err(AuthError::EmptyToken),
+            Credentials::Bearer(token) => {
+                let claims = self.verifier.verify(token).await?;
+                let identity = Identity {
+                    subject: claims.sub,
+                    email: claims.email,
+                    name: claims.name,
+                };
+                self.recognise(identity, context).await
+            }
+            Credentials::Session(token) => {
+                let row: Option<AccessRow> = sqlx::query_as(&format!(
+                    "SELECT {ACCESS_COLUMNS}, s.id AS session_id FROM sessions s \
+                     JOIN access_users u ON u.user_id = s.user_id \
+                     WHERE s.token_hash = $1 AND s.expires_at > now()"
+                ))
+                .bind(token_hash(token))
+                .fetch_optional(self.store.pool())
+                .await?;
+                row.map(|row| self.authenticated(row))
+                    .ok_or(AuthError::SessionEnded)
+            }
+        }
+    }
+
+    /// The user the identity provider vouched for, recorded first if new or changed.
+    pub async fn recognise(
+        &self,
+        identity: Identity,
+        context: &RequestContext,
+    ) -> Result<Authenticated, AuthError> {
+        let id = user_id(&identity.subject);
+        for _ in 0..RECORD_ATTEMPTS {
+            let row = self.lookup(id).await?;
+            if let Some(row) = &row {
+                if !identity.differs_from(row.email.as_deref(), row.name.as_deref()) {
+                    return Ok(self.authenticated(row.clone()));
+                }
+            }
+            match self.record(id, &identity, context).await {
+                Ok(()) => {}
+                // Another request of the same user recorded it first; look again.
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        let row = self.lookup(id).await?;
+        row.map(|row| self.authenticated(row))
+            .ok_or(AuthError::Store(StoreError::Conflict {
+                stream: User::stream_id(id),
+            }))
+    }
+
+    async fn lookup(&self, id: Uuid) -> Result<Option<AccessRow>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "SELECT {ACCESS_COLUMNS}, NULL::uuid AS session_id FROM access_users u WHERE u.user_id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(self.store.pool())
+        .await
+    }
+
+    /// Registers the user, or records the profile claims that changed. The user acts on its own
+    /// account, so the events carry no role.
+    async fn record(
+        &self,
+        id: Uuid,
+        identity: &Identity,
+        context: &RequestContext,
+    ) -> Result<(), StoreError> {
+        let mut user = self.store.load::<User>(id).await?;
+        let events = user.state.recognise(identity.clone());
+        if events.is_empty() {
+            return Ok(());
+        }
+        let expected = user.version;
+        let actor = ActorRef {
+            id: id.to_string(),
+            role: None,
+        };
+        let events = user.record(events, &context.metadata(actor, None), chrono::Utc::now());
+        self.store
+            .commit(WriteSet::append(&User::stream_id(id), expected, events))
+            .await?;
+        Ok(())
+    }
+
+    fn authenticated(&self, row: AccessRow) -> Authenticated {
+        Authenticated {
+            actor: Actor {
+                user_id: row.user_id,
+                system: row.system_role || self.system_admins.contains(&row.subject),
+                memberships: row.memberships.0,
+            },
+            email: row.email,
+            name: row.name,
+            session: row.session_id.map(|id| Session {
+                id,
+                user_id: row.user_id,
+            }),
+        }
     }
 }

@@ -56,11 +56,12 @@ impl FromStr for LogPosition {
     }
 }
 
-/// Who did something, as recorded in every event.
+/// Who did something, as recorded in every event: the user id and the role acted in. The role is
+/// `None` when users act on their own account (registering, signing in or out), outside any role.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActorRef {
     pub id: String,
-    pub role: Role,
+    pub role: Option<Role>,
 }
 
 /// Everything an event records about the request that caused it (API.md §6).
@@ -74,6 +75,57 @@ pub struct EventMetadata {
     pub causation_id: Option<String>,
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
+}
+
+/// Where a request came from: what every event it causes records besides the actor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub correlation_id: String,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl RequestContext {
+    /// Reads the context from request headers (`X-Request-Id`, `X-Correlation-Id`, `X-Real-IP`,
+    /// `X-Forwarded-For`, `User-Agent`; names in lower case), falling back to the peer's address. The
+    /// gateway sets the forwarding headers; a request without an id gets a fresh one.
+    pub fn from_headers<'a>(
+        header: impl Fn(&str) -> Option<&'a str>,
+        peer_ip: Option<String>,
+    ) -> Self {
+        let request_id = header("x-request-id")
+            .map(str::to_owned)
+            .unwrap_or_else(|| Uuid::now_v7().to_string());
+        let client_ip = header("x-real-ip")
+            .or_else(|| {
+                header("x-forwarded-for")
+                    .and_then(|v| v.split(',').next())
+                    .map(str::trim)
+            })
+            .map(str::to_owned)
+            .or(peer_ip);
+        RequestContext {
+            correlation_id: header("x-correlation-id")
+                .map(str::to_owned)
+                .unwrap_or_else(|| request_id.clone()),
+            request_id,
+            client_ip,
+            user_agent: header("user-agent").map(str::to_owned),
+        }
+    }
+
+    pub fn metadata(&self, actor: ActorRef, organization_id: Option<Uuid>) -> EventMetadata {
+        EventMetadata {
+            actor,
+            organization_id,
+            request_id: self.request_id.clone(),
+            correlation_id: self.correlation_id.clone(),
+            causation_id: None,
+            client_ip: self.client_ip.clone(),
+            user_agent: self.user_agent.clone(),
+        }
+    }
 }
 
 /// An event about to be appended.

@@ -1,5 +1,5 @@
 //! The shared kernel of the platform: domain events and their envelope, the aggregates that decide
-//! them, the event store, the actor and permission model, and bearer-token verification.
+//! them, the event store, the actor and permission model, token verification and browser sessions.
 //! Nothing here knows about HTTP servers; the service crates build on it.
 
 pub mod access;
@@ -7,15 +7,18 @@ pub mod aggregate;
 pub mod auth;
 pub mod envelope;
 pub mod environment;
+pub mod members;
 pub mod organization;
 pub mod read_models;
+pub mod sessions;
 pub mod store;
 pub mod telemetry;
 pub mod token;
+pub mod user;
 pub mod values;
 pub mod views;
 
 pub use access::{AccessError, Action, Actor, Resource, Role};
 pub use aggregate::{Aggregate, DomainError, Loaded};
-pub use envelope::{ActorRef, EventMetadata, LogPosition, NewEvent, RecordedEvent};
+pub use envelope::{ActorRef, EventMetadata, LogPosition, NewEvent, RecordedEvent, RequestContext};
 pub use store::{Appended, EventStore, ExpectedVersion, PgEventStore, StoreError};

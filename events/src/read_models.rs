@@ -10,6 +10,9 @@ pub const CHECKPOINT_CHANNEL: &str = "projection_checkpoints";
 /// The projection that keeps `organizations`, `environments` and `tenant_counts`.
 pub const TENANTS: &str = "tenants";
 
+/// The projection that keeps `users` and `members`.
+pub const ACCESS: &str = "access";
+
 /// The `tenant_counts` scope counting all organizations.
 pub const ORGANIZATIONS_COUNT: &str = "organizations";
 

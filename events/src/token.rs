@@ -1,4 +1,5 @@
-//! Bearer-token verification: RS256 JWTs from the configured issuer, keys from its JWKS.
+//! Token verification: RS256 JWTs from the configured issuer (bearer access tokens, and the ID tokens
+//! of browser sign-in), keys from its JWKS.
 //!
 //! Keys are cached by `kid`. A token naming an unknown `kid` triggers a refetch (the issuer may have
 //! rotated its keys), at most once per `refetch_interval`, so a flood of made-up `kid`s cannot turn
@@ -27,6 +28,8 @@ pub struct Claims {
     pub sub: String,
     pub email: Option<String>,
     pub name: Option<String>,
+    /// Present in ID tokens: the value the sign-in that asked for the token sent.
+    pub nonce: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +83,21 @@ impl TokenVerifier {
         }
     }
 
+    /// Verifies an access token (a bearer token for this API).
     pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_for(token, &self.config.audience).await
+    }
+
+    /// Verifies an ID token issued to the browser sign-in's OAuth client. The caller checks the nonce.
+    pub async fn verify_id_token(
+        &self,
+        token: &str,
+        client_id: &str,
+    ) -> Result<Claims, TokenError> {
+        self.verify_for(token, client_id).await
+    }
+
+    async fn verify_for(&self, token: &str, audience: &str) -> Result<Claims, TokenError> {
         // decode_header refuses `alg: none` and any name it does not know.
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::RS256 {
@@ -96,7 +113,7 @@ impl TokenVerifier {
         };
         let mut validation = Validation::new(Algorithm::RS256);
         validation.set_issuer(&[&self.config.issuer]);
-        validation.set_audience(&[&self.config.audience]);
+        validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = LEEWAY_SECONDS;

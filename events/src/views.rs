@@ -6,8 +6,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, Serializer};
 use uuid::Uuid;
 
+use crate::access::Role;
 use crate::environment::EnvironmentData;
+use crate::members::Membership;
 use crate::organization::OrganizationData;
+use crate::user::UserData;
 
 /// Timestamps are rendered as in the seed: RFC 3339, milliseconds, `Z`.
 fn timestamp<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
@@ -70,6 +73,63 @@ impl EnvironmentView {
             description: e.description.clone(),
             created_at: e.created_at,
             updated_at: e.updated_at,
+        }
+    }
+}
+
+/// A member of an organization: the user's profile and the role held there.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberView {
+    pub user_id: Uuid,
+    pub organization_id: Uuid,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub role: Role,
+    #[serde(serialize_with = "timestamp")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "timestamp")]
+    pub updated_at: DateTime<Utc>,
+}
+
+impl MemberView {
+    pub fn new(organization_id: Uuid, user: &UserData, membership: &Membership) -> Self {
+        MemberView {
+            user_id: user.id,
+            organization_id,
+            email: user.email.clone(),
+            name: user.name.clone(),
+            role: membership.role,
+            created_at: membership.created_at,
+            updated_at: membership.updated_at,
+        }
+    }
+}
+
+/// A user as platform administrators see it. `systemRole` says whether the System role was granted
+/// through the API (`SYSTEM_ADMINS` confers it too, without showing here).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserView {
+    pub id: Uuid,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub system_role: bool,
+    #[serde(serialize_with = "timestamp")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "timestamp")]
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&UserData> for UserView {
+    fn from(u: &UserData) -> Self {
+        UserView {
+            id: u.id,
+            email: u.email.clone(),
+            name: u.name.clone(),
+            system_role: u.system_role,
+            created_at: u.created_at,
+            updated_at: u.updated_at,
         }
     }
 }

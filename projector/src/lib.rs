@@ -4,6 +4,7 @@
 //! [`projection`] for the contract, [`worker`] for how one runs live, [`rebuild`] for rebuilding
 //! without downtime.
 
+pub mod access;
 pub mod ops;
 pub mod projection;
 pub mod rebuild;
@@ -17,7 +18,7 @@ pub use projection::Projection;
 
 /// Every projection the system runs.
 pub fn projections() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(tenants::Tenants)]
+    vec![Arc::new(tenants::Tenants), Arc::new(access::Access)]
 }
 
 /// Spawns a live runner for each projection on the current runtime.

@@ -4,6 +4,7 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use events::auth::Authenticated;
 use events::read_models::{environments_count, TENANTS};
 use events::views::{EnvironmentView, NamedRef};
 use events::{Action, Resource};
@@ -47,14 +48,16 @@ const COLUMNS: &str =
 
 pub async fn list(
     State(state): State<AppState>,
-    Caller(actor): Caller,
+    Caller(Authenticated { actor, .. }): Caller,
     consistency: ReadConsistency,
     params: Params,
 ) -> Result<Json<Page<EnvironmentView>>, ApiError> {
     let organization_id = params
         .uuid("organizationId")?
         .ok_or_else(|| ApiError::invalid("organizationId", "is required"))?;
-    actor.authorize_in(organization_id, Resource::Environments, Action::Read)?;
+    actor
+        .authorize_in(organization_id, Resource::Environments, Action::Read)
+        .map_err(ApiError::denied("Organization", organization_id))?;
     let page = PageRequest::parse(params.get("page"), params.get("limit"))?;
     let pattern = params.search()?.map(contains_pattern);
     state.consistency.wait(TENANTS, consistency).await?;
@@ -101,7 +104,7 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<AppState>,
-    Caller(actor): Caller,
+    Caller(Authenticated { actor, .. }): Caller,
     consistency: ReadConsistency,
     Path(id): Path<String>,
 ) -> Result<Json<EnvironmentView>, ApiError> {
@@ -115,6 +118,8 @@ pub async fn get(
     .fetch_optional(&state.pool)
     .await?;
     let row = row.ok_or_else(|| ApiError::not_found("Environment", id))?;
-    actor.authorize_in(row.organization_id, Resource::Environments, Action::Read)?;
+    actor
+        .authorize_in(row.organization_id, Resource::Environments, Action::Read)
+        .map_err(ApiError::denied("Environment", id))?;
     Ok(Json(row.into()))
 }

@@ -41,6 +41,21 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// Maps a refusal of access to `resource` `id`: `403`, or for another tenant's resource exactly
+    /// the `404` a missing one gets.
+    pub fn denied(
+        resource: &'static str,
+        id: impl std::fmt::Display,
+    ) -> impl FnOnce(AccessError) -> Self {
+        move |error| match error {
+            AccessError::Forbidden { .. } => ApiError::Forbidden(error.to_string()),
+            AccessError::Hidden => ApiError::not_found(resource, id),
+        }
+    }
+}
+
+/// For checks that cannot hide anything (platform-wide ones, and lists), which only ever forbid.
 impl From<AccessError> for ApiError {
     fn from(error: AccessError) -> Self {
         match error {
@@ -61,6 +76,9 @@ impl From<AuthError> for ApiError {
                 ApiError::Unavailable(
                     "the identity provider's signing keys could not be fetched".into(),
                 )
+            }
+            AuthError::Store(error) => {
+                ApiError::Internal(anyhow::Error::new(error).context("authenticating"))
             }
             other => ApiError::Unauthorized(other.to_string()),
         }

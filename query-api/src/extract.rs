@@ -2,27 +2,35 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{FromRequestParts, Query};
-use axum::http::header::AUTHORIZATION;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Query};
 use axum::http::request::Parts;
-use events::Actor;
+use events::auth::{Authenticated, Credentials};
+use events::RequestContext;
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::AppState;
 
-/// The authenticated caller of a read.
-pub struct Caller(pub Actor);
+/// The authenticated caller of a read, by bearer token or session cookie.
+pub struct Caller(pub Authenticated);
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let authorization = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        Ok(Caller(state.auth.authenticate(authorization).await?))
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let peer_ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+        // The first request of a new user records it, and that event records where it came from.
+        let context = RequestContext::from_headers(header, peer_ip);
+        let credentials = Credentials::from_headers(header("authorization"), header("cookie"));
+        Ok(Caller(
+            state.auth.authenticate(credentials, &context).await?,
+        ))
     }
 }
 

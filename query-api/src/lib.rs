@@ -5,9 +5,12 @@ pub mod consistency;
 pub mod environments;
 pub mod error;
 pub mod extract;
+pub mod members;
 pub mod ops;
 pub mod organizations;
 pub mod pagination;
+pub mod session;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -32,6 +35,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/organizations", get(organizations::list))
         .route("/api/organizations/{id}", get(organizations::get))
         .route("/api/environments", get(environments::list))
-        .route("/api/environments/{id}", get(environments::get));
+        .route("/api/environments/{id}", get(environments::get))
+        .route("/api/organizations/{id}/members", get(members::list))
+        .route(
+            "/api/organizations/{id}/members/{user_id}",
+            get(members::get),
+        )
+        .route("/api/users", get(users::list))
+        .route("/api/users/{id}", get(users::get))
+        .route("/api/roles", get(users::roles))
+        .route("/api/auth/session", get(session::get));
     ops::layered(api.merge(ops::routes()).with_state(state))
 }

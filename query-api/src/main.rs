@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use events::auth::{AuthConfig, Authenticator};
+use events::PgEventStore;
 use query_api::consistency::Consistency;
 use query_api::{router, AppState};
 use sqlx::postgres::PgPoolOptions;
@@ -28,8 +29,11 @@ async fn main() -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let state = AppState {
         consistency: Consistency::start(pool.clone()),
+        auth: Arc::new(Authenticator::new(
+            AuthConfig::from_env()?,
+            PgEventStore::new(pool.clone()),
+        )),
         pool,
-        auth: Arc::new(Authenticator::new(AuthConfig::from_env()?)),
         metrics,
     };
     let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -3,6 +3,7 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use events::auth::Authenticated;
 use events::read_models::{ORGANIZATIONS_COUNT, TENANTS};
 use events::views::OrganizationView;
 use events::{Action, Resource};
@@ -37,14 +38,13 @@ impl From<Row> for OrganizationView {
 
 pub async fn list(
     State(state): State<AppState>,
-    Caller(actor): Caller,
+    Caller(Authenticated { actor, .. }): Caller,
     consistency: ReadConsistency,
     params: Params,
 ) -> Result<Json<Page<OrganizationView>>, ApiError> {
-    actor.authorize_anywhere(Resource::Organizations, Action::Read)?;
     let page = PageRequest::parse(params.get("page"), params.get("limit"))?;
     let pattern = params.search()?.map(contains_pattern);
-    let visible = actor.visible_organizations();
+    let visible = actor.readable_organizations(Resource::Organizations);
     state.consistency.wait(TENANTS, consistency).await?;
 
     let rows: Vec<Row> = sqlx::query_as(
@@ -84,12 +84,14 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<AppState>,
-    Caller(actor): Caller,
+    Caller(Authenticated { actor, .. }): Caller,
     consistency: ReadConsistency,
     Path(id): Path<String>,
 ) -> Result<Json<OrganizationView>, ApiError> {
     let id = parse_id(&id)?;
-    actor.authorize_in(id, Resource::Organizations, Action::Read)?;
+    actor
+        .authorize_in(id, Resource::Organizations, Action::Read)
+        .map_err(ApiError::denied("Organization", id))?;
     state.consistency.wait(TENANTS, consistency).await?;
     let row: Option<Row> = sqlx::query_as(
         "SELECT id, name, description, created_at, updated_at FROM read_models.organizations WHERE id = $1",

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use command_api::sign_in::{SignIn, SignInConfig};
 use events::auth::{parse_subjects, AuthConfig, Authenticator};
 use events::token::TokenConfig;
 use events::PgEventStore;
@@ -107,6 +108,11 @@ pub async fn serve(router: axum::Router) -> SocketAddr {
         .await
         .expect("binding a local port");
     let addr = listener.local_addr().expect("a bound address");
+    serve_on(listener, router);
+    addr
+}
+
+fn serve_on(listener: tokio::net::TcpListener, router: axum::Router) {
     tokio::spawn(async move {
         let _ = axum::serve(
             listener,
@@ -114,7 +120,6 @@ pub async fn serve(router: axum::Router) -> SocketAddr {
         )
         .await;
     });
-    addr
 }
 
 pub async fn start_issuer() -> Issuer {
@@ -143,6 +148,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     /// A System user's bearer token.
     pub admin_token: String,
+    /// That System user's id (recorded when the app starts).
+    pub admin_id: String,
     projector: Vec<JoinHandle<()>>,
 }
 
@@ -156,23 +163,44 @@ impl TestApp {
             .await
             .expect("creating the test database");
         let issuer = start_issuer().await;
-        let auth = Arc::new(Authenticator::new(AuthConfig {
-            token: TokenConfig {
-                issuer: issuer.url.clone(),
-                audience: AUDIENCE.into(),
-                jwks_url: format!("{}.well-known/jwks.json", issuer.url),
-                refetch_interval: Duration::from_millis(200),
-            },
-            system_admins: parse_subjects(SYSTEM_ADMIN),
-        }));
-        let metrics = metrics_handle();
         let store = PgEventStore::new(db.pool.clone());
-        let command = serve(command_api::router(command_api::AppState {
-            store: store.clone(),
-            auth: auth.clone(),
-            metrics: metrics.clone(),
-        }))
-        .await;
+        let auth = Arc::new(Authenticator::new(
+            AuthConfig {
+                token: TokenConfig {
+                    issuer: issuer.url.clone(),
+                    audience: AUDIENCE.into(),
+                    jwks_url: format!("{}.well-known/jwks.json", issuer.url),
+                    refetch_interval: Duration::from_millis(200),
+                },
+                system_admins: parse_subjects(SYSTEM_ADMIN),
+            },
+            store.clone(),
+        ));
+        let metrics = metrics_handle();
+        // Browser sign-in calls back to command-api, which therefore plays the public origin here.
+        let command_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding a local port");
+        let command_url = format!(
+            "http://{}",
+            command_listener.local_addr().expect("a bound address")
+        );
+        let sign_in = Arc::new(SignIn::new(SignInConfig {
+            issuer: issuer.url.clone(),
+            client_id: Some(issuer::CLIENT_ID.into()),
+            client_secret: Some(issuer::CLIENT_SECRET.into()),
+            public_url: command_url.clone(),
+            session_ttl: chrono::Duration::hours(1),
+        }));
+        serve_on(
+            command_listener,
+            command_api::router(command_api::AppState {
+                store: store.clone(),
+                auth: auth.clone(),
+                metrics: metrics.clone(),
+                sign_in,
+            }),
+        );
         let query = serve(query_api::router(query_api::AppState {
             pool: db.pool.clone(),
             auth,
@@ -185,13 +213,15 @@ impl TestApp {
             db,
             store,
             issuer,
-            command_url: format!("http://{command}"),
+            command_url,
             query_url: format!("http://{query}"),
             http: reqwest::Client::new(),
             admin_token,
+            admin_id: String::new(),
             projector: Vec::new(),
         };
         app.start_projector();
+        app.admin_id = app.user_id(SYSTEM_ADMIN).await;
         app
     }
 
@@ -210,9 +240,11 @@ impl TestApp {
         }
     }
 
-    /// A request through the gateway's routing: `GET`/`HEAD` to query-api, the rest to command-api.
+    /// A request through the gateway's routing: `GET`/`HEAD` to query-api, the rest and browser
+    /// sign-in to command-api.
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let base = if method == Method::GET || method == Method::HEAD {
+        let sign_in = path.starts_with("/api/auth/login") || path.starts_with("/api/auth/callback");
+        let base = if (method == Method::GET || method == Method::HEAD) && !sign_in {
             &self.query_url
         } else {
             &self.command_url
@@ -260,6 +292,32 @@ impl TestApp {
             .await;
         assert_eq!(status, 201, "creating environment {name}: {body}");
         body["id"].as_str().expect("an id").to_owned()
+    }
+
+    /// A request as the user with subject `sub` (recorded on its first request).
+    pub fn as_user(&self, sub: &str, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.request(method, path)
+            .bearer_auth(self.issuer.token(sub))
+    }
+
+    /// The user id of subject `sub`, recording the user if this is its first request.
+    pub async fn user_id(&self, sub: &str) -> String {
+        let (status, body) = send(self.as_user(sub, Method::GET, "/api/auth/session")).await;
+        assert_eq!(status, 200, "session of {sub}: {body}");
+        body["user"]["id"].as_str().expect("a user id").to_owned()
+    }
+
+    /// Makes `sub` a member of `organization_id` in `role` (as the System user); returns its user id.
+    pub async fn add_member(&self, organization_id: &str, sub: &str, role: &str) -> String {
+        let user_id = self.user_id(sub).await;
+        let (status, body) = self
+            .post(
+                &format!("/api/organizations/{organization_id}/members"),
+                serde_json::json!({ "userId": user_id, "role": role }),
+            )
+            .await;
+        assert_eq!(status, 201, "adding {sub} as {role}: {body}");
+        user_id
     }
 
     pub async fn event_count(&self) -> i64 {

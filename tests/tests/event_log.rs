@@ -28,7 +28,7 @@ fn metadata() -> EventMetadata {
     EventMetadata {
         actor: ActorRef {
             id: "tester".into(),
-            role: Role::System,
+            role: Some(Role::System),
         },
         organization_id: None,
         request_id: "req".into(),

@@ -110,7 +110,7 @@ async fn append_events(store: &PgEventStore, count: usize) {
     let metadata = EventMetadata {
         actor: ActorRef {
             id: "tester".into(),
-            role: Role::System,
+            role: Some(Role::System),
         },
         organization_id: None,
         request_id: "r".into(),

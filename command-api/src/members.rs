@@ -1,0 +1,251 @@
+//! `POST /api/organizations/{id}/members`, and `PUT` and `DELETE` of
+//! `/api/organizations/{id}/members/{userId}`: who belongs to an organization, in which role.
+//!
+//! All of an organization's memberships are one stream, so its version is the `ETag` of every member
+//! write, and the last-admin rule is decided against the whole membership (see `events::members`).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use chrono::Utc;
+use events::members::{Members, MembersCommand};
+use events::organization::Organization;
+use events::store::WriteSet;
+use events::user::{User, UserData};
+use events::views::MemberView;
+use events::{Action, Aggregate, Loaded, Resource, Role};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::command::{execute, Outcome};
+use crate::error::ApiError;
+use crate::extract::{parse_id, Body, Write};
+use crate::{organizations, AppState};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AddMember {
+    #[serde(default)]
+    user_id: Option<Uuid>,
+    #[serde(default)]
+    email: Option<String>,
+    role: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ChangeRole {
+    role: String,
+}
+
+pub async fn add(
+    State(state): State<AppState>,
+    Path(organization_id): Path<String>,
+    write: Write,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let organization_id = parse_id(&organization_id)?;
+    let role = authorize(&write, organization_id, Action::Create)?;
+    let write = write.with_body(&body.digest);
+    let input: AddMember = body.parse()?;
+    let member_role = assignable_role(&input.role)?;
+    let user_id = match (input.user_id, input.email.as_deref()) {
+        (Some(user_id), None) => user_id,
+        (None, Some(email)) => user_by_email(&state, email).await?,
+        _ => {
+            return Err(ApiError::invalid(
+                "userId",
+                "send either userId or email, not both",
+            ))
+        }
+    };
+    let (state, write) = (&state, &write);
+    execute(state, write, move || async move {
+        let org = organizations::load(state, organization_id).await?;
+        let user = load_user(state, user_id).await?;
+        let mut members = state.store.load::<Members>(organization_id).await?;
+        write.check_if_match(members.version)?;
+        let expected = members.version;
+        let events = members
+            .state
+            .decide(MembersCommand::Add {
+                user_id,
+                role: member_role,
+            })
+            .map_err(|error| match error {
+                events::DomainError::AlreadyExists => ApiError::Conflict {
+                    error: "Already a member".into(),
+                    details: format!("user {user_id} is already a member of this organization; change the role with PUT"),
+                },
+                other => other.into(),
+            })?;
+        let events = members.record(events, &write.metadata(role, Some(organization_id)), Utc::now());
+        let changes = WriteSet::append(&Members::stream_id(organization_id), expected, events)
+            .require_version(&Organization::stream_id(organization_id), org.version)
+            .require_version(&User::stream_id(user_id), user.version);
+        Outcome::new(
+            StatusCode::CREATED,
+            view(organization_id, &user, &members)?,
+            changes.version_after(),
+        )
+        .located(format!(
+            "/api/organizations/{organization_id}/members/{user_id}"
+        ))
+        .commit(state, changes, write)
+        .await
+    })
+    .await
+}
+
+pub async fn change_role(
+    State(state): State<AppState>,
+    Path((organization_id, user_id)): Path<(String, String)>,
+    write: Write,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let organization_id = parse_id(&organization_id)?;
+    let user_id = parse_id(&user_id)?;
+    let role = authorize(&write, organization_id, Action::Update)?;
+    let write = write.with_body(&body.digest);
+    let input: ChangeRole = body.parse()?;
+    let member_role = assignable_role(&input.role)?;
+    let (state, write) = (&state, &write);
+    execute(state, write, move || async move {
+        let org = organizations::load(state, organization_id).await?;
+        let user = load_user(state, user_id).await?;
+        let mut members = state.store.load::<Members>(organization_id).await?;
+        write.check_if_match(members.version)?;
+        let expected = members.version;
+        let events = members
+            .state
+            .decide(MembersCommand::ChangeRole {
+                user_id,
+                role: member_role,
+            })
+            .map_err(not_a_member(user_id))?;
+        if events.is_empty() {
+            return Ok(Outcome::new(
+                StatusCode::OK,
+                view(organization_id, &user, &members)?,
+                members.version,
+            ));
+        }
+        let events = members.record(
+            events,
+            &write.metadata(role, Some(organization_id)),
+            Utc::now(),
+        );
+        let changes = WriteSet::append(&Members::stream_id(organization_id), expected, events)
+            .require_version(&Organization::stream_id(organization_id), org.version);
+        Outcome::new(
+            StatusCode::OK,
+            view(organization_id, &user, &members)?,
+            changes.version_after(),
+        )
+        .commit(state, changes, write)
+        .await
+    })
+    .await
+}
+
+pub async fn remove(
+    State(state): State<AppState>,
+    Path((organization_id, user_id)): Path<(String, String)>,
+    write: Write,
+) -> Result<Response, ApiError> {
+    let organization_id = parse_id(&organization_id)?;
+    let user_id = parse_id(&user_id)?;
+    let role = authorize(&write, organization_id, Action::Delete)?;
+    let (state, write) = (&state, &write);
+    execute(state, write, move || async move {
+        let org = organizations::load(state, organization_id).await?;
+        let mut members = state.store.load::<Members>(organization_id).await?;
+        write.check_if_match(members.version)?;
+        let expected = members.version;
+        let events = members
+            .state
+            .decide(MembersCommand::Remove { user_id })
+            .map_err(not_a_member(user_id))?;
+        let events = members.record(
+            events,
+            &write.metadata(role, Some(organization_id)),
+            Utc::now(),
+        );
+        let changes = WriteSet::append(&Members::stream_id(organization_id), expected, events)
+            .require_version(&Organization::stream_id(organization_id), org.version);
+        Outcome::new(
+            StatusCode::OK,
+            json!({ "success": true, "id": user_id }),
+            changes.version_after(),
+        )
+        .commit(state, changes, write)
+        .await
+    })
+    .await
+}
+
+fn authorize(write: &Write, organization_id: Uuid, action: Action) -> Result<Role, ApiError> {
+    write
+        .actor
+        .authorize_in(organization_id, Resource::Members, action)
+        .map_err(ApiError::denied("Organization", organization_id))
+}
+
+/// `admin`, `user` or `guest`; System is granted platform-wide, not through a membership.
+fn assignable_role(raw: &str) -> Result<Role, ApiError> {
+    Role::ASSIGNABLE
+        .into_iter()
+        .find(|role| role.to_string() == raw)
+        .ok_or_else(|| {
+            ApiError::invalid("role", format!("{raw:?} is not one of admin, user, guest"))
+        })
+}
+
+/// The one user who signed in with `email` (compared case-insensitively).
+async fn user_by_email(state: &AppState, email: &str) -> Result<Uuid, ApiError> {
+    let users: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT user_id FROM access_users WHERE lower(email) = lower($1) ORDER BY user_id LIMIT 2",
+    )
+    .bind(email.trim())
+    .fetch_all(state.store.pool())
+    .await?;
+    match users.as_slice() {
+        [user_id] => Ok(*user_id),
+        [] => Err(ApiError::NotFound {
+            error: "User not found".into(),
+            details: format!("email: no user with email {email:?} has signed in yet; a user is known from their first sign-in"),
+        }),
+        _ => Err(ApiError::Conflict {
+            error: "Ambiguous email".into(),
+            details: format!("email: several users signed in with {email:?}; add the member by userId"),
+        }),
+    }
+}
+
+/// Loads a registered user, or answers `404`.
+pub async fn load_user(state: &AppState, id: Uuid) -> Result<Loaded<User>, ApiError> {
+    let user = state.store.load::<User>(id).await?;
+    if user.state.live.is_none() {
+        return Err(ApiError::not_found("User", id));
+    }
+    Ok(user)
+}
+
+fn not_a_member(user_id: Uuid) -> impl FnOnce(events::DomainError) -> ApiError {
+    move |error| match error {
+        events::DomainError::NotFound => ApiError::not_found("Member", user_id),
+        other => other.into(),
+    }
+}
+
+fn view(
+    organization_id: Uuid,
+    user: &Loaded<User>,
+    members: &Loaded<Members>,
+) -> Result<MemberView, ApiError> {
+    let missing = || ApiError::Internal(anyhow::anyhow!("member state missing after a decision"));
+    let user: &UserData = user.state.live.as_ref().ok_or_else(missing)?;
+    let membership = members.state.members.get(&user.id).ok_or_else(missing)?;
+    Ok(MemberView::new(organization_id, user, membership))
+}

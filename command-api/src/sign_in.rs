@@ -1,0 +1,431 @@
+//! Browser sign-in with the OpenID Connect authorization-code flow (API.md §2):
+//! `GET /api/auth/login`, `GET /api/auth/callback` and `POST /api/auth/logout`.
+//!
+//! Login stores a random `state`, `nonce` and PKCE verifier server-side, sets the `state` in a short-lived
+//! cookie, and sends the browser to the issuer. The callback accepts the `state` only from the browser
+//! that started the sign-in (the cookie must match) and only once (its row is deleted as it is read),
+//! exchanges the code with the verifier, checks the ID token's signature, issuer, audience, expiry and
+//! `nonce`, records the user and starts a server-side session. Logout deletes the session row, which
+//! ends the session wherever the cookie was copied to. The issuer's endpoints come from its discovery
+//! document.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::header::{CACHE_CONTROL, LOCATION, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use events::sessions::{self, random_token, token_hash, SESSION_COOKIE};
+use events::user::{Identity, User, UserCommand};
+use events::{Aggregate, EventStore, ExpectedVersion, RequestContext};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::extract::{check_same_origin, Context};
+use crate::AppState;
+
+/// Binds a sign-in to the browser that started it.
+const SIGN_IN_COOKIE: &str = "__Host-sign-in";
+/// How long a started sign-in may take to come back.
+const SIGN_IN_SECONDS: i64 = 600;
+const RETURN_TO_MAX: usize = 2_000;
+
+#[derive(Debug, Clone)]
+pub struct SignInConfig {
+    /// `AUTH_ISSUER`, with its trailing slash.
+    pub issuer: String,
+    /// `AUTH_CLIENT_ID`; without it browser sign-in is switched off.
+    pub client_id: Option<String>,
+    /// `AUTH_CLIENT_SECRET`; without it the client is public and PKCE alone protects the code.
+    pub client_secret: Option<String>,
+    /// `PUBLIC_URL`: the gateway's public base URL, e.g. `https://admin.example.com`.
+    pub public_url: String,
+    /// `SESSION_TTL_HOURS`: how long a browser session lasts.
+    pub session_ttl: chrono::Duration,
+}
+
+impl SignInConfig {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let hours: i64 = var("SESSION_TTL_HOURS")
+            .map(|h| h.parse())
+            .transpose()
+            .map_err(|_| anyhow::anyhow!("SESSION_TTL_HOURS must be a whole number of hours"))?
+            .unwrap_or(12);
+        Ok(SignInConfig {
+            issuer: var("AUTH_ISSUER").ok_or_else(|| anyhow::anyhow!("AUTH_ISSUER is not set"))?,
+            client_id: var("AUTH_CLIENT_ID"),
+            client_secret: var("AUTH_CLIENT_SECRET"),
+            public_url: var("PUBLIC_URL")
+                .unwrap_or_else(|| "http://localhost:8080".into())
+                .trim_end_matches('/')
+                .to_owned(),
+            session_ttl: chrono::Duration::hours(hours),
+        })
+    }
+}
+
+/// The endpoints an issuer's discovery document names.
+#[derive(Debug, Clone, Deserialize)]
+struct Discovery {
+    issuer: String,
+    authorization_endpoint: String,
+    token_endpoint: String,
+}
+
+pub struct SignIn {
+    config: SignInConfig,
+    http: reqwest::Client,
+    /// Fetched on first use and kept; a failed fetch is retried by the next sign-in.
+    discovery: OnceCell<Discovery>,
+}
+
+impl SignIn {
+    pub fn new(config: SignInConfig) -> Self {
+        SignIn {
+            config,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("a default HTTP client builds"),
+            discovery: OnceCell::new(),
+        }
+    }
+
+    /// The origin (scheme, host and port) cookie-authenticated writes must come from.
+    pub fn public_origin(&self) -> &str {
+        let url = &self.config.public_url;
+        let after_scheme = url.find("://").map_or(0, |i| i + 3);
+        url[after_scheme..]
+            .find('/')
+            .map_or(url.as_str(), |i| &url[..after_scheme + i])
+    }
+
+    fn redirect_uri(&self) -> String {
+        format!("{}/api/auth/callback", self.config.public_url)
+    }
+
+    fn client_id(&self) -> Result<&str, ApiError> {
+        self.config.client_id.as_deref().ok_or_else(|| {
+            ApiError::Unavailable("browser sign-in is not configured (AUTH_CLIENT_ID)".into())
+        })
+    }
+
+    async fn discovery(&self) -> Result<&Discovery, ApiError> {
+        self.discovery
+            .get_or_try_init(|| async {
+                let url = format!("{}.well-known/openid-configuration", self.config.issuer);
+                let document: Discovery = self
+                    .http
+                    .get(&url)
+                    .send()
+                    .await
+                    .and_then(reqwest::Response::error_for_status)
+                    .map_err(unavailable)?
+                    .json()
+                    .await
+                    .map_err(unavailable)?;
+                if document.issuer != self.config.issuer {
+                    return Err(ApiError::Internal(anyhow::anyhow!(
+                        "the discovery document names issuer {:?}, not AUTH_ISSUER {:?}",
+                        document.issuer,
+                        self.config.issuer
+                    )));
+                }
+                Ok(document)
+            })
+            .await
+    }
+}
+
+fn unavailable(error: reqwest::Error) -> ApiError {
+    tracing::error!(%error, "cannot reach the identity provider");
+    ApiError::Unavailable("the identity provider could not be reached".into())
+}
+
+/// `GET /api/auth/login?returnTo=/path`: sends the browser to the issuer.
+pub async fn login(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let sign_in = &state.sign_in;
+    let client_id = sign_in.client_id()?;
+    let return_to = match params.get("returnTo") {
+        Some(path) => local_path(path)?,
+        None => "/".to_owned(),
+    };
+    let discovery = sign_in.discovery().await?;
+    let (sign_in_state, nonce, verifier) = (random_token(), random_token(), random_token());
+    let pool = state.store.pool();
+    sqlx::query(
+        "DELETE FROM sign_in_attempts WHERE created_at < now() - make_interval(secs => $1)",
+    )
+    .bind(SIGN_IN_SECONDS as f64)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO sign_in_attempts (state_hash, nonce, code_verifier, return_to) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(token_hash(&sign_in_state))
+    .bind(&nonce)
+    .bind(&verifier)
+    .bind(&return_to)
+    .execute(pool)
+    .await?;
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    let mut authorize = reqwest::Url::parse(&discovery.authorization_endpoint)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("authorization_endpoint: {e}")))?;
+    authorize
+        .query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", client_id)
+        .append_pair("redirect_uri", &sign_in.redirect_uri())
+        .append_pair("scope", "openid profile email")
+        .append_pair("state", &sign_in_state)
+        .append_pair("nonce", &nonce)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    let mut response = StatusCode::FOUND.into_response();
+    let headers = response.headers_mut();
+    headers.insert(LOCATION, header_value(authorize.as_str())?);
+    headers.insert(
+        SET_COOKIE,
+        cookie(SIGN_IN_COOKIE, &sign_in_state, SIGN_IN_SECONDS)?,
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+#[derive(sqlx::FromRow)]
+struct Attempt {
+    nonce: String,
+    code_verifier: String,
+    return_to: String,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    id_token: String,
+}
+
+/// `GET /api/auth/callback?code&state`: finishes the sign-in and starts a session.
+pub async fn callback(
+    State(state): State<AppState>,
+    Context(context): Context,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let sign_in = &state.sign_in;
+    let client_id = sign_in.client_id()?;
+    let refused = |details: &str| ApiError::BadRequest {
+        error: "Sign-in refused".into(),
+        details: details.to_owned(),
+    };
+    let sign_in_state = params
+        .get("state")
+        .ok_or_else(|| refused("state: missing"))?;
+    let started_here = headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| sessions::cookie(v, SIGN_IN_COOKIE))
+        .any(|value| token_hash(value) == token_hash(sign_in_state));
+    if !started_here {
+        return Err(refused(
+            "state: this sign-in was not started in this browser",
+        ));
+    }
+    // Deleting the attempt as it is read makes the state single-use, even under concurrent callbacks.
+    let attempt: Attempt = sqlx::query_as(
+        "DELETE FROM sign_in_attempts WHERE state_hash = $1 \
+         AND created_at > now() - make_interval(secs => $2) \
+         RETURNING nonce, code_verifier, return_to",
+    )
+    .bind(token_hash(sign_in_state))
+    .bind(SIGN_IN_SECONDS as f64)
+    .fetch_optional(state.store.pool())
+    .await?
+    .ok_or_else(|| refused("state: unknown, expired or already used; sign in again"))?;
+    let failed = |details: String| ApiError::Unauthorized(format!("sign-in failed: {details}"));
+    if let Some(error) = params.get("error") {
+        let description = params.get("error_description").map_or("", String::as_str);
+        return Err(failed(format!(
+            "the identity provider answered {error}: {description}"
+        )));
+    }
+    let code = params.get("code").ok_or_else(|| refused("code: missing"))?;
+
+    let discovery = sign_in.discovery().await?;
+    let redirect_uri = sign_in.redirect_uri();
+    let mut form = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", redirect_uri.as_str()),
+        ("client_id", client_id),
+        ("code_verifier", attempt.code_verifier.as_str()),
+    ];
+    if let Some(secret) = &sign_in.config.client_secret {
+        form.push(("client_secret", secret));
+    }
+    let exchanged = sign_in
+        .http
+        .post(&discovery.token_endpoint)
+        .form(&form)
+        .send()
+        .await
+        .map_err(unavailable)?;
+    if !exchanged.status().is_success() {
+        let status = exchanged.status();
+        let body: serde_json::Value = exchanged.json().await.unwrap_or_default();
+        let reason = body["error"].as_str().unwrap_or("an error");
+        return Err(failed(format!(
+            "the identity provider refused the authorization code ({status}, {reason})"
+        )));
+    }
+    let tokens: TokenResponse = exchanged
+        .json()
+        .await
+        .map_err(|_| failed("the token endpoint's answer has no id_token".into()))?;
+    let claims = state
+        .auth
+        .verifier()
+        .verify_id_token(&tokens.id_token, client_id)
+        .await
+        .map_err(|e| failed(format!("ID token: {e}")))?;
+    if claims.nonce.as_deref() != Some(attempt.nonce.as_str()) {
+        return Err(failed(
+            "ID token: the nonce is not the one this sign-in sent".into(),
+        ));
+    }
+
+    let caller = state
+        .auth
+        .recognise(
+            Identity {
+                subject: claims.sub,
+                email: claims.email,
+                name: claims.name,
+            },
+            &context,
+        )
+        .await?;
+    let user_id = caller.actor.user_id;
+    let session = sessions::create(state.store.pool(), user_id, sign_in.config.session_ttl).await?;
+    record(
+        &state,
+        user_id,
+        UserCommand::SignIn {
+            session_id: session.session.id,
+        },
+        &context,
+    )
+    .await?;
+
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    let headers = response.headers_mut();
+    headers.insert(LOCATION, header_value(&attempt.return_to)?);
+    headers.append(
+        SET_COOKIE,
+        cookie(
+            SESSION_COOKIE,
+            &session.token,
+            sign_in.config.session_ttl.num_seconds(),
+        )?,
+    );
+    headers.append(SET_COOKIE, cookie(SIGN_IN_COOKIE, "", 0)?);
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// `POST /api/auth/logout`: ends the cookie's session everywhere and clears the cookie. Answers
+/// `{success: true}` also when there was no session left to end.
+pub async fn logout(
+    State(state): State<AppState>,
+    Context(context): Context,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let token = headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| sessions::cookie(v, SESSION_COOKIE));
+    if let Some(token) = token {
+        // Logging a browser out is a write like any other: a page elsewhere must not do it.
+        check_same_origin(&headers, state.sign_in.public_origin())?;
+        if let Some(session) = sessions::end(state.store.pool(), token).await? {
+            record(
+                &state,
+                session.user_id,
+                UserCommand::SignOut {
+                    session_id: session.id,
+                },
+                &context,
+            )
+            .await?;
+        }
+    }
+    let mut response = Json(json!({ "success": true })).into_response();
+    response
+        .headers_mut()
+        .insert(SET_COOKIE, cookie(SESSION_COOKIE, "", 0)?);
+    Ok(response)
+}
+
+/// Appends a sign-in or sign-out to the user's stream. The user acts on its own account: no role.
+async fn record(
+    state: &AppState,
+    user_id: Uuid,
+    command: UserCommand,
+    context: &RequestContext,
+) -> Result<(), ApiError> {
+    let mut user = state.store.load::<User>(user_id).await?;
+    let events = user.state.decide(command)?;
+    let actor = events::ActorRef {
+        id: user_id.to_string(),
+        role: None,
+    };
+    let events = user.record(events, &context.metadata(actor, None), chrono::Utc::now());
+    // These events do not depend on the user's state beyond its existence, so any version will do.
+    state
+        .store
+        .append(&User::stream_id(user_id), ExpectedVersion::Any, events)
+        .await?;
+    Ok(())
+}
+
+/// A path on this site to return to after sign-in; anything else could send the browser elsewhere.
+fn local_path(path: &str) -> Result<String, ApiError> {
+    let local = path.starts_with('/')
+        && !path.starts_with("//")
+        && !path.contains('\\')
+        && !path.chars().any(char::is_control)
+        && path.len() <= RETURN_TO_MAX;
+    if local {
+        Ok(path.to_owned())
+    } else {
+        Err(ApiError::invalid(
+            "returnTo",
+            "must be a path on this site, such as /organizations",
+        ))
+    }
+}
+
+fn cookie(name: &str, value: &str, max_age_seconds: i64) -> Result<HeaderValue, ApiError> {
+    header_value(&format!(
+        "{name}={value}; Path=/; Max-Age={max_age_seconds}; HttpOnly; Secure; SameSite=Lax"
+    ))
+}
+
+fn header_value(value: &str) -> Result<HeaderValue, ApiError> {
+    HeaderValue::from_str(value)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("header value: {e}")))
+}

@@ -1,0 +1,263 @@
+//! The user aggregate: someone who signed in through the identity provider, recorded on their first
+//! authenticated request, with the System role when another System user granted it, and their browser
+//! sign-ins and sign-outs (so that the audit trail shows them).
+//!
+//! A user's id is derived from the token's subject (a name-based UUID), so the id of a subject is known
+//! without a lookup and two first requests of one subject race for the same stream: one registers, the
+//! other finds it registered.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::aggregate::{Aggregate, DomainError};
+
+/// The namespace of user ids (UUID v5 of the subject).
+const USER_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1d_2b0e_8a4c_4b7e_9d35_0c2f_7e41_a9d3);
+
+/// Longest accepted email or display name from an identity provider's claims.
+const PROFILE_FIELD_MAX_CHARS: usize = 320;
+
+/// The user id of a token subject.
+pub fn user_id(subject: &str) -> Uuid {
+    Uuid::new_v5(&USER_ID_NAMESPACE, subject.as_bytes())
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all_fields = "camelCase")]
+pub enum UserEvent {
+    #[serde(rename = "user.registered")]
+    Registered {
+        id: Uuid,
+        subject: String,
+        email: Option<String>,
+        name: Option<String>,
+    },
+    /// Carries only the fields that changed.
+    #[serde(rename = "user.profile_updated")]
+    ProfileUpdated {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        email: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    #[serde(rename = "user.system_role_granted")]
+    SystemRoleGranted {},
+    #[serde(rename = "user.system_role_revoked")]
+    SystemRoleRevoked {},
+    /// A browser session began; the id is the session's public id, never its cookie.
+    #[serde(rename = "user.signed_in")]
+    SignedIn { session_id: Uuid },
+    #[serde(rename = "user.signed_out")]
+    SignedOut { session_id: Uuid },
+}
+
+/// What the identity provider says about a user: the subject, and the profile claims it sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub subject: String,
+    pub email: Option<String>,
+    pub name: Option<String>,
+}
+
+pub enum UserCommand {
+    /// Records the user if new, or updates the profile fields the provider now reports differently.
+    Recognise(Identity),
+    GrantSystemRole,
+    RevokeSystemRole,
+    SignIn {
+        session_id: Uuid,
+    },
+    SignOut {
+        session_id: Uuid,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserData {
+    pub id: Uuid,
+    pub subject: String,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    /// Granted through the API; `SYSTEM_ADMINS` confers the role without being recorded here.
+    pub system_role: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    /// `None` until registered.
+    pub live: Option<UserData>,
+}
+
+impl Aggregate for User {
+    const TYPE: &'static str = "user";
+    type Event = UserEvent;
+    type Command = UserCommand;
+
+    fn apply(&mut self, event: &UserEvent, at: DateTime<Utc>) {
+        match event {
+            UserEvent::Registered {
+                id,
+                subject,
+                email,
+                name,
+            } => {
+                self.live = Some(UserData {
+                    id: *id,
+                    subject: subject.clone(),
+                    email: email.clone(),
+                    name: name.clone(),
+                    system_role: false,
+                    created_at: at,
+                    updated_at: at,
+                })
+            }
+            UserEvent::ProfileUpdated { email, name } => {
+                if let Some(user) = &mut self.live {
+                    if email.is_some() {
+                        user.email = email.clone();
+                    }
+                    if name.is_some() {
+                        user.name = name.clone();
+                    }
+                    user.updated_at = at;
+                }
+            }
+            UserEvent::SystemRoleGranted {} | UserEvent::SystemRoleRevoked {} => {
+                if let Some(user) = &mut self.live {
+                    user.system_role = matches!(event, UserEvent::SystemRoleGranted {});
+                    user.updated_at = at;
+                }
+            }
+            UserEvent::SignedIn { .. } | UserEvent::SignedOut { .. } => {}
+        }
+    }
+
+    fn decide(&self, command: UserCommand) -> Result<Vec<UserEvent>, DomainError> {
+        match (command, &self.live) {
+            (UserCommand::Recognise(identity), _) => Ok(self.recognise(identity)),
+            (UserCommand::GrantSystemRole, Some(user)) => Ok(if user.system_role {
+                vec![]
+            } else {
+                vec![UserEvent::SystemRoleGranted {}]
+            }),
+            (UserCommand::RevokeSystemRole, Some(user)) => Ok(if user.system_role {
+                vec![UserEvent::SystemRoleRevoked {}]
+            } else {
+                vec![]
+            }),
+            (UserCommand::SignIn { session_id }, Some(_)) => {
+                Ok(vec![UserEvent::SignedIn { session_id }])
+            }
+            (UserCommand::SignOut { session_id }, Some(_)) => {
+                Ok(vec![UserEvent::SignedOut { session_id }])
+            }
+            (_, None) => Err(DomainError::NotFound),
+        }
+    }
+}
+
+impl User {
+    /// Registers a new user, or records the profile claims that changed; never refused.
+    pub fn recognise(&self, identity: Identity) -> Vec<UserEvent> {
+        let Some(user) = &self.live else {
+            return vec![UserEvent::Registered {
+                id: user_id(&identity.subject),
+                email: profile_field(identity.email),
+                name: profile_field(identity.name),
+                subject: identity.subject,
+            }];
+        };
+        // A claim the provider stopped sending leaves the recorded value alone.
+        let email = profile_field(identity.email).filter(|e| Some(e) != user.email.as_ref());
+        let name = profile_field(identity.name).filter(|n| Some(n) != user.name.as_ref());
+        if email.is_none() && name.is_none() {
+            return vec![];
+        }
+        vec![UserEvent::ProfileUpdated { email, name }]
+    }
+}
+
+impl Identity {
+    /// Whether recognising this identity would change a user recorded with `email` and `name`.
+    pub fn differs_from(&self, email: Option<&str>, name: Option<&str>) -> bool {
+        let changed = |claim: &Option<String>, recorded: Option<&str>| {
+            profile_field(claim.clone()).is_some_and(|c| Some(c.as_str()) != recorded)
+        };
+        changed(&self.email, email) || changed(&self.name, name)
+    }
+}
+
+/// Profile claims are the provider's to choose; keep what fits, drop blanks and oversized values.
+fn profile_field(value: Option<String>) -> Option<String> {
+    value
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty() && v.chars().count() <= PROFILE_FIELD_MAX_CHARS)
+        .filter(|v| !v.chars().any(char::is_control))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(email: Option<&str>, name: Option<&str>) -> Identity {
+        Identity {
+            subject: "auth0|alice".into(),
+            email: email.map(str::to_owned),
+            name: name.map(str::to_owned),
+        }
+    }
+
+    fn registered() -> User {
+        let mut user = User::default();
+        let events = user
+            .decide(UserCommand::Recognise(identity(
+                Some("alice@example.test"),
+                Some("Alice"),
+            )))
+            .unwrap();
+        user.apply(&events[0], Utc::now());
+        user
+    }
+
+    #[test]
+    fn ids_are_derived_from_the_subject() {
+        assert_eq!(user_id("auth0|alice"), user_id("auth0|alice"));
+        assert_ne!(user_id("auth0|alice"), user_id("auth0|bob"));
+        assert_eq!(registered().live.unwrap().id, user_id("auth0|alice"));
+    }
+
+    #[test]
+    fn recognising_a_known_user_records_only_changed_claims() {
+        let user = registered();
+        let same = identity(Some("alice@example.test"), Some("Alice"));
+        assert_eq!(user.decide(UserCommand::Recognise(same)), Ok(vec![]));
+        let missing = identity(None, None);
+        assert_eq!(user.decide(UserCommand::Recognise(missing)), Ok(vec![]));
+        let renamed = identity(Some("alice@example.test"), Some("Alice Liddell"));
+        assert_eq!(
+            user.decide(UserCommand::Recognise(renamed)),
+            Ok(vec![UserEvent::ProfileUpdated {
+                email: None,
+                name: Some("Alice Liddell".into())
+            }])
+        );
+    }
+
+    #[test]
+    fn granting_twice_or_revoking_what_was_never_granted_changes_nothing() {
+        let mut user = registered();
+        assert_eq!(user.decide(UserCommand::RevokeSystemRole), Ok(vec![]));
+        let events = user.decide(UserCommand::GrantSystemRole).unwrap();
+        user.apply(&events[0], Utc::now());
+        assert!(user.live.as_ref().unwrap().system_role);
+        assert_eq!(user.decide(UserCommand::GrantSystemRole), Ok(vec![]));
+        assert_eq!(
+            User::default().decide(UserCommand::GrantSystemRole),
+            Err(DomainError::NotFound)
+        );
+    }
+}

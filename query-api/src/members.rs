@@ -1,0 +1,127 @@
+//! `GET /api/organizations/{id}/members` and `GET /api/organizations/{id}/members/{userId}`, from the
+//! `access` read model.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use events::auth::Authenticated;
+use events::read_models::{ACCESS, TENANTS};
+use events::views::MemberView;
+use events::{Action, Resource, Role};
+use uuid::Uuid;
+
+use crate::consistency::ReadConsistency;
+use crate::error::ApiError;
+use crate::extract::{parse_id, Caller, Params};
+use crate::pagination::{contains_pattern, Page, PageRequest};
+use crate::AppState;
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    organization_id: Uuid,
+    user_id: Uuid,
+    role: sqlx::types::Json<Role>,
+    email: Option<String>,
+    name: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<Row> for MemberView {
+    fn from(r: Row) -> Self {
+        MemberView {
+            user_id: r.user_id,
+            organization_id: r.organization_id,
+            email: r.email,
+            name: r.name,
+            role: r.role.0,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+const COLUMNS: &str =
+    "organization_id, user_id, to_jsonb(role) AS role, email, name, created_at, updated_at";
+
+/// Members newest first; `search` matches the name or the email.
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(Authenticated { actor, .. }): Caller,
+    consistency: ReadConsistency,
+    Path(organization_id): Path<String>,
+    params: Params,
+) -> Result<Json<Page<MemberView>>, ApiError> {
+    let organization_id = parse_id(&organization_id)?;
+    actor
+        .authorize_in(organization_id, Resource::Members, Action::Read)
+        .map_err(ApiError::denied("Organization", organization_id))?;
+    let page = PageRequest::parse(params.get("page"), params.get("limit"))?;
+    let pattern = params.search()?.map(contains_pattern);
+    state.consistency.wait(TENANTS, consistency).await?;
+    state.consistency.wait(ACCESS, consistency).await?;
+    organization_exists(&state, organization_id).await?;
+
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM read_models.members \
+         WHERE organization_id = $1 AND ($2::text IS NULL OR name ILIKE $2 OR email ILIKE $2) \
+         ORDER BY created_at DESC, user_id DESC LIMIT $3 OFFSET $4"
+    ))
+    .bind(organization_id)
+    .bind(&pattern)
+    .bind(page.limit)
+    .bind(page.offset())
+    .fetch_all(&state.pool)
+    .await?;
+    let total: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM read_models.members \
+         WHERE organization_id = $1 AND ($2::text IS NULL OR name ILIKE $2 OR email ILIKE $2)",
+    )
+    .bind(organization_id)
+    .bind(&pattern)
+    .fetch_one(&state.pool)
+    .await?;
+    Ok(Json(Page::new(
+        rows.into_iter().map(Into::into).collect(),
+        page,
+        total,
+    )))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Caller(Authenticated { actor, .. }): Caller,
+    consistency: ReadConsistency,
+    Path((organization_id, user_id)): Path<(String, String)>,
+) -> Result<Json<MemberView>, ApiError> {
+    let organization_id = parse_id(&organization_id)?;
+    let user_id = parse_id(&user_id)?;
+    actor
+        .authorize_in(organization_id, Resource::Members, Action::Read)
+        .map_err(ApiError::denied("Organization", organization_id))?;
+    state.consistency.wait(TENANTS, consistency).await?;
+    state.consistency.wait(ACCESS, consistency).await?;
+    organization_exists(&state, organization_id).await?;
+    let row: Option<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM read_models.members WHERE organization_id = $1 AND user_id = $2"
+    ))
+    .bind(organization_id)
+    .bind(user_id)
+    .fetch_optional(&state.pool)
+    .await?;
+    row.map(|r| Json(r.into()))
+        .ok_or_else(|| ApiError::not_found("Member", user_id))
+}
+
+async fn organization_exists(state: &AppState, organization_id: Uuid) -> Result<(), ApiError> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM read_models.organizations WHERE id = $1)")
+            .bind(organization_id)
+            .fetch_one(&state.pool)
+            .await?;
+    if exists {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("Organization", organization_id))
+    }
+}
