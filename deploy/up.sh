@@ -5,7 +5,8 @@
 # It owns the local stack's lifecycle on a development machine:
 #   1. system packages (nginx, build tools) and PostgreSQL on 127.0.0.1:5432;
 #   2. the `admin_platform` database and the `.env` file at the repository root (written once,
-#      never overwritten: edit it to change addresses or keys);
+#      never overwritten: edit it to change addresses or keys; settings added since it was written
+#      are appended to it with their defaults);
 #   3. a release build of the workspace;
 #   4. the processes, in the background, each logging to deploy/.run/<name>.log with its pid in
 #      deploy/.run/<name>.pid: dev-issuer (local token issuer), command-api, query-api, projector,
@@ -68,6 +69,23 @@ set -a
 . ./.env
 set +a
 
+# ensure_setting NAME VALUE: appends NAME=VALUE to .env and exports it unless .env sets NAME
+# already. Settings added after a checkout's .env was written arrive this way, with defaults.
+ensure_setting() {
+    local name="$1" value="$2"
+    grep -q "^$name=" .env && return 0
+    log "adding $name to .env"
+    printf '%s=%s\n' "$name" "$value" >>.env
+    export "$name=$value"
+}
+
+# The OAuth client of the browser sign-in at the issuer (the dev-issuer reads the same two), and
+# the gateway's public base URL: the sign-in callback is ${PUBLIC_URL}/api/auth/callback, and
+# browsers must use exactly this origin for their session cookie to work.
+ensure_setting AUTH_CLIENT_ID admin-platform-web
+ensure_setting AUTH_CLIENT_SECRET "$(openssl rand -hex 24)"
+ensure_setting PUBLIC_URL "http://localhost:${GATEWAY_ADDR##*:}"
+
 # The database named in DATABASE_URL (admin_platform unless .env was edited), on the local server.
 db_name="${DATABASE_URL##*/}"
 db_name="${db_name%%\?*}"
@@ -114,7 +132,8 @@ wait_ready() {
     fi
 }
 
-# The token issuer first: the APIs fetch its JWKS to verify tokens.
+# The token issuer first: the APIs fetch its JWKS to verify tokens. It reads AUTH_CLIENT_ID and
+# AUTH_CLIENT_SECRET from the environment, like command-api, so both agree on the client.
 start_process dev-issuer serve
 wait_ready dev-issuer "http://$DEV_ISSUER_ADDR/.well-known/jwks.json" "$RUN_DIR/dev-issuer.log"
 
@@ -150,12 +169,17 @@ cat <<EOF
 
 The admin platform is running.
 
-  Gateway:    http://$GATEWAY_ADDR/   (GET/HEAD -> query-api, other methods -> command-api)
+  Gateway:    $PUBLIC_URL/   (GET/HEAD -> query-api, other methods and sign-in -> command-api)
+  Sign in:    $PUBLIC_URL/api/auth/login   (in a browser; any user name, no password)
   Logs:       $RUN_DIR/*.log
   Stop:       deploy/down.sh
 
 Get a bearer token for the system administrator ($SYSTEM_ADMINS):
 
   TOKEN=\$(deploy/dev-token dev-admin)
-  curl -H "Authorization: Bearer \$TOKEN" http://$GATEWAY_ADDR/...
+  curl -H "Authorization: Bearer \$TOKEN" $PUBLIC_URL/api/...
+
+Get a token for another user, making them a member of an organization first:
+
+  TOKEN=\$(deploy/dev-token alice admin <organizationId>)
 EOF

@@ -1,9 +1,12 @@
-//! The local development identity provider: serves an OpenID discovery document and a JWKS, and mints
-//! bearer tokens signed with the same key, so the local stack runs without an Auth0 tenant.
+//! The local development identity provider: a complete OpenID Connect provider (discovery, JWKS, the
+//! authorization-code flow with PKCE behind a sign-in page that accepts any user name, logout), so the
+//! local stack, browser sign-in included, runs without an Auth0 tenant.
 //!
-//! `dev-issuer serve` listens on `DEV_ISSUER_ADDR`; `dev-issuer token --sub <subject>` prints a token.
-//! The key lives in `DEV_ISSUER_KEY_FILE` and is generated on first use. Never point a deployed API at
-//! this issuer: anyone with the key file can sign in as anyone.
+//! `dev-issuer serve` listens on `DEV_ISSUER_ADDR`; `dev-issuer token --sub <subject>` prints a bearer
+//! token for the API. The browser sign-in's client is `AUTH_CLIENT_ID`, confidential when
+//! `AUTH_CLIENT_SECRET` is set and public (PKCE only) otherwise. The key lives in
+//! `DEV_ISSUER_KEY_FILE` and is generated on first use. Never point a deployed API at this issuer:
+//! anyone who reaches it signs in as anyone, and anyone with the key file can sign any token.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +15,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rsa::pkcs8::{EncodePrivateKey, LineEnding};
 use sha2::{Digest, Sha256};
-use tests::issuer::{Issuer, SigningKey};
+use tests::issuer::{Issuer, SigningKey, CLIENT_ID};
 
 #[derive(Parser)]
 #[command(about = "Local development identity provider")]
@@ -30,13 +33,19 @@ struct Cli {
     issuer: Option<String>,
     #[arg(long, env = "AUTH_AUDIENCE", default_value = "admin-platform")]
     audience: String,
+    /// The OAuth client the browser sign-in uses.
+    #[arg(long, env = "AUTH_CLIENT_ID", default_value = CLIENT_ID)]
+    client_id: String,
+    /// The client's secret; without one the client is public and relies on PKCE alone.
+    #[arg(long, env = "AUTH_CLIENT_SECRET", hide_env_values = true)]
+    client_secret: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the discovery document and the JWKS.
+    /// Serve the provider: discovery, JWKS, sign-in page, token endpoint, logout.
     Serve,
     /// Print a bearer token for a subject.
     Token {
@@ -55,15 +64,24 @@ async fn main() -> anyhow::Result<()> {
         .issuer
         .clone()
         .unwrap_or_else(|| format!("http://{}/", cli.addr));
-    let issuer = Issuer::new(url, cli.audience.clone(), key);
+    // An empty `AUTH_CLIENT_SECRET=` line in .env means "no secret", not an empty one.
+    let secret = cli.client_secret.clone().filter(|s| !s.is_empty());
+    let issuer =
+        Issuer::new(url, cli.audience.clone(), key).with_client(cli.client_id.clone(), secret);
     match cli.command {
         Command::Serve => {
             let listener = tokio::net::TcpListener::bind(cli.addr)
                 .await
                 .with_context(|| format!("binding {}", cli.addr))?;
+            let kind = match issuer.client_secret() {
+                Some(_) => "confidential",
+                None => "public",
+            };
             println!(
-                "dev issuer {} serving its keys on http://{}",
-                issuer.url, cli.addr
+                "dev issuer {} serving on http://{} for the {kind} client {}",
+                issuer.url,
+                cli.addr,
+                issuer.client_id()
             );
             axum::serve(listener, issuer.router()).await?;
         }
