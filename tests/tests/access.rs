@@ -692,3 +692,62 @@ async fn a_system_user_grants_and_revokes_the_system_role() {
         .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_admins_removing_each_other_at_once_leave_one_admin() {
+    let app = TestApp::spawn().await;
+    for round in 0..5 {
+        let org = app.create_organization(&format!("Acme {round}")).await;
+        let ann = app.add_member(&org, "ann", "admin").await;
+        let ben = app.add_member(&org, "ben", "admin").await;
+        let members = format!("/api/organizations/{org}/members");
+        let (by_ann, by_ben) = tokio::join!(
+            send(app.as_user("ann", Method::DELETE, &format!("{members}/{ben}"))),
+            send(app.as_user("ben", Method::DELETE, &format!("{members}/{ann}"))),
+        );
+        let mut statuses = [by_ann.0, by_ben.0];
+        statuses.sort_unstable();
+        // The loser either finds the winner's removal done (the last admin stays: 409) or was itself
+        // removed before its request was authorised (then the organization is hidden from it: 404).
+        assert!(
+            statuses == [200, 409] || statuses == [200, 404],
+            "round {round}: {by_ann:?} {by_ben:?}"
+        );
+        let (_, list) = app.get(&members).await;
+        let admins = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "admin")
+            .count();
+        assert_eq!(admins, 1, "round {round}: {list}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_requests_of_a_new_user_record_it_once() {
+    let app = TestApp::spawn().await;
+    let token = app.issuer.token("newcomer");
+    let requests = (0..20).map(|_| {
+        send(
+            app.request(Method::GET, "/api/auth/session")
+                .bearer_auth(&token),
+        )
+    });
+    let answers = futures::future::join_all(requests).await;
+    let ids: std::collections::HashSet<String> = answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 200, "{body}");
+            body["user"]["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1);
+    let registered: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE event_type = 'user.registered' AND data->>'subject' = 'newcomer'",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(registered, 1);
+}
