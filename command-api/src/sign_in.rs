@@ -20,7 +20,7 @@ use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use events::sessions::{self, random_token, token_hash, SESSION_COOKIE};
-use events::user::{Identity, User, UserCommand};
+use events::user::{User, UserCommand};
 use events::{Aggregate, EventStore, ExpectedVersion, RequestContext};
 use serde::Deserialize;
 use serde_json::json;
@@ -307,17 +307,7 @@ pub async fn callback(
         ));
     }
 
-    let caller = state
-        .auth
-        .recognise(
-            Identity {
-                subject: claims.sub,
-                email: claims.email,
-                name: claims.name,
-            },
-            &context,
-        )
-        .await?;
+    let caller = state.auth.recognise(claims.identity(), &context).await?;
     let user_id = caller.actor.user_id;
     let session = sessions::create(state.store.pool(), user_id, sign_in.config.session_ttl).await?;
     record(

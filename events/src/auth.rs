@@ -160,12 +160,7 @@ impl Authenticator {
             Credentials::Bearer("") => Err(AuthError::EmptyToken),
             Credentials::Bearer(token) => {
                 let claims = self.verifier.verify(token).await?;
-                let identity = Identity {
-                    subject: claims.sub,
-                    email: claims.email,
-                    name: claims.name,
-                };
-                self.recognise(identity, context).await
+                self.recognise(claims.identity(), context).await
             }
             Credentials::Session(token) => {
                 let row: Option<AccessRow> = sqlx::query_as(&format!(

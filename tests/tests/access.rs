@@ -580,6 +580,28 @@ async fn members_are_added_by_id_or_email_and_listed_with_their_profile() {
         );
     }
 
+    // An email the provider has not verified is not recorded, so nobody is added by it.
+    let mut claims = app.issuer.claims("mallory");
+    claims["email"] = json!("victim@example.test");
+    claims["email_verified"] = json!(false);
+    let token = app.issuer.signing_key().sign(&claims);
+    let (status, session) = send(
+        app.request(Method::GET, "/api/auth/session")
+            .bearer_auth(token),
+    )
+    .await;
+    assert_eq!(
+        (status, session["user"]["email"].clone()),
+        (200, Value::Null)
+    );
+    let (status, _) = app
+        .post(
+            &members,
+            json!({ "email": "victim@example.test", "role": "admin" }),
+        )
+        .await;
+    assert_eq!(status, 404);
+
     let (status, list) = app.get(&format!("{members}?search=DAVE")).await;
     assert_eq!(status, 200);
     assert_eq!(list["pagination"]["total"], 1);
