@@ -13,7 +13,7 @@ use events::organization::Organization;
 use events::store::WriteSet;
 use events::user::{User, UserData};
 use events::views::MemberView;
-use events::{Action, Aggregate, Loaded, Resource, Role};
+use events::{Action, Aggregate, DomainError, Loaded, Resource, Role};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -62,27 +62,14 @@ pub async fn add(
     };
     let (state, write) = (&state, &write);
     execute(state, write, move || async move {
-        let org = organizations::load(state, organization_id).await?;
         let user = load_user(state, user_id).await?;
-        let mut members = state.store.load::<Members>(organization_id).await?;
-        write.check_if_match(members.version)?;
-        let expected = members.version;
-        let events = members
-            .state
-            .decide(MembersCommand::Add {
-                user_id,
-                role: member_role,
-            })
-            .map_err(|error| match error {
-                events::DomainError::AlreadyExists => ApiError::Conflict {
-                    error: "Already a member".into(),
-                    details: format!("user {user_id} is already a member of this organization; change the role with PUT"),
-                },
-                other => other.into(),
-            })?;
-        let events = members.record(events, &write.metadata(role, Some(organization_id)), Utc::now());
-        let changes = WriteSet::append(&Members::stream_id(organization_id), expected, events)
-            .require_version(&Organization::stream_id(organization_id), org.version)
+        let command = MembersCommand::Add {
+            user_id,
+            role: member_role,
+        };
+        let (members, changes) = decide(state, write, role, organization_id, command).await?;
+        let changes = changes
+            .expect("adding a member always appends")
             .require_version(&User::stream_id(user_id), user.version);
         Outcome::new(
             StatusCode::CREATED,
@@ -112,39 +99,21 @@ pub async fn change_role(
     let member_role = assignable_role(&input.role)?;
     let (state, write) = (&state, &write);
     execute(state, write, move || async move {
-        let org = organizations::load(state, organization_id).await?;
         let user = load_user(state, user_id).await?;
-        let mut members = state.store.load::<Members>(organization_id).await?;
-        write.check_if_match(members.version)?;
-        let expected = members.version;
-        let events = members
-            .state
-            .decide(MembersCommand::ChangeRole {
-                user_id,
-                role: member_role,
-            })
-            .map_err(not_a_member(user_id))?;
-        if events.is_empty() {
-            return Ok(Outcome::new(
-                StatusCode::OK,
-                view(organization_id, &user, &members)?,
-                members.version,
-            ));
+        let command = MembersCommand::ChangeRole {
+            user_id,
+            role: member_role,
+        };
+        let (members, changes) = decide(state, write, role, organization_id, command).await?;
+        let body = view(organization_id, &user, &members)?;
+        match changes {
+            None => Ok(Outcome::new(StatusCode::OK, body, members.version)),
+            Some(changes) => {
+                Outcome::new(StatusCode::OK, body, changes.version_after())
+                    .commit(state, changes, write)
+                    .await
+            }
         }
-        let events = members.record(
-            events,
-            &write.metadata(role, Some(organization_id)),
-            Utc::now(),
-        );
-        let changes = WriteSet::append(&Members::stream_id(organization_id), expected, events)
-            .require_version(&Organization::stream_id(organization_id), org.version);
-        Outcome::new(
-            StatusCode::OK,
-            view(organization_id, &user, &members)?,
-            changes.version_after(),
-        )
-        .commit(state, changes, write)
-        .await
     })
     .await
 }
@@ -159,21 +128,9 @@ pub async fn remove(
     let role = authorize(&write, organization_id, Action::Delete)?;
     let (state, write) = (&state, &write);
     execute(state, write, move || async move {
-        let org = organizations::load(state, organization_id).await?;
-        let mut members = state.store.load::<Members>(organization_id).await?;
-        write.check_if_match(members.version)?;
-        let expected = members.version;
-        let events = members
-            .state
-            .decide(MembersCommand::Remove { user_id })
-            .map_err(not_a_member(user_id))?;
-        let events = members.record(
-            events,
-            &write.metadata(role, Some(organization_id)),
-            Utc::now(),
-        );
-        let changes = WriteSet::append(&Members::stream_id(organization_id), expected, events)
-            .require_version(&Organization::stream_id(organization_id), org.version);
+        let command = MembersCommand::Remove { user_id };
+        let (_, changes) = decide(state, write, role, organization_id, command).await?;
+        let changes = changes.expect("removing a member always appends");
         Outcome::new(
             StatusCode::OK,
             json!({ "success": true, "id": user_id }),
@@ -183,6 +140,45 @@ pub async fn remove(
         .await
     })
     .await
+}
+
+/// Loads the organization's memberships (the organization must exist; `If-Match` pins their version)
+/// and decides `command`. The write, if the command changes anything, appends to the memberships at
+/// the version loaded and requires the organization to be still alive when it commits.
+async fn decide(
+    state: &AppState,
+    write: &Write,
+    role: Role,
+    organization_id: Uuid,
+    command: MembersCommand,
+) -> Result<(Loaded<Members>, Option<WriteSet>), ApiError> {
+    let user_id = match &command {
+        MembersCommand::Add { user_id, .. }
+        | MembersCommand::ChangeRole { user_id, .. }
+        | MembersCommand::Remove { user_id } => *user_id,
+    };
+    let org = organizations::load(state, organization_id).await?;
+    let mut members = state.store.load::<Members>(organization_id).await?;
+    write.check_if_match(members.version)?;
+    let expected = members.version;
+    let events = members.state.decide(command).map_err(|error| match error {
+        DomainError::AlreadyExists => ApiError::Conflict {
+            error: "Already a member".into(),
+            details: format!(
+                "user {user_id} is already a member of this organization; change the role with PUT"
+            ),
+        },
+        DomainError::NotFound => ApiError::not_found("Member", user_id),
+        other => other.into(),
+    })?;
+    if events.is_empty() {
+        return Ok((members, None));
+    }
+    let metadata = write.metadata(role, Some(organization_id));
+    let events = members.record(events, &metadata, Utc::now());
+    let changes = WriteSet::append(&Members::stream_id(organization_id), expected, events)
+        .require_version(&Organization::stream_id(organization_id), org.version);
+    Ok((members, Some(changes)))
 }
 
 fn authorize(write: &Write, organization_id: Uuid, action: Action) -> Result<Role, ApiError> {
@@ -230,13 +226,6 @@ pub async fn load_user(state: &AppState, id: Uuid) -> Result<Loaded<User>, ApiEr
         return Err(ApiError::not_found("User", id));
     }
     Ok(user)
-}
-
-fn not_a_member(user_id: Uuid) -> impl FnOnce(events::DomainError) -> ApiError {
-    move |error| match error {
-        events::DomainError::NotFound => ApiError::not_found("Member", user_id),
-        other => other.into(),
-    }
 }
 
 fn view(
