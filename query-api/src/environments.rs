@@ -95,11 +95,7 @@ pub async fn list(
         .fetch_one(&state.pool)
         .await?,
     };
-    Ok(Json(Page::new(
-        rows.into_iter().map(Into::into).collect(),
-        page,
-        total,
-    )))
+    Ok(Json(Page::new(rows, page, total)))
 }
 
 pub async fn get(

@@ -57,9 +57,10 @@ pub struct Page<T> {
 }
 
 impl<T> Page<T> {
-    pub fn new(data: Vec<T>, request: PageRequest, total: i64) -> Self {
+    /// One page of `rows`, converted to their read shape.
+    pub fn new<R: Into<T>>(rows: Vec<R>, request: PageRequest, total: i64) -> Self {
         Page {
-            data,
+            data: rows.into_iter().map(Into::into).collect(),
             pagination: Pagination {
                 page: request.page,
                 limit: request.limit,
@@ -114,11 +115,15 @@ mod tests {
     fn total_pages_round_up() {
         let request = PageRequest::parse(None, Some("10")).unwrap();
         assert_eq!(
-            Page::<()>::new(vec![], request, 42).pagination.total_pages,
+            Page::<()>::new(Vec::<()>::new(), request, 42)
+                .pagination
+                .total_pages,
             5
         );
         assert_eq!(
-            Page::<()>::new(vec![], request, 0).pagination.total_pages,
+            Page::<()>::new(Vec::<()>::new(), request, 0)
+                .pagination
+                .total_pages,
             0
         );
     }
