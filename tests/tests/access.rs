@@ -206,12 +206,18 @@ fn matrix() -> Vec<Case> {
     ]
 }
 
-/// A fresh organization for one case: an environment, a member in each role, and a member to act on.
-async fn fixture(app: &TestApp, n: usize, needs_empty_org: bool) -> HashMap<&'static str, String> {
-    let org = app.create_organization(&format!("Org {n}")).await;
+/// An organization with the matrix's admin, user and guest as members.
+async fn organization_with_each_role(app: &TestApp, name: &str) -> String {
+    let org = app.create_organization(name).await;
     for role in ["admin", "user", "guest"] {
         app.add_member(&org, subject(role), role).await;
     }
+    org
+}
+
+/// A fresh organization for one case: an environment, a member in each role, and a member to act on.
+async fn fixture(app: &TestApp, n: usize, needs_empty_org: bool) -> HashMap<&'static str, String> {
+    let org = organization_with_each_role(app, &format!("Org {n}")).await;
     let member = app.add_member(&org, "tom", "user").await;
     let env = app.create_environment(&org, "Production").await;
     let mut values = HashMap::from([
@@ -222,10 +228,7 @@ async fn fixture(app: &TestApp, n: usize, needs_empty_org: bool) -> HashMap<&'st
         ("{unique}", n.to_string()),
     ]);
     if needs_empty_org {
-        let empty = app.create_organization(&format!("Empty {n}")).await;
-        for role in ["admin", "user", "guest"] {
-            app.add_member(&empty, subject(role), role).await;
-        }
+        let empty = organization_with_each_role(app, &format!("Empty {n}")).await;
         values.insert("{empty_org}", empty);
     }
     values
@@ -559,18 +562,20 @@ async fn members_are_added_by_id_or_email_and_listed_with_their_profile() {
     assert_eq!(body["email"], "dave@example.test");
     assert_eq!(body["role"], "user");
 
-    for (body, details) in [
+    for (body, expected, details) in [
         (
             json!({ "userId": dave, "role": "user" }),
+            409,
             "already a member",
         ),
         (
             json!({ "email": "nobody@example.test", "role": "user" }),
+            404,
             "has signed in",
         ),
     ] {
         let (status, answer) = app.post(&members, body).await;
-        assert!(status == 409 || status == 404, "{answer}");
+        assert_eq!(status, expected, "{answer}");
         assert!(
             answer["details"].as_str().unwrap().contains(details),
             "{answer}"
