@@ -122,7 +122,7 @@ async fn create_once(
     .located(format!("/api/environments/{id}"))
     .commit(state, changes, write)
     .await
-    .map_err(name_taken("Environment", name, WITHIN))
+    .map_err(name_taken("Environment", name.as_str(), WITHIN))
 }
 
 pub async fn update(
@@ -188,7 +188,7 @@ async fn update_once(
         Some(name) => outcome
             .commit(state, write_set, write)
             .await
-            .map_err(name_taken("Environment", name, WITHIN)),
+            .map_err(name_taken("Environment", name.as_str(), WITHIN)),
         None => outcome.commit(state, write_set, write).await,
     }
 }

@@ -61,7 +61,7 @@ impl ApiError {
 impl From<DomainError> for ApiError {
     fn from(error: DomainError) -> Self {
         match error {
-            DomainError::Invalid { field, message } => ApiError::invalid(field, message),
+            DomainError::Invalid { field, message } => ApiError::invalid(&field, message),
             // Decided against freshly loaded state; the handlers name the resource in their own 404s.
             DomainError::NotFound => ApiError::NotFound {
                 error: "Not found".into(),

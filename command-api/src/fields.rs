@@ -34,7 +34,7 @@ pub fn update_description(
 /// Maps a lost name claim to `409` naming the resource; `within` says where names must be unique.
 pub fn name_taken<'a>(
     resource: &'a str,
-    name: &'a Name,
+    name: &'a str,
     within: &'a str,
 ) -> impl FnOnce(ApiError) -> ApiError + 'a {
     move |error| match error {
@@ -43,7 +43,7 @@ pub fn name_taken<'a>(
             details: format!(
                 "name: {} named {:?} already exists{within}",
                 article(resource),
-                name.as_str()
+                name
             ),
         },
         other => other,

@@ -1,6 +1,7 @@
 //! command-api: the write side of the REST API. Each endpoint parses and validates its request,
 //! authorises the caller, loads the aggregate, decides, appends and answers (see [`command`]).
 
+pub mod catalog;
 pub mod command;
 pub mod environments;
 pub mod error;
@@ -17,6 +18,12 @@ use std::sync::Arc;
 use axum::routing::{get, post, put};
 use axum::Router;
 use events::auth::Authenticator;
+use events::catalog::kinds::{
+    Model, Prompt, PromptTemplate, SystemModel, Variable, Workflow, WorkflowEntity,
+    WorkflowEntityType,
+};
+use events::catalog::Kind;
+use events::secrets::Secrets;
 use events::PgEventStore;
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -26,6 +33,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub metrics: PrometheusHandle,
     pub sign_in: Arc<sign_in::SignIn>,
+    /// Seals write-only values before they enter an event.
+    pub secrets: Secrets,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -52,5 +61,22 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/login", get(sign_in::login))
         .route("/api/auth/callback", get(sign_in::callback))
         .route("/api/auth/logout", post(sign_in::logout));
+    let api = catalog_routes::<Variable>(api);
+    let api = catalog_routes::<Model>(api);
+    let api = catalog_routes::<SystemModel>(api);
+    let api = catalog_routes::<Workflow>(api);
+    let api = catalog_routes::<WorkflowEntity>(api);
+    let api = catalog_routes::<WorkflowEntityType>(api);
+    let api = catalog_routes::<PromptTemplate>(api);
+    let api = catalog_routes::<Prompt>(api);
     ops::layered(api.merge(ops::routes()).with_state(state))
+}
+
+/// `POST /api/<kind>` and `PUT`/`DELETE /api/<kind>/{id}` of one catalog kind.
+fn catalog_routes<K: Kind>(router: Router<AppState>) -> Router<AppState> {
+    let collection = format!("/api/{}", K::INFO.path);
+    router.route(&collection, post(catalog::create::<K>)).route(
+        &format!("{collection}/{{id}}"),
+        put(catalog::update::<K>).delete(catalog::delete::<K>),
+    )
 }

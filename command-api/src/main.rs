@@ -7,6 +7,7 @@ use anyhow::Context;
 use command_api::sign_in::{SignIn, SignInConfig};
 use command_api::{router, AppState};
 use events::auth::{AuthConfig, Authenticator};
+use events::secrets::Secrets;
 use events::PgEventStore;
 use sqlx::postgres::PgPoolOptions;
 
@@ -26,6 +27,10 @@ async fn main() -> anyhow::Result<()> {
     events::store::migrate(&pool)
         .await
         .context("applying migrations")?;
+    let secrets = Secrets::from_base64(
+        &std::env::var("SECRETS_KEY").context("SECRETS_KEY is not set (base64 of 32 bytes)")?,
+    )
+    .context("SECRETS_KEY")?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let store = PgEventStore::new(pool);
     let state = AppState {
@@ -33,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
         sign_in: Arc::new(SignIn::new(SignInConfig::from_env()?)),
         store,
         metrics,
+        secrets,
     };
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "command-api listening");

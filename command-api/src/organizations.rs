@@ -81,7 +81,7 @@ async fn create_once(
         .located(format!("/api/organizations/{id}"))
         .commit(state, changes, write)
         .await
-        .map_err(name_taken("Organization", name, ""))
+        .map_err(name_taken("Organization", name.as_str(), ""))
 }
 
 pub async fn update(
@@ -138,7 +138,7 @@ async fn update_once(
         Some(name) => outcome
             .commit(state, write_set, write)
             .await
-            .map_err(name_taken("Organization", name, "")),
+            .map_err(name_taken("Organization", name.as_str(), "")),
         None => outcome.commit(state, write_set, write).await,
     }
 }

@@ -66,6 +66,13 @@ pub enum Resource {
     Members,
     /// Platform-wide user administration: the user list and the System role.
     Users,
+    /// Environment-scoped variables with write-only values.
+    Variables,
+    /// `entities:*` of seed 001: models, workflow entities and their types, prompt templates, prompts.
+    Entities,
+    Workflows,
+    /// Platform-wide model configurations (`GET /api/system-models/visible` is open to everyone).
+    SystemModels,
 }
 
 impl fmt::Display for Resource {
@@ -75,6 +82,10 @@ impl fmt::Display for Resource {
             Resource::Environments => "environments",
             Resource::Members => "members",
             Resource::Users => "users",
+            Resource::Variables => "variables",
+            Resource::Entities => "entities",
+            Resource::Workflows => "workflows",
+            Resource::SystemModels => "system models",
         })
     }
 }
@@ -106,9 +117,14 @@ pub fn role_allows(role: Role, resource: Resource, action: Action) -> bool {
         (Role::System, _) => true,
         // Organizations are created and deleted platform-wide, by System only.
         (Role::Admin, Organizations) => matches!(action, Read | Update),
-        (Role::Admin, Environments | Members) => true,
-        (Role::User | Role::Guest, Organizations | Environments | Members) => action == Read,
-        (Role::Admin | Role::User | Role::Guest, Users) => false,
+        (Role::Admin, Environments | Members | Variables | Entities | Workflows) => true,
+        (Role::User, Workflows) => true,
+        (
+            Role::User | Role::Guest,
+            Organizations | Environments | Members | Variables | Entities,
+        ) => action == Read,
+        (Role::Guest, Workflows) => action == Read,
+        (Role::Admin | Role::User | Role::Guest, Users | SystemModels) => false,
     }
 }
 
@@ -237,6 +253,17 @@ mod tests {
             (Role::User, Members, [true, false, false, false]),
             (Role::Guest, Members, [true, false, false, false]),
             (Role::Admin, Users, [false, false, false, false]),
+            (Role::Admin, Variables, [true, true, true, true]),
+            (Role::User, Variables, [true, false, false, false]),
+            (Role::Guest, Variables, [true, false, false, false]),
+            (Role::Admin, Entities, [true, true, true, true]),
+            (Role::User, Entities, [true, false, false, false]),
+            (Role::Guest, Entities, [true, false, false, false]),
+            (Role::Admin, Workflows, [true, true, true, true]),
+            (Role::User, Workflows, [true, true, true, true]),
+            (Role::Guest, Workflows, [true, false, false, false]),
+            (Role::Admin, SystemModels, [false, false, false, false]),
+            (Role::System, SystemModels, [true, true, true, true]),
             (Role::System, Organizations, [true, true, true, true]),
             (Role::System, Users, [true, true, true, true]),
         ];

@@ -5,11 +5,13 @@
 pub mod access;
 pub mod aggregate;
 pub mod auth;
+pub mod catalog;
 pub mod envelope;
 pub mod environment;
 pub mod members;
 pub mod organization;
 pub mod read_models;
+pub mod secrets;
 pub mod sessions;
 pub mod store;
 pub mod telemetry;

@@ -195,7 +195,7 @@ mod tests {
                 user_id: Uuid::now_v7(),
                 role: Role::System
             }),
-            Err(DomainError::Invalid { field: "role", .. })
+            Err(DomainError::Invalid { field, .. }) if field == "role"
         ));
         assert_eq!(
             state.decide(MembersCommand::ChangeRole {

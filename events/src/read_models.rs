@@ -20,3 +20,24 @@ pub const ORGANIZATIONS_COUNT: &str = "organizations";
 pub fn environments_count(organization_id: Uuid) -> String {
     format!("environments:{organization_id}")
 }
+
+/// The projection that keeps `catalog`, `catalog_counts` and `workflow_entity_usage`.
+pub const CATALOG: &str = "catalog";
+
+/// The `catalog_counts` scope counting every resource of a kind.
+pub fn catalog_count(kind: &str) -> String {
+    kind.to_owned()
+}
+
+/// The `catalog_counts` scope counting a kind's resources in one organization (`None`: platform-wide).
+pub fn catalog_organization_count(kind: &str, organization_id: Option<Uuid>) -> String {
+    match organization_id {
+        Some(id) => format!("{kind}:organization:{id}"),
+        None => format!("{kind}:platform"),
+    }
+}
+
+/// The `catalog_counts` scope counting a kind's resources in one environment.
+pub fn catalog_environment_count(kind: &str, environment_id: Uuid) -> String {
+    format!("{kind}:environment:{environment_id}")
+}

@@ -287,13 +287,7 @@ impl EventStore for PgEventStore {
         stream_id: &str,
         after_version: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        Ok(sqlx::query_as::<_, RecordedEvent>(&format!(
-            "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND stream_version > $2 ORDER BY stream_version"
-        ))
-        .bind(stream_id)
-        .bind(after_version)
-        .fetch_all(&self.pool)
-        .await?)
+        read_stream(&self.pool, stream_id, after_version).await
     }
 
     async fn read_log(
@@ -303,6 +297,57 @@ impl EventStore for PgEventStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         read_log(&self.pool, after, limit).await
     }
+}
+
+/// A stream's events after `after_version`, in version order, on any connection.
+pub async fn read_stream<'e>(
+    executor: impl PgExecutor<'e>,
+    stream_id: &str,
+    after_version: i64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    Ok(sqlx::query_as::<_, RecordedEvent>(&format!(
+        "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND stream_version > $2 ORDER BY stream_version"
+    ))
+    .bind(stream_id)
+    .bind(after_version)
+    .fetch_all(executor)
+    .await?)
+}
+
+/// What a write needs to know of a stream it refers to, read without folding it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StreamHead {
+    pub stream_id: String,
+    pub version: i64,
+    /// Whether the stream's last event is not a deletion.
+    pub live: bool,
+    /// The `organizationId` its first event recorded (`None` for organizations themselves and for
+    /// platform-wide resources).
+    pub organization_id: Option<Uuid>,
+    /// The latest `name` any of its events recorded.
+    pub name: Option<String>,
+}
+
+/// The heads of `streams` that exist, in one statement (so in one snapshot). It relies on conventions
+/// every aggregate here follows: a stream's first event carries its `organizationId` if it has one,
+/// events that set a name carry it as `name`, and deletion is the event type `<aggregate>.deleted`.
+pub async fn stream_heads<'e>(
+    executor: impl PgExecutor<'e>,
+    streams: &[String],
+) -> Result<Vec<StreamHead>, StoreError> {
+    Ok(sqlx::query_as::<_, StreamHead>(
+        "SELECT s.stream_id, s.version, last.event_type NOT LIKE '%.deleted' AS live, \
+                (first.data->>'organizationId')::uuid AS organization_id, \
+                (SELECT n.data->>'name' FROM events n WHERE n.stream_id = s.stream_id AND n.data ? 'name' \
+                 ORDER BY n.stream_version DESC LIMIT 1) AS name \
+         FROM streams s \
+         JOIN events first ON first.stream_id = s.stream_id AND first.stream_version = 1 \
+         JOIN events last ON last.stream_id = s.stream_id AND last.stream_version = s.version \
+         WHERE s.stream_id = ANY($1)",
+    )
+    .bind(streams)
+    .fetch_all(executor)
+    .await?)
 }
 
 const COLUMNS: &str =

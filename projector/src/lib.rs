@@ -5,6 +5,7 @@
 //! without downtime.
 
 pub mod access;
+pub mod catalog;
 pub mod ops;
 pub mod projection;
 pub mod rebuild;
@@ -18,7 +19,11 @@ pub use projection::Projection;
 
 /// Every projection the system runs.
 pub fn projections() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(tenants::Tenants), Arc::new(access::Access)]
+    vec![
+        Arc::new(tenants::Tenants),
+        Arc::new(access::Access),
+        Arc::new(catalog::Catalog),
+    ]
 }
 
 /// Spawns a live runner for each projection on the current runtime.

@@ -1,6 +1,7 @@
 //! query-api: the read side of the REST API, over the read models the projector keeps. Every read
 //! first waits until the read model reflects what the request asks for (see [`consistency`]).
 
+pub mod catalog;
 pub mod consistency;
 pub mod environments;
 pub mod error;
@@ -17,6 +18,11 @@ use std::sync::Arc;
 use axum::routing::get;
 use axum::Router;
 use events::auth::Authenticator;
+use events::catalog::kinds::{
+    Model, Prompt, PromptTemplate, SystemModel, Variable, Workflow, WorkflowEntity,
+    WorkflowEntityType,
+};
+use events::catalog::Kind;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
@@ -44,6 +50,38 @@ pub fn router(state: AppState) -> Router {
         .route("/api/users", get(users::list))
         .route("/api/users/{id}", get(users::get))
         .route("/api/roles", get(users::roles))
-        .route("/api/auth/session", get(session::get));
+        .route("/api/auth/session", get(session::get))
+        .route(
+            "/api/system-models/visible",
+            get(catalog::visible_system_models),
+        )
+        .route(
+            "/api/workflow-entities/{id}/usage-count",
+            get(catalog::usage_count),
+        )
+        .route(
+            "/api/prompt-templates/{id}/versions",
+            get(catalog::list_versions),
+        )
+        .route(
+            "/api/prompt-templates/{id}/versions/{version}",
+            get(catalog::get_version),
+        );
+    let api = catalog_routes::<Variable>(api);
+    let api = catalog_routes::<Model>(api);
+    let api = catalog_routes::<SystemModel>(api);
+    let api = catalog_routes::<Workflow>(api);
+    let api = catalog_routes::<WorkflowEntity>(api);
+    let api = catalog_routes::<WorkflowEntityType>(api);
+    let api = catalog_routes::<PromptTemplate>(api);
+    let api = catalog_routes::<Prompt>(api);
     ops::layered(api.merge(ops::routes()).with_state(state))
+}
+
+/// `GET /api/<kind>` and `GET /api/<kind>/{id}` of one catalog kind.
+fn catalog_routes<K: Kind>(router: Router<AppState>) -> Router<AppState> {
+    let collection = format!("/api/{}", K::INFO.path);
+    router
+        .route(&collection, get(catalog::list::<K>))
+        .route(&format!("{collection}/{{id}}"), get(catalog::get::<K>))
 }

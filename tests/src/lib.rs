@@ -199,6 +199,10 @@ impl TestApp {
                 auth: auth.clone(),
                 metrics: metrics.clone(),
                 sign_in,
+                secrets: events::secrets::Secrets::from_base64(
+                    &events::secrets::Secrets::generate_key(),
+                )
+                .expect("a generated key is valid"),
             }),
         );
         let query = serve(query_api::router(query_api::AppState {

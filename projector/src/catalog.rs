@@ -1,0 +1,288 @@
+//! The `catalog` projection: one `read_models.catalog` row per catalog resource (every kind of
+//! `events::catalog`), the list counts in `catalog_counts`, and `workflow_entity_usage`, which says
+//! which workflows use which workflow entities.
+//!
+//! Like `tenants`, a batch is folded in memory with the aggregate's own fold (`Change::apply_to`) over
+//! the rows it touches, loaded once, and written back with a few multi-row statements. Nested names
+//! (organization, environment, model) are not copied here: query-api joins them by id, so renames
+//! show at once without rewriting rows.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use events::catalog::kinds::{by_type_name, Workflow, WorkflowFields};
+use events::catalog::{Change, DocumentData, DocumentState, Kind, KindInfo};
+use events::read_models::{
+    catalog_count, catalog_environment_count, catalog_organization_count, CATALOG,
+};
+use events::RecordedEvent;
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::projection::Projection;
+
+pub struct Catalog;
+
+#[async_trait]
+impl Projection for Catalog {
+    fn name(&self) -> &'static str {
+        CATALOG
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["catalog", "catalog_counts", "workflow_entity_usage"]
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        let decoded = decode(events)?;
+        if decoded.is_empty() {
+            return Ok(());
+        }
+        let mut batch = BatchState::load(conn, &decoded).await?;
+        for event in &decoded {
+            batch.apply(event);
+        }
+        batch.write(conn).await
+    }
+}
+
+struct CatalogEvent {
+    info: &'static KindInfo,
+    id: Uuid,
+    change: Change,
+    version: i64,
+    at: DateTime<Utc>,
+}
+
+fn decode(events: &[RecordedEvent]) -> anyhow::Result<Vec<CatalogEvent>> {
+    let mut decoded = Vec::new();
+    for event in events {
+        let Some((kind, id)) = event.stream_id.split_once('-') else {
+            continue;
+        };
+        let Some(info) = by_type_name(kind) else {
+            continue;
+        };
+        let action = event
+            .event_type
+            .strip_prefix(info.type_name)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .unwrap_or_default();
+        let change = Change::from_stored(action, &event.data).map_err(|reason| {
+            anyhow::anyhow!("event {} of {}: {reason}", event.event_id, event.stream_id)
+        })?;
+        decoded.push(CatalogEvent {
+            info,
+            id: id.parse()?,
+            change,
+            version: event.stream_version,
+            at: event.recorded_at,
+        });
+    }
+    Ok(decoded)
+}
+
+struct Row {
+    info: &'static KindInfo,
+    state: DocumentState,
+    version: i64,
+}
+
+#[derive(Default)]
+struct BatchState {
+    rows: HashMap<Uuid, Row>,
+    count_changes: HashMap<String, i64>,
+    /// Workflows whose entity usage must be written again.
+    workflows: HashSet<Uuid>,
+}
+
+#[derive(sqlx::FromRow)]
+struct StoredRow {
+    id: Uuid,
+    kind: String,
+    fields: Value,
+    secrets: sqlx::types::Json<HashSet<String>>,
+    version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl BatchState {
+    /// Loads the rows the batch touches that existed before it (streams created in the batch have none).
+    async fn load(conn: &mut PgConnection, events: &[CatalogEvent]) -> anyhow::Result<Self> {
+        let mut seen = HashSet::new();
+        let existing: Vec<Uuid> = events
+            .iter()
+            .filter(|e| seen.insert(e.id) && !matches!(e.change, Change::Created { .. }))
+            .map(|e| e.id)
+            .collect();
+        let stored: Vec<StoredRow> = sqlx::query_as(
+            "SELECT id, kind, fields, secrets, version, created_at, updated_at FROM catalog WHERE id = ANY($1)",
+        )
+        .bind(&existing)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut rows = HashMap::new();
+        for row in stored {
+            let info = by_type_name(&row.kind).ok_or_else(|| {
+                anyhow::anyhow!("catalog row {} has unknown kind {}", row.id, row.kind)
+            })?;
+            let Value::Object(fields) = row.fields else {
+                anyhow::bail!("catalog row {} has fields that are not an object", row.id);
+            };
+            let state = DocumentState {
+                live: Some(DocumentData {
+                    id: row.id,
+                    fields,
+                    secrets: row.secrets.0.into_iter().collect(),
+                    created_at: row.created_at,
+                    updated_at: row.updated_at,
+                }),
+                deleted_at: None,
+            };
+            rows.insert(
+                row.id,
+                Row {
+                    info,
+                    state,
+                    version: row.version,
+                },
+            );
+        }
+        Ok(BatchState {
+            rows,
+            ..Default::default()
+        })
+    }
+
+    fn apply(&mut self, event: &CatalogEvent) {
+        let row = self.rows.entry(event.id).or_insert_with(|| Row {
+            info: event.info,
+            state: DocumentState::default(),
+            version: 0,
+        });
+        let before = row.state.live.clone();
+        event.change.apply_to(&mut row.state, event.at);
+        row.version = event.version;
+        let delta = match (&event.change, before, &row.state.live) {
+            (Change::Created { .. }, _, Some(after)) => Some((after.clone(), 1)),
+            (Change::Deleted, Some(before), _) => Some((before, -1)),
+            _ => None,
+        };
+        if let Some((data, delta)) = delta {
+            for scope in count_scopes(event.info, &data) {
+                *self.count_changes.entry(scope).or_default() += delta;
+            }
+        }
+        if event.info.type_name == Workflow::INFO.type_name {
+            self.workflows.insert(event.id);
+        }
+    }
+
+    async fn write(self, conn: &mut PgConnection) -> anyhow::Result<()> {
+        let live: Vec<(&Row, &DocumentData)> = self
+            .rows
+            .values()
+            .filter_map(|row| Some((row, row.state.live.as_ref()?)))
+            .collect();
+        if !live.is_empty() {
+            sqlx::query(
+                "INSERT INTO catalog (id, kind, organization_id, environment_id, model_id, name, fields, secrets, version, created_at, updated_at) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[], $6::text[], $7::jsonb[], $8::jsonb[], \
+                                      $9::bigint[], $10::timestamptz[], $11::timestamptz[]) \
+                 ON CONFLICT (id) DO UPDATE SET model_id = EXCLUDED.model_id, name = EXCLUDED.name, fields = EXCLUDED.fields, \
+                   secrets = EXCLUDED.secrets, version = EXCLUDED.version, updated_at = EXCLUDED.updated_at",
+            )
+            .bind(live.iter().map(|(_, d)| d.id).collect::<Vec<_>>())
+            .bind(live.iter().map(|(r, _)| r.info.type_name).collect::<Vec<_>>())
+            .bind(live.iter().map(|(_, d)| d.organization_id()).collect::<Vec<_>>())
+            .bind(live.iter().map(|(_, d)| d.environment_id()).collect::<Vec<_>>())
+            .bind(live.iter().map(|(_, d)| d.model_id()).collect::<Vec<_>>())
+            .bind(live.iter().map(|(r, d)| d.name(r.info)).collect::<Vec<_>>())
+            .bind(live.iter().map(|(_, d)| Value::Object(d.fields.clone())).collect::<Vec<_>>())
+            .bind(live.iter().map(|(_, d)| serde_json::json!(d.secrets)).collect::<Vec<_>>())
+            .bind(live.iter().map(|(r, _)| r.version).collect::<Vec<_>>())
+            .bind(live.iter().map(|(_, d)| d.created_at).collect::<Vec<_>>())
+            .bind(live.iter().map(|(_, d)| d.updated_at).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        let deleted: Vec<Uuid> = self
+            .rows
+            .iter()
+            .filter(|(_, row)| row.state.live.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        if !deleted.is_empty() {
+            sqlx::query("DELETE FROM catalog WHERE id = ANY($1)")
+                .bind(&deleted)
+                .execute(&mut *conn)
+                .await?;
+        }
+
+        if !self.workflows.is_empty() {
+            let workflows: Vec<Uuid> = self.workflows.iter().copied().collect();
+            sqlx::query("DELETE FROM workflow_entity_usage WHERE workflow_id = ANY($1)")
+                .bind(&workflows)
+                .execute(&mut *conn)
+                .await?;
+            let mut usage: Vec<(Uuid, Uuid)> = Vec::new();
+            for workflow in &workflows {
+                let Some(data) = self.rows.get(workflow).and_then(|r| r.state.live.as_ref()) else {
+                    continue;
+                };
+                let fields: WorkflowFields =
+                    serde_json::from_value(Value::Object(data.fields.clone()))?;
+                usage.extend(
+                    fields
+                        .workflow_data
+                        .entity_ids()
+                        .into_iter()
+                        .map(|entity| (entity, *workflow)),
+                );
+            }
+            if !usage.is_empty() {
+                sqlx::query(
+                    "INSERT INTO workflow_entity_usage (entity_id, workflow_id) \
+                     SELECT * FROM UNNEST($1::uuid[], $2::uuid[])",
+                )
+                .bind(usage.iter().map(|(e, _)| *e).collect::<Vec<_>>())
+                .bind(usage.iter().map(|(_, w)| *w).collect::<Vec<_>>())
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+
+        let counts: Vec<(String, i64)> = self
+            .count_changes
+            .into_iter()
+            .filter(|(_, delta)| *delta != 0)
+            .collect();
+        if !counts.is_empty() {
+            sqlx::query(
+                "INSERT INTO catalog_counts (scope, count) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+                 ON CONFLICT (scope) DO UPDATE SET count = catalog_counts.count + EXCLUDED.count",
+            )
+            .bind(counts.iter().map(|(scope, _)| scope.clone()).collect::<Vec<_>>())
+            .bind(counts.iter().map(|(_, delta)| *delta).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The list scopes a resource is counted in.
+fn count_scopes(info: &KindInfo, data: &DocumentData) -> Vec<String> {
+    let mut scopes = vec![
+        catalog_count(info.type_name),
+        catalog_organization_count(info.type_name, data.organization_id()),
+    ];
+    scopes.extend(
+        data.environment_id()
+            .map(|env| catalog_environment_count(info.type_name, env)),
+    );
+    scopes
+}

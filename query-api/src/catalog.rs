@@ -1,0 +1,459 @@
+//! Reads of every catalog resource (variables, models, system models, workflows, workflow entities and
+//! their types, prompt templates, prompts) from the `catalog` read model: lists and details for each
+//! kind, the visible system models, workflow-entity usage counts, and prompt-template versions, which
+//! are folded from the template's own stream.
+//!
+//! Rows hold ids of what they refer to; the nested names a read shows (`organization.name`,
+//! `environment.name`, `model.name`) are joined in at read time, so a rename shows everywhere at once.
+//! A read therefore waits for both projections involved: `catalog` and `tenants`.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use chrono::{DateTime, SecondsFormat, Utc};
+use events::auth::Authenticated;
+use events::catalog::kinds::{PromptTemplate, SystemModel, WorkflowEntity};
+use events::catalog::{view, DocumentData, Kind, KindInfo, Nested, Scope};
+use events::read_models::{
+    catalog_count, catalog_environment_count, catalog_organization_count, CATALOG, TENANTS,
+};
+use events::store::read_stream;
+use events::{AccessError, Action, Actor, Aggregate};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use crate::consistency::ReadConsistency;
+use crate::error::ApiError;
+use crate::extract::{parse_id, Caller, Params};
+use crate::pagination::{contains_pattern, Page, PageRequest};
+use crate::AppState;
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    organization_id: Option<Uuid>,
+    fields: Value,
+    secrets: sqlx::types::Json<Vec<String>>,
+    version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    organization_name: Option<String>,
+    environment_name: Option<String>,
+    model_name: Option<String>,
+}
+
+impl Row {
+    fn view(self, info: &KindInfo) -> Value {
+        let data = DocumentData {
+            id: self.id,
+            fields: match self.fields {
+                Value::Object(fields) => fields,
+                _ => Map::new(),
+            },
+            secrets: self.secrets.0.into_iter().collect(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        };
+        let nested = Nested {
+            organization: self.organization_name,
+            environment: self.environment_name,
+            model: self.model_name,
+        };
+        view(info, &data, self.version, &nested)
+    }
+}
+
+const SELECT: &str =
+    "SELECT c.id, c.organization_id, c.fields, c.secrets, c.version, c.created_at, c.updated_at, \
+            o.name AS organization_name, e.name AS environment_name, m.name AS model_name \
+     FROM read_models.catalog c \
+     LEFT JOIN read_models.organizations o ON o.id = c.organization_id \
+     LEFT JOIN read_models.environments e ON e.id = c.environment_id \
+     LEFT JOIN read_models.catalog m ON m.id = c.model_id";
+
+/// Which rows a list may show.
+struct ListFilter {
+    /// `None`: every organization's (System users).
+    organizations: Option<Vec<Uuid>>,
+    /// Whether platform-wide rows (no organization) are included.
+    platform: bool,
+    environment: Option<Uuid>,
+    pattern: Option<String>,
+}
+
+pub async fn list<K: Kind>(
+    State(state): State<AppState>,
+    Caller(Authenticated { actor, .. }): Caller,
+    consistency: ReadConsistency,
+    params: Params,
+) -> Result<Json<Page<Value>>, ApiError> {
+    let info = &K::INFO;
+    let page = PageRequest::parse(params.get("page"), params.get("limit"))?;
+    let pattern = params.search()?.map(contains_pattern);
+    let environment = params.uuid("environmentId")?;
+    let organization = params.uuid("organizationId")?;
+    let organizations = match (info.scope, organization) {
+        (Scope::Platform, _) => {
+            actor.authorize_platform(info.resource, Action::Read)?;
+            None
+        }
+        (_, Some(organization)) => {
+            actor
+                .authorize_in(organization, info.resource, Action::Read)
+                .map_err(ApiError::denied("Organization", organization))?;
+            Some(vec![organization])
+        }
+        (_, None) if info.list_requires_organization => {
+            return Err(ApiError::invalid("organizationId", "is required"))
+        }
+        (_, None) => actor.readable_organizations(info.resource),
+    };
+    let filter = ListFilter {
+        platform: matches!(info.scope, Scope::Platform | Scope::Either) && environment.is_none(),
+        organizations,
+        environment,
+        pattern,
+    };
+    wait(&state, consistency).await?;
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "{SELECT} WHERE c.kind = $1 \
+           AND ($2::uuid[] IS NULL OR c.organization_id = ANY($2) OR ($3 AND c.organization_id IS NULL)) \
+           AND ($4::uuid IS NULL OR c.environment_id = $4) AND ($5::text IS NULL OR c.name ILIKE $5) \
+         ORDER BY c.created_at DESC, c.id DESC LIMIT $6 OFFSET $7"
+    ))
+    .bind(info.type_name)
+    .bind(&filter.organizations)
+    .bind(filter.platform)
+    .bind(filter.environment)
+    .bind(&filter.pattern)
+    .bind(page.limit)
+    .bind(page.offset())
+    .fetch_all(&state.pool)
+    .await?;
+    let total = total(&state, info, &filter).await?;
+    let data: Vec<Value> = rows.into_iter().map(|row| row.view(info)).collect();
+    Ok(Json(Page::new(data, page, total)))
+}
+
+/// The exact number of rows a list matches: from the kept counts where the filter is one of their
+/// scopes, counted otherwise (searches, and environments not known to be the caller's).
+async fn total(state: &AppState, info: &KindInfo, filter: &ListFilter) -> Result<i64, ApiError> {
+    let scopes: Option<Vec<String>> =
+        match (&filter.pattern, filter.environment, &filter.organizations) {
+            (Some(_), _, _) => None,
+            (None, Some(environment), organizations) => {
+                let owner: Option<Uuid> = sqlx::query_scalar(
+                    "SELECT organization_id FROM read_models.environments WHERE id = $1",
+                )
+                .bind(environment)
+                .fetch_optional(&state.pool)
+                .await?;
+                match (owner, organizations) {
+                    (Some(_), None) => {
+                        Some(vec![catalog_environment_count(info.type_name, environment)])
+                    }
+                    (Some(owner), Some(readable)) if readable.contains(&owner) => {
+                        Some(vec![catalog_environment_count(info.type_name, environment)])
+                    }
+                    // Not an environment the caller may read: the list is empty.
+                    _ => return Ok(0),
+                }
+            }
+            (None, None, None) => Some(vec![catalog_count(info.type_name)]),
+            (None, None, Some(organizations)) => {
+                let mut scopes: Vec<String> = organizations
+                    .iter()
+                    .map(|o| catalog_organization_count(info.type_name, Some(*o)))
+                    .collect();
+                if filter.platform {
+                    scopes.push(catalog_organization_count(info.type_name, None));
+                }
+                Some(scopes)
+            }
+        };
+    let total = match scopes {
+        Some(scopes) => sqlx::query_scalar(
+            "SELECT COALESCE(sum(count), 0)::bigint FROM read_models.catalog_counts WHERE scope = ANY($1)",
+        )
+        .bind(&scopes)
+        .fetch_one(&state.pool)
+        .await?,
+        None => sqlx::query_scalar(
+            "SELECT count(*) FROM read_models.catalog c WHERE c.kind = $1 \
+               AND ($2::uuid[] IS NULL OR c.organization_id = ANY($2) OR ($3 AND c.organization_id IS NULL)) \
+               AND ($4::uuid IS NULL OR c.environment_id = $4) AND ($5::text IS NULL OR c.name ILIKE $5)",
+        )
+        .bind(info.type_name)
+        .bind(&filter.organizations)
+        .bind(filter.platform)
+        .bind(filter.environment)
+        .bind(&filter.pattern)
+        .fetch_one(&state.pool)
+        .await?,
+    };
+    Ok(total)
+}
+
+pub async fn get<K: Kind>(
+    State(state): State<AppState>,
+    Caller(Authenticated { actor, .. }): Caller,
+    consistency: ReadConsistency,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let row = load::<K>(&state, &actor, consistency, id).await?;
+    Ok(Json(row.view(&K::INFO)))
+}
+
+/// A row the caller may read, or the `404` a missing one gets.
+async fn load<K: Kind>(
+    state: &AppState,
+    actor: &Actor,
+    consistency: ReadConsistency,
+    id: Uuid,
+) -> Result<Row, ApiError> {
+    let info = &K::INFO;
+    authorize_early(actor, info)?;
+    wait(state, consistency).await?;
+    let row: Option<Row> = sqlx::query_as(&format!("{SELECT} WHERE c.id = $1 AND c.kind = $2"))
+        .bind(id)
+        .bind(info.type_name)
+        .fetch_optional(&state.pool)
+        .await?;
+    let row = row.ok_or_else(|| ApiError::not_found(info.label, id))?;
+    authorize(actor, info, row.organization_id).map_err(ApiError::denied(info.label, id))?;
+    Ok(row)
+}
+
+fn authorize_early(actor: &Actor, info: &KindInfo) -> Result<(), ApiError> {
+    match info.scope {
+        Scope::Platform => actor
+            .authorize_platform(info.resource, Action::Read)
+            .map(drop),
+        Scope::Organization | Scope::Either => {
+            actor.authorize_anywhere(info.resource, Action::Read)
+        }
+    }
+    .map_err(Into::into)
+}
+
+/// Platform-wide entity types are readable by everyone; system models by System users only.
+fn authorize(
+    actor: &Actor,
+    info: &KindInfo,
+    organization: Option<Uuid>,
+) -> Result<(), AccessError> {
+    match (organization, info.scope) {
+        (Some(organization), _) => actor
+            .authorize_in(organization, info.resource, Action::Read)
+            .map(drop),
+        (None, Scope::Either) => Ok(()),
+        (None, _) => actor
+            .authorize_platform(info.resource, Action::Read)
+            .map(drop),
+    }
+}
+
+async fn wait(state: &AppState, consistency: ReadConsistency) -> Result<(), ApiError> {
+    state.consistency.wait(CATALOG, consistency).await?;
+    state.consistency.wait(TENANTS, consistency).await
+}
+
+/// `GET /api/system-models/visible`: for any signed-in user, the system models marked visible, without
+/// anything about their credentials.
+pub async fn visible_system_models(
+    State(state): State<AppState>,
+    Caller(_): Caller,
+    consistency: ReadConsistency,
+    params: Params,
+) -> Result<Json<Page<Value>>, ApiError> {
+    let info = &SystemModel::INFO;
+    let page = PageRequest::parse(params.get("page"), params.get("limit"))?;
+    let pattern = params.search()?.map(contains_pattern);
+    wait(&state, consistency).await?;
+    const VISIBLE: &str =
+        "c.kind = $1 AND c.fields->>'visible' = 'true' AND ($2::text IS NULL OR c.name ILIKE $2)";
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "{SELECT} WHERE {VISIBLE} ORDER BY c.created_at DESC, c.id DESC LIMIT $3 OFFSET $4"
+    ))
+    .bind(info.type_name)
+    .bind(&pattern)
+    .bind(page.limit)
+    .bind(page.offset())
+    .fetch_all(&state.pool)
+    .await?;
+    let total: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM read_models.catalog c WHERE {VISIBLE}"
+    ))
+    .bind(info.type_name)
+    .bind(&pattern)
+    .fetch_one(&state.pool)
+    .await?;
+    let data = rows
+        .into_iter()
+        .map(|row| {
+            let mut view = row.view(info);
+            if let Value::Object(fields) = &mut view {
+                for slot in info.write_only {
+                    fields.remove(slot.flag);
+                }
+            }
+            view
+        })
+        .collect();
+    Ok(Json(Page::new(data, page, total)))
+}
+
+/// `GET /api/workflow-entities/{id}/usage-count`: how many workflows use the entity.
+pub async fn usage_count(
+    State(state): State<AppState>,
+    Caller(Authenticated { actor, .. }): Caller,
+    consistency: ReadConsistency,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    load::<WorkflowEntity>(&state, &actor, consistency, id).await?;
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM read_models.workflow_entity_usage WHERE entity_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&state.pool)
+    .await?;
+    Ok(Json(json!({ "id": id, "count": count })))
+}
+
+/// Every version of a prompt template, oldest first, folded from its stream (API.md §6). A deleted
+/// template has no versions to show.
+async fn versions(
+    state: &AppState,
+    actor: &Actor,
+    consistency: ReadConsistency,
+    id: Uuid,
+) -> Result<Vec<Value>, ApiError> {
+    // The current row decides access (and answers 404 for deleted or hidden templates).
+    let current = load::<PromptTemplate>(state, actor, consistency, id).await?;
+    let info = &PromptTemplate::INFO;
+    let events = read_stream(
+        &state.pool,
+        &events::catalog::Document::<PromptTemplate>::stream_id(id),
+        0,
+    )
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    let nested = Nested {
+        organization: current.organization_name.clone(),
+        environment: current.environment_name.clone(),
+        model: None,
+    };
+    let mut document = events::catalog::Document::<PromptTemplate>::default();
+    let mut versions = Vec::new();
+    let mut model_names: HashMap<Uuid, Option<String>> = HashMap::new();
+    for event in &events {
+        let decoded = event.decode().map_err(|e| {
+            ApiError::Internal(anyhow::Error::new(e).context("decoding a prompt template event"))
+        })?;
+        document.apply(&decoded, event.recorded_at);
+        let Some(live) = &document.state.live else {
+            break;
+        };
+        let changes: Vec<String> = match &decoded.change {
+            events::catalog::Change::Created { fields, .. }
+            | events::catalog::Change::Updated { fields, .. } => fields.keys().cloned().collect(),
+            events::catalog::Change::Deleted => Vec::new(),
+        };
+        let model = match live.model_id() {
+            Some(model) => match model_names.get(&model) {
+                Some(name) => name.clone(),
+                None => {
+                    let name = model_name(state, model).await?;
+                    model_names.insert(model, name.clone());
+                    name
+                }
+            },
+            None => None,
+        };
+        let mut view = view(
+            info,
+            live,
+            event.stream_version,
+            &Nested {
+                model,
+                ..nested.clone()
+            },
+        );
+        if let Value::Object(fields) = &mut view {
+            fields.insert(
+                "changedBy".into(),
+                serde_json::to_value(&event.metadata.0.actor).unwrap_or(Value::Null),
+            );
+            fields.insert(
+                "changedAt".into(),
+                Value::String(
+                    event
+                        .recorded_at
+                        .to_rfc3339_opts(SecondsFormat::Millis, true),
+                ),
+            );
+            fields.insert("changes".into(), json!(changes));
+        }
+        versions.push(view);
+    }
+    Ok(versions)
+}
+
+async fn model_name(state: &AppState, model: Uuid) -> Result<Option<String>, ApiError> {
+    Ok(
+        sqlx::query_scalar("SELECT name FROM read_models.catalog WHERE id = $1")
+            .bind(model)
+            .fetch_optional(&state.pool)
+            .await?,
+    )
+}
+
+/// `GET /api/prompt-templates/{id}/versions`: newest first, paginated.
+pub async fn list_versions(
+    State(state): State<AppState>,
+    Caller(Authenticated { actor, .. }): Caller,
+    consistency: ReadConsistency,
+    Path(id): Path<String>,
+    params: Params,
+) -> Result<Json<Page<Value>>, ApiError> {
+    let id = parse_id(&id)?;
+    let page = PageRequest::parse(params.get("page"), params.get("limit"))?;
+    let versions = versions(&state, &actor, consistency, id).await?;
+    let total = versions.len() as i64;
+    let data: Vec<Value> = versions
+        .into_iter()
+        .rev()
+        .skip(page.offset() as usize)
+        .take(page.limit as usize)
+        .collect();
+    Ok(Json(Page::new(data, page, total)))
+}
+
+/// `GET /api/prompt-templates/{id}/versions/{version}`.
+pub async fn get_version(
+    State(state): State<AppState>,
+    Caller(Authenticated { actor, .. }): Caller,
+    consistency: ReadConsistency,
+    Path((id, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let number: usize = version
+        .parse()
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| ApiError::invalid("version", "must be a positive integer"))?;
+    let mut versions = versions(&state, &actor, consistency, id).await?;
+    if number > versions.len() {
+        return Err(ApiError::NotFound {
+            error: "Version not found".into(),
+            details: format!(
+                "prompt template {id} has {} versions; there is no version {number}",
+                versions.len()
+            ),
+        });
+    }
+    Ok(Json(versions.swap_remove(number - 1)))
+}
