@@ -15,7 +15,9 @@ pub mod users;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post, put};
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::routing::{on, MethodFilter};
 use axum::Router;
 use events::auth::Authenticator;
 use events::catalog::kinds::{
@@ -37,46 +39,96 @@ pub struct AppState {
     pub secrets: Secrets,
 }
 
-pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/api/organizations", post(organizations::create))
-        .route(
+/// Every route of the API, recorded as it is registered (see [`Routes`]).
+pub fn api_routes() -> Routes {
+    Routes::default()
+        .add(Method::POST, "/api/organizations", organizations::create)
+        .add(
+            Method::PUT,
             "/api/organizations/{id}",
-            put(organizations::update).delete(organizations::delete),
+            organizations::update,
         )
-        .route("/api/environments", post(environments::create))
-        .route(
+        .add(
+            Method::DELETE,
+            "/api/organizations/{id}",
+            organizations::delete,
+        )
+        .add(Method::POST, "/api/environments", environments::create)
+        .add(Method::PUT, "/api/environments/{id}", environments::update)
+        .add(
+            Method::DELETE,
             "/api/environments/{id}",
-            put(environments::update).delete(environments::delete),
+            environments::delete,
         )
-        .route("/api/organizations/{id}/members", post(members::add))
-        .route(
+        .add(
+            Method::POST,
+            "/api/organizations/{id}/members",
+            members::add,
+        )
+        .add(
+            Method::PUT,
             "/api/organizations/{id}/members/{user_id}",
-            put(members::change_role).delete(members::remove),
+            members::change_role,
         )
-        .route(
+        .add(
+            Method::DELETE,
+            "/api/organizations/{id}/members/{user_id}",
+            members::remove,
+        )
+        .add(
+            Method::PUT,
             "/api/users/{id}/system-role",
-            put(users::grant_system_role).delete(users::revoke_system_role),
+            users::grant_system_role,
         )
-        .route("/api/auth/login", get(sign_in::login))
-        .route("/api/auth/callback", get(sign_in::callback))
-        .route("/api/auth/logout", post(sign_in::logout));
-    let api = catalog_routes::<Variable>(api);
-    let api = catalog_routes::<Model>(api);
-    let api = catalog_routes::<SystemModel>(api);
-    let api = catalog_routes::<Workflow>(api);
-    let api = catalog_routes::<WorkflowEntity>(api);
-    let api = catalog_routes::<WorkflowEntityType>(api);
-    let api = catalog_routes::<PromptTemplate>(api);
-    let api = catalog_routes::<Prompt>(api);
+        .add(
+            Method::DELETE,
+            "/api/users/{id}/system-role",
+            users::revoke_system_role,
+        )
+        .add(Method::GET, "/api/auth/login", sign_in::login)
+        .add(Method::GET, "/api/auth/callback", sign_in::callback)
+        .add(Method::POST, "/api/auth/logout", sign_in::logout)
+        .catalog::<Variable>()
+        .catalog::<Model>()
+        .catalog::<SystemModel>()
+        .catalog::<Workflow>()
+        .catalog::<WorkflowEntity>()
+        .catalog::<WorkflowEntityType>()
+        .catalog::<PromptTemplate>()
+        .catalog::<Prompt>()
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = api_routes().router;
     ops::layered(api.merge(ops::routes()).with_state(state))
 }
 
-/// `POST /api/<kind>` and `PUT`/`DELETE /api/<kind>/{id}` of one catalog kind.
-fn catalog_routes<K: Kind>(router: Router<AppState>) -> Router<AppState> {
-    let collection = format!("/api/{}", K::INFO.path);
-    router.route(&collection, post(catalog::create::<K>)).route(
-        &format!("{collection}/{{id}}"),
-        put(catalog::update::<K>).delete(catalog::delete::<K>),
-    )
+/// The API's routes with the method and path of each, so that tests can hold them against
+/// `schemas/openapi.yaml`: every route is registered through [`Routes::add`].
+#[derive(Default)]
+pub struct Routes {
+    pub router: Router<AppState>,
+    pub table: Vec<(Method, String)>,
+}
+
+impl Routes {
+    fn add<H, T>(mut self, method: Method, path: &str, handler: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("a standard HTTP method");
+        self.router = self.router.route(path, on(filter, handler));
+        self.table.push((method, path.to_owned()));
+        self
+    }
+
+    /// `POST /api/<kind>` and `PUT`/`DELETE /api/<kind>/{id}` of one catalog kind.
+    fn catalog<K: Kind>(self) -> Self {
+        let collection = format!("/api/{}", K::INFO.path);
+        let item = format!("{collection}/{{id}}");
+        self.add(Method::POST, &collection, catalog::create::<K>)
+            .add(Method::PUT, &item, catalog::update::<K>)
+            .add(Method::DELETE, &item, catalog::delete::<K>)
+    }
 }

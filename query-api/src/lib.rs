@@ -15,7 +15,9 @@ pub mod users;
 
 use std::sync::Arc;
 
-use axum::routing::get;
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::routing::{on, MethodFilter};
 use axum::Router;
 use events::auth::Authenticator;
 use events::catalog::kinds::{
@@ -36,52 +38,90 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
 }
 
-pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/api/organizations", get(organizations::list))
-        .route("/api/organizations/{id}", get(organizations::get))
-        .route("/api/environments", get(environments::list))
-        .route("/api/environments/{id}", get(environments::get))
-        .route("/api/organizations/{id}/members", get(members::list))
-        .route(
+/// Every route of the API, recorded as it is registered (see [`Routes`]).
+pub fn api_routes() -> Routes {
+    Routes::default()
+        .add(Method::GET, "/api/organizations", organizations::list)
+        .add(Method::GET, "/api/organizations/{id}", organizations::get)
+        .add(Method::GET, "/api/environments", environments::list)
+        .add(Method::GET, "/api/environments/{id}", environments::get)
+        .add(
+            Method::GET,
+            "/api/organizations/{id}/members",
+            members::list,
+        )
+        .add(
+            Method::GET,
             "/api/organizations/{id}/members/{user_id}",
-            get(members::get),
+            members::get,
         )
-        .route("/api/users", get(users::list))
-        .route("/api/users/{id}", get(users::get))
-        .route("/api/roles", get(users::roles))
-        .route("/api/auth/session", get(session::get))
-        .route(
+        .add(Method::GET, "/api/users", users::list)
+        .add(Method::GET, "/api/users/{id}", users::get)
+        .add(Method::GET, "/api/roles", users::roles)
+        .add(Method::GET, "/api/auth/session", session::get)
+        .add(
+            Method::GET,
             "/api/system-models/visible",
-            get(catalog::visible_system_models),
+            catalog::visible_system_models,
         )
-        .route(
+        .add(
+            Method::GET,
             "/api/workflow-entities/{id}/usage-count",
-            get(catalog::usage_count),
+            catalog::usage_count,
         )
-        .route(
+        .add(
+            Method::GET,
             "/api/prompt-templates/{id}/versions",
-            get(catalog::list_versions),
+            catalog::list_versions,
         )
-        .route(
+        .add(
+            Method::GET,
             "/api/prompt-templates/{id}/versions/{version}",
-            get(catalog::get_version),
-        );
-    let api = catalog_routes::<Variable>(api);
-    let api = catalog_routes::<Model>(api);
-    let api = catalog_routes::<SystemModel>(api);
-    let api = catalog_routes::<Workflow>(api);
-    let api = catalog_routes::<WorkflowEntity>(api);
-    let api = catalog_routes::<WorkflowEntityType>(api);
-    let api = catalog_routes::<PromptTemplate>(api);
-    let api = catalog_routes::<Prompt>(api);
+            catalog::get_version,
+        )
+        .catalog::<Variable>()
+        .catalog::<Model>()
+        .catalog::<SystemModel>()
+        .catalog::<Workflow>()
+        .catalog::<WorkflowEntity>()
+        .catalog::<WorkflowEntityType>()
+        .catalog::<PromptTemplate>()
+        .catalog::<Prompt>()
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = api_routes().router;
     ops::layered(api.merge(ops::routes()).with_state(state))
 }
 
-/// `GET /api/<kind>` and `GET /api/<kind>/{id}` of one catalog kind.
-fn catalog_routes<K: Kind>(router: Router<AppState>) -> Router<AppState> {
-    let collection = format!("/api/{}", K::INFO.path);
-    router
-        .route(&collection, get(catalog::list::<K>))
-        .route(&format!("{collection}/{{id}}"), get(catalog::get::<K>))
+/// The API's routes with the method and path of each, so that tests can hold them against
+/// `schemas/openapi.yaml`: every route is registered through [`Routes::add`].
+#[derive(Default)]
+pub struct Routes {
+    pub router: Router<AppState>,
+    pub table: Vec<(Method, String)>,
+}
+
+impl Routes {
+    fn add<H, T>(mut self, method: Method, path: &str, handler: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("a standard HTTP method");
+        self.router = self.router.route(path, on(filter, handler));
+        self.table.push((method, path.to_owned()));
+        self
+    }
+
+    /// `GET /api/<kind>` and `GET /api/<kind>/{id}` of one catalog kind.
+    fn catalog<K: Kind>(self) -> Self {
+        let collection = format!("/api/{}", K::INFO.path);
+        let item = format!("{collection}/{{id}}");
+        self.add(Method::GET, &collection, catalog::list::<K>).add(
+            Method::GET,
+            &item,
+            catalog::get::<K>,
+        )
+    }
 }
