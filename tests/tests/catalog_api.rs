@@ -238,3 +238,258 @@ async fn the_seed_examples_answer_with_the_seed_fields() {
     let (status, _) = app.get(&format!("/api/prompts/{prompt_id}")).await;
     assert_eq!(status, 404);
 }
+
+/// What every kind needs for a life-cycle test: where it lives, a valid body for a given name, and a
+/// partial update with the field it changes.
+struct Case {
+    path: &'static str,
+    body: Value,
+    update: Value,
+    /// The field names and searches match (`title` for prompts).
+    name_field: &'static str,
+}
+
+/// One valid resource of every kind, inside `org`/`env`, referring to `model` and `entity`.
+fn cases(org: &str, env: &str, model: &str, entity: &str) -> Vec<Case> {
+    vec![
+        Case {
+            path: "variables",
+            body: json!({"organizationId": org, "environmentId": env, "value": "v"}),
+            update: json!({"description": "rotated monthly"}),
+            name_field: "name",
+        },
+        Case {
+            path: "models",
+            body: json!({"organizationId": org, "modelUrl": "https://models.example/v1"}),
+            update: json!({"modelUrl": "https://models.example/v2"}),
+            name_field: "name",
+        },
+        Case {
+            path: "system-models",
+            body: json!({"modelUrl": "https://models.example/v1", "visible": true}),
+            update: json!({"visible": false}),
+            name_field: "name",
+        },
+        Case {
+            path: "workflows",
+            body: json!({"organizationId": org, "environmentId": env,
+                         "workflowData": {"root": {"name": "Start", "entityId": entity, "entityType": "event"}}}),
+            update: json!({"workflowData": {"root": null}}),
+            name_field: "name",
+        },
+        Case {
+            path: "workflow-entities",
+            body: json!({"organizationId": org, "environmentId": env, "workflowEntityTypeId": EVENT_TYPE}),
+            update: json!({"script": "return true;"}),
+            name_field: "name",
+        },
+        Case {
+            path: "workflow-entity-types",
+            body: json!({"organizationId": org}),
+            update: json!({"description": "Custom"}),
+            name_field: "name",
+        },
+        Case {
+            path: "prompt-templates",
+            body: json!({"organizationId": org, "environmentId": env, "promptText": "Hello", "modelId": model}),
+            update: json!({"promptText": "Hello again"}),
+            name_field: "name",
+        },
+        Case {
+            path: "prompts",
+            body: json!({"organizationId": org, "modelId": model, "content": "Hi"}),
+            update: json!({"content": "Hi there"}),
+            name_field: "title",
+        },
+    ]
+}
+
+fn named(case: &Case, name: &str) -> Value {
+    let mut body = case.body.clone();
+    body[case.name_field] = json!(name);
+    body
+}
+
+/// A tenant with a model and a workflow entity, for resources that refer to them.
+async fn fixtures(app: &TestApp) -> (String, String, String, String) {
+    let (org, env) = tenant(app).await;
+    let model = created(
+        app,
+        "/api/models",
+        json!({"organizationId": org, "name": "Fixture model", "modelUrl": "https://models.example/v1"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let entity = created(
+        app,
+        "/api/workflow-entities",
+        json!({"organizationId": org, "name": "Fixture entity", "workflowEntityTypeId": EVENT_TYPE}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (org, env, model, entity)
+}
+
+/// The rows of a list that this test created (fixtures and built-in types are there too).
+fn names_in(list: &Value, field: &str, prefix: &str) -> Vec<String> {
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|row| row[field].as_str())
+        .filter(|name| name.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn every_kind_is_created_read_listed_updated_and_deleted() {
+    let app = TestApp::spawn().await;
+    let (org, env, model, entity) = fixtures(&app).await;
+    for case in cases(&org, &env, &model, &entity) {
+        let path = case.path;
+        let field = case.name_field;
+        let mut ids = Vec::new();
+        for name in ["Case Alpha", "Case Beta", "Case Gamma 50%"] {
+            ids.push(
+                created(&app, &format!("/api/{path}"), named(&case, name)).await["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        let scope = if path == "system-models" {
+            String::new()
+        } else {
+            format!("organizationId={org}&")
+        };
+
+        // Newest first, paginated with exact totals.
+        let (status, all) = app.get(&format!("/api/{path}?{scope}limit=100")).await;
+        assert_eq!(status, 200, "{path}: {all}");
+        assert_eq!(
+            names_in(&all, field, "Case "),
+            ["Case Gamma 50%", "Case Beta", "Case Alpha"],
+            "{path}"
+        );
+        let total = all["pagination"]["total"].as_i64().unwrap();
+        let (_, page2) = app.get(&format!("/api/{path}?{scope}limit=2&page=2")).await;
+        assert_eq!(page2["pagination"]["total"], total, "{path}");
+        assert_eq!(page2["pagination"]["totalPages"], (total + 1) / 2, "{path}");
+        assert_eq!(
+            page2["data"].as_array().unwrap().len(),
+            (total as usize - 2).min(2),
+            "{path}"
+        );
+
+        // Search is a case-insensitive substring match, with % taken literally.
+        let (_, found) = app.get(&format!("/api/{path}?{scope}search=bEtA")).await;
+        assert_eq!(names_in(&found, field, ""), ["Case Beta"], "{path}");
+        assert_eq!(found["pagination"]["total"], 1, "{path}");
+        let (_, percent) = app.get(&format!("/api/{path}?{scope}search=50%25")).await;
+        assert_eq!(names_in(&percent, field, ""), ["Case Gamma 50%"], "{path}");
+
+        if case.body.get("environmentId").is_some() {
+            let other_env = app
+                .create_environment(&org, &format!("Staging {path}"))
+                .await;
+            let (_, none) = app
+                .get(&format!("/api/{path}?{scope}environmentId={other_env}"))
+                .await;
+            assert_eq!(none["pagination"]["total"], 0, "{path}");
+            let (_, here) = app
+                .get(&format!("/api/{path}?{scope}environmentId={env}"))
+                .await;
+            assert_eq!(names_in(&here, field, "Case ").len(), 3, "{path}");
+            assert_eq!(
+                here["pagination"]["total"],
+                here["data"].as_array().unwrap().len(),
+                "{path}"
+            );
+        }
+
+        // A partial update changes what it names and nothing else.
+        let item = format!("/api/{path}/{}", ids[0]);
+        let (_, before) = app.get(&item).await;
+        let (status, after) = app.put(&item, case.update.clone()).await;
+        assert_eq!(status, 200, "PUT {item}: {after}");
+        for (key, value) in before.as_object().unwrap() {
+            match case.update.get(key) {
+                Some(changed) => assert_eq!(&after[key], changed, "{path}.{key}"),
+                None if key == "updatedAt" || key == "version" => {}
+                None => assert_eq!(&after[key], value, "{path}.{key} changed"),
+            }
+        }
+        let (_, read) = app.get(&item).await;
+        assert_eq!(read, after, "{path}");
+
+        // Delete answers as the seed shows; the resource is gone from reads and lists.
+        let (status, deleted) = app.delete(&item).await;
+        assert_eq!(status, 200, "DELETE {item}: {deleted}");
+        assert_eq!(deleted, json!({"success": true, "id": ids[0]}));
+        let (status, _) = app.get(&item).await;
+        assert_eq!(status, 404, "{path}");
+        let (status, _) = app.delete(&item).await;
+        assert_eq!(status, 404, "{path}");
+        let (_, after_delete) = app.get(&format!("/api/{path}?{scope}limit=100")).await;
+        assert_eq!(after_delete["pagination"]["total"], total - 1, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn names_are_unique_where_the_api_says_case_insensitively() {
+    let app = TestApp::spawn().await;
+    let (org, env, model, entity) = fixtures(&app).await;
+    let other_env = app.create_environment(&org, "Staging").await;
+    for case in cases(&org, &env, &model, &entity) {
+        if matches!(case.path, "workflows" | "workflow-entities" | "prompts") {
+            continue;
+        }
+        created(
+            &app,
+            &format!("/api/{}", case.path),
+            named(&case, "Unique Name"),
+        )
+        .await;
+        let events = app.event_count().await;
+        let (status, body) = app
+            .post(&format!("/api/{}", case.path), named(&case, "unique NAME"))
+            .await;
+        assert_eq!(status, 409, "{}: {body}", case.path);
+        assert!(
+            body["details"].as_str().unwrap().contains("unique NAME"),
+            "{body}"
+        );
+        assert_eq!(app.event_count().await, events);
+        // Environment-scoped names may repeat in another environment.
+        if case.body.get("environmentId").is_some() {
+            let mut elsewhere = named(&case, "Unique Name");
+            elsewhere["environmentId"] = json!(other_env);
+            created(&app, &format!("/api/{}", case.path), elsewhere).await;
+        }
+    }
+    // A renamed resource frees its old name.
+    let first = created(
+        &app,
+        "/api/models",
+        json!({"organizationId": org, "name": "Old", "modelUrl": "https://m.example"}),
+    )
+    .await;
+    let (status, _) = app
+        .put(
+            &format!("/api/models/{}", first["id"].as_str().unwrap()),
+            json!({"name": "New"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    created(
+        &app,
+        "/api/models",
+        json!({"organizationId": org, "name": "old", "modelUrl": "https://m.example"}),
+    )
+    .await;
+}
