@@ -493,3 +493,432 @@ async fn names_are_unique_where_the_api_says_case_insensitively() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn deleting_what_others_refer_to_is_refused_until_the_reference_is_gone() {
+    let app = TestApp::spawn().await;
+    let (org, env, model, entity) = fixtures(&app).await;
+    let template = created(
+        &app,
+        "/api/prompt-templates",
+        json!({"organizationId": org, "environmentId": env, "name": "T", "promptText": "p", "modelId": model}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let workflow = created(
+        &app,
+        "/api/workflows",
+        json!({"organizationId": org, "name": "W",
+               "workflowData": {"root": {"name": "a", "entityId": entity, "entityType": "event"}}}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let entity_type = created(
+        &app,
+        "/api/workflow-entity-types",
+        json!({"organizationId": org, "name": "Webhook"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let typed_entity = created(
+        &app,
+        "/api/workflow-entities",
+        json!({"organizationId": org, "name": "Typed", "workflowEntityTypeId": entity_type}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let variable = created(
+        &app,
+        "/api/variables",
+        json!({"organizationId": org, "environmentId": env, "name": "KEY", "value": "secret"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // (what is deleted, what refers to it, what removes the reference)
+    let rules = [
+        (
+            format!("/api/models/{model}"),
+            template.clone(),
+            format!("/api/prompt-templates/{template}"),
+        ),
+        (
+            format!("/api/workflow-entities/{entity}"),
+            workflow.clone(),
+            format!("/api/workflows/{workflow}"),
+        ),
+        (
+            format!("/api/workflow-entity-types/{entity_type}"),
+            typed_entity.clone(),
+            format!("/api/workflow-entities/{typed_entity}"),
+        ),
+        (
+            format!("/api/environments/{env}"),
+            variable.clone(),
+            format!("/api/variables/{variable}"),
+        ),
+    ];
+    for (target, referrer, referrer_path) in &rules {
+        let events = app.event_count().await;
+        let (status, body) = app.delete(target).await;
+        assert_eq!(status, 409, "DELETE {target}: {body}");
+        assert!(
+            body["details"]
+                .as_str()
+                .unwrap()
+                .contains(referrer.as_str()),
+            "{target}: {body}"
+        );
+        assert_eq!(
+            app.event_count().await,
+            events,
+            "a refused delete appended events"
+        );
+        let (status, _) = app.delete(referrer_path).await;
+        assert_eq!(status, 200, "DELETE {referrer_path}");
+    }
+    // The model was still used by nothing else, the entity type by nothing: now they go.
+    for (target, _, _) in &rules[..3] {
+        let (status, body) = app.delete(target).await;
+        assert_eq!(status, 200, "DELETE {target}: {body}");
+    }
+    // The organization still holds its environment, and the fixtures' entity.
+    let (status, body) = app.delete(&format!("/api/organizations/{org}")).await;
+    assert_eq!(status, 409, "{body}");
+    // An update that drops a reference releases it: the workflow no longer holds the entity.
+    let entity2 = created(
+        &app,
+        "/api/workflow-entities",
+        json!({"organizationId": org, "name": "E2", "workflowEntityTypeId": EVENT_TYPE}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let flow = created(
+        &app,
+        "/api/workflows",
+        json!({"organizationId": org, "name": "W2",
+        "workflowData": {"root": {"name": "a", "entityId": entity2, "entityType": "event"}}}),
+    )
+    .await;
+    let (status, usage) = app
+        .get(&format!("/api/workflow-entities/{entity2}/usage-count"))
+        .await;
+    assert_eq!((status, usage["count"].as_i64()), (200, Some(1)));
+    let (status, _) = app
+        .put(
+            &format!("/api/workflows/{}", flow["id"].as_str().unwrap()),
+            json!({"workflowData": {"root": null}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, usage) = app
+        .get(&format!("/api/workflow-entities/{entity2}/usage-count"))
+        .await;
+    assert_eq!(usage["count"], 0);
+    let (status, body) = app
+        .delete(&format!("/api/workflow-entities/{entity2}"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn references_must_name_live_resources_of_the_same_organization() {
+    let app = TestApp::spawn().await;
+    let (org, env, model, _) = fixtures(&app).await;
+    let other = app.create_organization("Other Corp").await;
+    let other_env = app.create_environment(&other, "Elsewhere").await;
+    let other_model = created(
+        &app,
+        "/api/models",
+        json!({"organizationId": other, "name": "Theirs", "modelUrl": "https://m.example"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let missing = uuid::Uuid::now_v7();
+    let cases = [
+        (
+            "/api/variables",
+            json!({"organizationId": org, "environmentId": other_env, "name": "X", "value": "v"}),
+            "environmentId",
+        ),
+        (
+            "/api/variables",
+            json!({"organizationId": org, "environmentId": missing, "name": "X", "value": "v"}),
+            "environmentId",
+        ),
+        (
+            "/api/prompt-templates",
+            json!({"organizationId": org, "environmentId": env, "name": "T", "promptText": "p", "modelId": other_model}),
+            "modelId",
+        ),
+        (
+            "/api/prompts",
+            json!({"organizationId": org, "title": "T", "content": "c", "modelId": missing}),
+            "modelId",
+        ),
+        (
+            "/api/workflow-entities",
+            json!({"organizationId": org, "name": "E", "workflowEntityTypeId": missing}),
+            "workflowEntityTypeId",
+        ),
+        (
+            "/api/workflows",
+            json!({"organizationId": org, "name": "W", "workflowData": {"root": {"name": "a", "entityId": missing, "entityType": "event"}}}),
+            "workflowData",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let events = app.event_count().await;
+        let (status, answer) = app.post(path, body).await;
+        assert_eq!(status, 400, "{path}: {answer}");
+        assert!(
+            answer["details"].as_str().unwrap().starts_with(field),
+            "{path}: {answer}"
+        );
+        assert_eq!(app.event_count().await, events);
+    }
+    let (status, _) = app
+        .post(
+            "/api/models",
+            json!({"organizationId": missing, "name": "M", "modelUrl": "https://m.example"}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    // A deleted model cannot be referred to either.
+    let (status, _) = app.delete(&format!("/api/models/{model}")).await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .post(
+            "/api/prompts",
+            json!({"organizationId": org, "title": "T", "content": "c", "modelId": model}),
+        )
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn nested_names_follow_renames() {
+    let app = TestApp::spawn().await;
+    let (org, env, model, _) = fixtures(&app).await;
+    let template = created(&app, "/api/prompt-templates",
+        json!({"organizationId": org, "environmentId": env, "name": "T", "promptText": "p", "modelId": model})).await;
+    let path = format!("/api/prompt-templates/{}", template["id"].as_str().unwrap());
+    for (resource, body) in [
+        (
+            format!("/api/models/{model}"),
+            json!({"name": "Renamed model"}),
+        ),
+        (
+            format!("/api/environments/{env}"),
+            json!({"name": "Renamed environment"}),
+        ),
+        (
+            format!("/api/organizations/{org}"),
+            json!({"name": "Renamed organization"}),
+        ),
+    ] {
+        let (status, _) = app.put(&resource, body).await;
+        assert_eq!(status, 200, "{resource}");
+    }
+    let (_, read) = app.get(&path).await;
+    assert_eq!(read["model"]["name"], "Renamed model");
+    assert_eq!(read["environment"]["name"], "Renamed environment");
+    assert_eq!(read["organization"]["name"], "Renamed organization");
+    let (_, list) = app
+        .get(&format!("/api/prompt-templates?organizationId={org}"))
+        .await;
+    assert_eq!(list["data"][0]["model"]["name"], "Renamed model");
+    // A write's own answer nests the current names too.
+    let (_, updated) = app.put(&path, json!({"description": "d"})).await;
+    assert_eq!(updated["organization"]["name"], "Renamed organization");
+    assert_eq!(updated["model"]["name"], "Renamed model");
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_naming_the_field_and_appends_nothing() {
+    let app = TestApp::spawn().await;
+    let (org, env, model, entity) = fixtures(&app).await;
+    let template = created(&app, "/api/prompt-templates",
+        json!({"organizationId": org, "environmentId": env, "name": "T", "promptText": "p", "variables": {"a": "string"}})).await;
+    let template_path = format!("/api/prompt-templates/{}", template["id"].as_str().unwrap());
+    let deep = (0..101).fold(
+        json!({"name": "leaf", "entityType": "event"}),
+        |child, _| json!({"name": "n", "entityType": "event", "children": [child]}),
+    );
+    let long = "x".repeat(201);
+    let cases: Vec<(&str, String, Value, &str)> = vec![
+        (
+            "POST",
+            "/api/variables".into(),
+            json!({"organizationId": org, "environmentId": env, "name": "K"}),
+            "value",
+        ),
+        (
+            "POST",
+            "/api/variables".into(),
+            json!({"organizationId": org, "environmentId": env, "name": "K", "value": 5}),
+            "value",
+        ),
+        (
+            "POST",
+            "/api/variables".into(),
+            json!({"organizationId": org, "environmentId": "nope", "name": "K", "value": "v"}),
+            "environmentId",
+        ),
+        (
+            "POST",
+            "/api/variables".into(),
+            json!({"organizationId": org, "environmentId": env, "name": long, "value": "v"}),
+            "name",
+        ),
+        (
+            "POST",
+            "/api/models".into(),
+            json!({"organizationId": org, "name": "M", "modelUrl": "ftp://x"}),
+            "modelUrl",
+        ),
+        (
+            "POST",
+            "/api/models".into(),
+            json!({"organizationId": org, "name": "M"}),
+            "body",
+        ),
+        (
+            "POST",
+            "/api/models".into(),
+            json!({"organizationId": org, "name": "M", "modelUrl": "https://m", "colour": 1}),
+            "body",
+        ),
+        (
+            "POST",
+            "/api/models".into(),
+            json!({"organizationId": org, "name": "M", "modelUrl": "https://m", "description": "d".repeat(2001)}),
+            "description",
+        ),
+        (
+            "POST",
+            "/api/system-models".into(),
+            json!({"name": "S", "modelUrl": "https://m", "visible": "yes"}),
+            "visible",
+        ),
+        (
+            "POST",
+            "/api/workflows".into(),
+            json!({"organizationId": org, "name": "W", "workflowData": {"root": deep}}),
+            "workflowData",
+        ),
+        (
+            "POST",
+            "/api/workflows".into(),
+            json!({"organizationId": org, "name": "W", "workflowData": {"root": {"name": "a", "entityType": "event", "entityId": entity, "presentation": 3}}}),
+            "workflowData",
+        ),
+        (
+            "POST",
+            "/api/workflow-entities".into(),
+            json!({"organizationId": org, "name": "E", "workflowEntityTypeId": EVENT_TYPE, "condition": {"type": "rule", "field": "f", "comparison": "like", "value": 1}}),
+            "condition",
+        ),
+        (
+            "POST",
+            "/api/workflow-entities".into(),
+            json!({"organizationId": org, "name": "E", "workflowEntityTypeId": EVENT_TYPE, "condition": {"type": "group", "operator": "NAND", "conditions": []}}),
+            "condition",
+        ),
+        (
+            "POST",
+            "/api/prompt-templates".into(),
+            json!({"organizationId": org, "environmentId": env, "name": "T2", "promptText": "x".repeat(100_001)}),
+            "promptText",
+        ),
+        (
+            "POST",
+            "/api/prompt-templates".into(),
+            json!({"organizationId": org, "environmentId": env, "name": "T2", "promptText": "p", "variables": {"a": "string"}, "variableSets": [{"name": "s", "values": {"b": 1}}]}),
+            "variableSets[0].values.b",
+        ),
+        (
+            "POST",
+            "/api/prompt-templates".into(),
+            json!({"organizationId": org, "environmentId": env, "name": "T2", "promptText": "p", "variables": {"a": "colour"}}),
+            "variables.a",
+        ),
+        (
+            "POST",
+            "/api/prompts".into(),
+            json!({"organizationId": org, "title": "P", "content": "c", "outputFormat": "xml"}),
+            "outputFormat",
+        ),
+        (
+            "POST",
+            "/api/prompts".into(),
+            json!({"organizationId": org, "title": "P", "content": "c", "outputFormat": "json", "outputTemplate": "{oops"}),
+            "outputTemplate",
+        ),
+        (
+            "PUT",
+            template_path.clone(),
+            json!({"organizationId": uuid::Uuid::now_v7()}),
+            "organizationId",
+        ),
+        ("PUT", template_path.clone(), json!({"name": null}), "name"),
+        (
+            "PUT",
+            template_path.clone(),
+            json!({"variableSets": [{"name": "s", "values": {"zzz": 1}}]}),
+            "variableSets[0].values.zzz",
+        ),
+        (
+            "PUT",
+            format!("/api/models/{model}"),
+            json!({"token": ""}),
+            "token",
+        ),
+        (
+            "PUT",
+            "/api/models/not-a-uuid".into(),
+            json!({"name": "x"}),
+            "id",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        let events = app.event_count().await;
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let (status, answer) = tests::send(app.admin(method.clone(), &path).json(&body)).await;
+        assert_eq!(status, 400, "{method} {path} {body}: {answer}");
+        let details = answer["details"].as_str().unwrap_or_default();
+        assert!(
+            details.starts_with(field) || (field == "body" && !details.is_empty()),
+            "{method} {path}: expected details about {field}, got {answer}"
+        );
+        assert_eq!(
+            app.event_count().await,
+            events,
+            "{method} {path} appended events"
+        );
+    }
+    // Reads refuse malformed ids and filters the same way.
+    for path in [
+        "/api/models/nope",
+        "/api/variables?environmentId=nope",
+        "/api/prompt-templates",
+        "/api/models?organizationId=x",
+    ] {
+        let (status, answer) = app.get(path).await;
+        assert_eq!(status, 400, "{path}: {answer}");
+    }
+}
