@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use command_api::sign_in::{SignIn, SignInConfig};
 use events::auth::{parse_subjects, AuthConfig, Authenticator};
+use events::secrets::Secrets;
 use events::token::TokenConfig;
 use events::PgEventStore;
 use issuer::{Issuer, SigningKey};
@@ -150,6 +151,8 @@ pub struct TestApp {
     pub admin_token: String,
     /// That System user's id (recorded when the app starts).
     pub admin_id: String,
+    /// The key command-api seals write-only values with.
+    pub secrets: Secrets,
     projector: Vec<JoinHandle<()>>,
 }
 
@@ -177,6 +180,8 @@ impl TestApp {
             store.clone(),
         ));
         let metrics = metrics_handle();
+        let secrets =
+            Secrets::from_base64(&Secrets::generate_key()).expect("a generated key is valid");
         // Browser sign-in calls back to command-api, which therefore plays the public origin here.
         let command_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -199,10 +204,7 @@ impl TestApp {
                 auth: auth.clone(),
                 metrics: metrics.clone(),
                 sign_in,
-                secrets: events::secrets::Secrets::from_base64(
-                    &events::secrets::Secrets::generate_key(),
-                )
-                .expect("a generated key is valid"),
+                secrets: secrets.clone(),
             }),
         );
         let query = serve(query_api::router(query_api::AppState {
@@ -222,6 +224,7 @@ impl TestApp {
             http: reqwest::Client::new(),
             admin_token,
             admin_id: String::new(),
+            secrets,
             projector: Vec::new(),
         };
         app.start_projector();

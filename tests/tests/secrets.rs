@@ -1,0 +1,226 @@
+//! Write-only values (variable values, model credentials) never leave the system: not in any HTTP
+//! response, not in stored events outside their sealed field, not in read models, not in the services'
+//! logs. What is stored opens only with the owner's data key, for the field it was written to, and not
+//! at all once that key is destroyed.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use tests::{send, TestApp};
+
+/// Everything every service logs while the tests of this file run.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn captured_logs() -> &'static Captured {
+    static LOGS: OnceLock<Captured> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("trace")
+            .with_writer(move || writer.clone())
+            .init();
+        logs
+    })
+}
+
+/// Secrets unlike anything else in a response, so that a match cannot be a coincidence.
+fn secret(n: u32) -> String {
+    format!("sk-live-{n}-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn assert_clean(what: &str, text: &str, secrets: &[String]) {
+    for secret in secrets {
+        assert!(
+            !text.contains(secret.as_str()),
+            "{what} contains a secret: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn written_secrets_never_leave_in_responses_events_read_models_or_logs() {
+    let logs = captured_logs();
+    let app = TestApp::spawn().await;
+    let org = app.create_organization("Acme Corp").await;
+    let env = app.create_environment(&org, "Production").await;
+    let secrets: Vec<String> = (0..8).map(secret).collect();
+    let mut responses: Vec<Value> = Vec::new();
+    let post = |path: &'static str, body: Value| {
+        let app = &app;
+        async move { app.post(path, body).await }
+    };
+    let (_, variable) = post(
+        "/api/variables",
+        json!({"organizationId": org, "environmentId": env, "name": "KEY", "value": secrets[0]}),
+    )
+    .await;
+    let (_, model) = post(
+        "/api/models",
+        json!({"organizationId": org, "name": "M", "modelUrl": "https://m.example",
+        "token": secrets[1], "clientKey": secrets[2], "secretKey": secrets[3]}),
+    )
+    .await;
+    let (_, system) = post(
+        "/api/system-models",
+        json!({"name": "S", "modelUrl": "https://m.example", "visible": true, "token": secrets[4]}),
+    )
+    .await;
+    // A refused request carrying a secret does not echo it either.
+    let (status, refused) = post(
+        "/api/variables",
+        json!({"organizationId": org, "environmentId": env, "name": "", "value": secrets[5]}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    responses.extend([variable.clone(), model.clone(), system.clone(), refused]);
+    assert_eq!(variable["hasValue"], true);
+    assert_eq!(
+        (
+            model["hasToken"].clone(),
+            model["hasClientKey"].clone(),
+            model["hasSecretKey"].clone()
+        ),
+        (json!(true), json!(true), json!(true))
+    );
+
+    let model_path = format!("/api/models/{}", model["id"].as_str().unwrap());
+    let variable_path = format!("/api/variables/{}", variable["id"].as_str().unwrap());
+    let (status, updated) = app
+        .put(&model_path, json!({"token": secrets[6], "clientKey": null}))
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(
+        (updated["hasToken"].clone(), updated["hasClientKey"].clone()),
+        (json!(true), json!(false))
+    );
+    let (_, rotated) = app.put(&variable_path, json!({"value": secrets[7]})).await;
+    responses.extend([updated, rotated]);
+    for path in [
+        model_path.clone(),
+        variable_path.clone(),
+        format!("/api/models?organizationId={org}"),
+        format!("/api/variables?organizationId={org}"),
+        "/api/system-models".into(),
+        format!("/api/system-models/{}", system["id"].as_str().unwrap()),
+        "/api/system-models/visible".into(),
+    ] {
+        let (status, body) = app.get(&path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        responses.push(body);
+    }
+    let (_, visible) = app.get("/api/system-models/visible").await;
+    assert!(visible["data"][0].get("hasToken").is_none(), "{visible}");
+    for response in &responses {
+        assert_clean("a response", &response.to_string(), &secrets);
+    }
+
+    // Stored events hold sealed values only, under `secrets`.
+    let stored: Vec<(String, Value, Value)> =
+        sqlx::query_as("SELECT event_type, data, metadata FROM events")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    for (event_type, data, metadata) in &stored {
+        assert_clean(event_type, &data.to_string(), &secrets);
+        assert_clean(event_type, &metadata.to_string(), &secrets);
+        if let Some(sealed) = data.get("secrets") {
+            for value in sealed.as_object().unwrap().values() {
+                assert!(
+                    value.is_null() || value.as_str().unwrap().starts_with("v1."),
+                    "{data}"
+                );
+            }
+        }
+    }
+    let rows: Vec<(Value, Value)> =
+        sqlx::query_as("SELECT fields, secrets FROM read_models.catalog")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    for (fields, names) in &rows {
+        assert_clean("a read model", &fields.to_string(), &secrets);
+        assert!(
+            !fields.to_string().contains("v1."),
+            "ciphertext in a read model: {fields}"
+        );
+        assert!(names.as_array().unwrap().iter().all(|n| [
+            "value",
+            "token",
+            "clientKey",
+            "secretKey"
+        ]
+        .contains(&n.as_str().unwrap())));
+    }
+    let logged = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(
+        logged.contains("POST"),
+        "the services' logs were not captured"
+    );
+    assert_clean("the logs", &logged, &secrets);
+}
+
+#[tokio::test]
+async fn sealed_values_open_only_for_their_owner_and_field_until_the_key_is_destroyed() {
+    captured_logs();
+    let app = TestApp::spawn().await;
+    let org = app.create_organization("Acme Corp").await;
+    let token = secret(1);
+    let (status, model) = app
+        .post("/api/models", json!({"organizationId": org, "name": "M", "modelUrl": "https://m.example", "token": token}))
+        .await;
+    assert_eq!(status, 201);
+    let id = model["id"].as_str().unwrap();
+    let sealed: String =
+        sqlx::query_scalar("SELECT data->'secrets'->>'token' FROM events WHERE stream_id = $1")
+            .bind(format!("model-{id}"))
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    let org: uuid::Uuid = org.parse().unwrap();
+    let pool = &app.db.pool;
+    let context = format!("model-{id}/token");
+    assert_eq!(
+        app.secrets
+            .open(pool, org, &context, &sealed)
+            .await
+            .unwrap(),
+        token
+    );
+    assert!(app
+        .secrets
+        .open(pool, org, &format!("model-{id}/clientKey"), &sealed)
+        .await
+        .is_err());
+    assert!(app
+        .secrets
+        .open(pool, uuid::Uuid::nil(), &context, &sealed)
+        .await
+        .is_err());
+    let other_key =
+        events::secrets::Secrets::from_base64(&events::secrets::Secrets::generate_key()).unwrap();
+    assert!(other_key.open(pool, org, &context, &sealed).await.is_err());
+
+    app.secrets.destroy(pool, org).await.unwrap();
+    assert!(matches!(
+        app.secrets.open(pool, org, &context, &sealed).await,
+        Err(events::secrets::SecretsError::Destroyed(_))
+    ));
+    // Reads still answer, with nothing to reveal.
+    let (status, read) = send(app.admin(Method::GET, &format!("/api/models/{id}"))).await;
+    assert_eq!((status, read["hasToken"].clone()), (200, json!(true)));
+}
