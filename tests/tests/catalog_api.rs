@@ -922,3 +922,114 @@ async fn bad_input_is_refused_naming_the_field_and_appends_nothing() {
         assert_eq!(status, 400, "{path}: {answer}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_updates_of_a_template_each_make_exactly_one_version() {
+    let app = TestApp::spawn().await;
+    let (org, env) = tenant(&app).await;
+    let template = created(
+        &app,
+        "/api/prompt-templates",
+        json!({"organizationId": org, "environmentId": env, "name": "Busy", "promptText": "v0"}),
+    )
+    .await;
+    let path = format!("/api/prompt-templates/{}", template["id"].as_str().unwrap());
+    let updates = (1..=32).map(|n| {
+        let app = &app;
+        let path = path.clone();
+        async move {
+            app.put(&path, json!({"promptText": format!("edit {n}")}))
+                .await
+        }
+    });
+    let answers = futures::future::join_all(updates).await;
+    let mut versions: Vec<i64> = answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 200, "{body}");
+            body["version"].as_i64().unwrap()
+        })
+        .collect();
+    versions.sort();
+    assert_eq!(versions, (2..=33).collect::<Vec<_>>());
+
+    let (status, listed) = app.get(&format!("{path}/versions?limit=100")).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["pagination"]["total"], 33);
+    let numbers: Vec<i64> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        numbers,
+        (1..=33).rev().collect::<Vec<_>>(),
+        "newest first, each version once"
+    );
+    // Each version is the state after its change, and says who changed what.
+    for answer in answers.iter().map(|(_, body)| body) {
+        let n = answer["version"].as_i64().unwrap();
+        let (status, version) = app.get(&format!("{path}/versions/{n}")).await;
+        assert_eq!(status, 200);
+        assert_eq!(version["promptText"], answer["promptText"], "version {n}");
+        assert_eq!(version["changes"], json!(["promptText"]), "version {n}");
+        assert_eq!(version["changedBy"]["id"], app.admin_id.as_str());
+        assert_eq!(version["changedBy"]["role"], "system");
+    }
+    let (_, first) = app.get(&format!("{path}/versions/1")).await;
+    assert_eq!(first["promptText"], "v0");
+    assert_eq!(first["name"], "Busy");
+    let (status, _) = app.get(&format!("{path}/versions/34")).await;
+    assert_eq!(status, 404);
+    let (status, _) = app.get(&format!("{path}/versions/zero")).await;
+    assert_eq!(status, 400);
+    let (_, current) = app.get(&path).await;
+    assert_eq!(current["version"], 33);
+}
+
+#[tokio::test]
+async fn the_built_in_entity_types_exist_from_the_start_and_system_models_show_when_visible() {
+    let app = TestApp::spawn().await;
+    let (status, types) = app.get("/api/workflow-entity-types?limit=100").await;
+    assert_eq!(status, 200, "{types}");
+    let mut names: Vec<&str> = types["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["Action", "Event", "Prompt", "Result"]);
+    assert_eq!(types["pagination"]["total"], 4);
+
+    let org = app.create_organization("Acme Corp").await;
+    app.add_member(&org, "gus", "guest").await;
+    for (name, visible) in [("Shown", true), ("Hidden", false)] {
+        created(&app, "/api/system-models", json!({"name": name, "modelUrl": "https://m.example", "visible": visible, "token": "t"})).await;
+    }
+    let (status, visible) =
+        tests::send(app.as_user("gus", reqwest::Method::GET, "/api/system-models/visible")).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = visible["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Shown"]);
+    assert_eq!(visible["pagination"]["total"], 1);
+    // An organization's own entity types show next to the platform's, to its members only.
+    created(
+        &app,
+        "/api/workflow-entity-types",
+        json!({"organizationId": org, "name": "Webhook"}),
+    )
+    .await;
+    let (_, theirs) =
+        tests::send(app.as_user("gus", reqwest::Method::GET, "/api/workflow-entity-types")).await;
+    assert_eq!(theirs["pagination"]["total"], 5);
+    let (_, outsider) =
+        tests::send(app.as_user("olga", reqwest::Method::GET, "/api/workflow-entity-types")).await;
+    assert_eq!(outsider["pagination"]["total"], 4);
+}
