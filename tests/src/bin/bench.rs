@@ -4,13 +4,15 @@
 //! picks the server). It prints, each with its raw baseline and the ratio between them:
 //! (a) raw single-row appends from 32 connections, (b) `POST /api/environments` from 32 HTTP clients
 //! with p50/p99, (c) `projector rebuild` of the tenants projection against a raw bulk insert of as many
-//! rows, and (d) list-page latency with 1,000,000 environments in one organization.
+//! rows, (d) list-page latency with 1,000,000 environments in one organization, and (e) the same for a
+//! catalog list (prompts), with a small organization's list beside the large one.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use events::read_models::{catalog_count, catalog_organization_count};
 use reqwest::Method;
 use serde_json::json;
 use sqlx::PgPool;
@@ -80,6 +82,13 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "(d) GET /api/environments pages 1-100 of {} rows, 8 clients: p50 {:.2} ms, p99 {:.2} ms (target p99 < 10 ms)",
         args.list_rows, list.p50, list.p99
+    );
+
+    let (big, small) = catalog_list_latency(&app, args.list_rows, args.list_requests).await?;
+    println!(
+        "(e) GET /api/prompts pages 1-100 of {} rows in one organization, 8 clients: p50 {:.2} ms, p99 {:.2} ms; \
+         of an organization with 50 rows beside them: p50 {:.2} ms, p99 {:.2} ms (target p99 < 10 ms)",
+        args.list_rows, big.p50, big.p99, small.p50, small.p99
     );
     Ok(())
 }
@@ -286,13 +295,27 @@ async fn list_latency(app: &TestApp, rows: usize, requests: usize) -> anyhow::Re
         .execute(&app.db.pool)
         .await?;
 
+    page_latency(
+        app,
+        format!("{}/api/environments?organizationId={org}", app.query_url),
+        requests,
+    )
+    .await
+}
+
+/// Latency of `GET url&page=1..100` from 8 clients, `requests` in all.
+async fn page_latency(app: &TestApp, url: String, requests: usize) -> anyhow::Result<Measured> {
     let http = reqwest::Client::new();
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let tasks: Vec<_> = (0..8)
         .map(|_| {
-            let (http, next, token) = (http.clone(), next.clone(), app.admin_token.clone());
-            let url = format!("{}/api/environments?organizationId={org}", app.query_url);
+            let (http, next, token, url) = (
+                http.clone(),
+                next.clone(),
+                app.admin_token.clone(),
+                url.clone(),
+            );
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 while next.fetch_add(1, Ordering::Relaxed) < requests {
@@ -317,4 +340,55 @@ async fn list_latency(app: &TestApp, rows: usize, requests: usize) -> anyhow::Re
     }
     let errors = requests.saturating_sub(latencies.len());
     Ok(measure(latencies, started.elapsed(), errors))
+}
+
+/// Catalog list latency: `rows` prompts in one organization, and a small organization listed among them.
+async fn catalog_list_latency(
+    app: &TestApp,
+    rows: usize,
+    requests: usize,
+) -> anyhow::Result<(Measured, Measured)> {
+    let big = app.create_organization("Prompt Factory").await;
+    let small = app.create_organization("Prompt Boutique").await;
+    for (org, count) in [(&big, rows), (&small, 50)] {
+        let org_id: Uuid = org.parse()?;
+        sqlx::query(
+            "INSERT INTO read_models.catalog (id, kind, organization_id, environment_id, model_id, name, fields, secrets, version, created_at, updated_at) \
+             SELECT id, 'prompt', $1, NULL, NULL, 'prompt ' || g, \
+                    jsonb_build_object('organizationId', $1, 'modelId', NULL, 'title', 'prompt ' || g, 'content', 'Respond to {{message}}', \
+                                       'outputFormat', 'text', 'outputTemplate', NULL), \
+                    '[]'::jsonb, 1, now() - g * interval '1 ms', now() \
+             FROM (SELECT gen_random_uuid() AS id, g FROM generate_series(1, $2) g) rows",
+        )
+        .bind(org_id)
+        .bind(count as i64)
+        .execute(&app.db.pool)
+        .await?;
+        for scope in [
+            catalog_organization_count("prompt", Some(org_id)),
+            catalog_count("prompt"),
+        ] {
+            sqlx::query("INSERT INTO read_models.catalog_counts (scope, count) VALUES ($1, $2) ON CONFLICT (scope) DO UPDATE SET count = catalog_counts.count + EXCLUDED.count")
+                .bind(scope)
+                .bind(count as i64)
+                .execute(&app.db.pool)
+                .await?;
+        }
+    }
+    sqlx::query("ANALYZE read_models.catalog")
+        .execute(&app.db.pool)
+        .await?;
+    let big_list = page_latency(
+        app,
+        format!("{}/api/prompts?organizationId={big}", app.query_url),
+        requests,
+    )
+    .await?;
+    let small_list = page_latency(
+        app,
+        format!("{}/api/prompts?organizationId={small}", app.query_url),
+        requests,
+    )
+    .await?;
+    Ok((big_list, small_list))
 }
