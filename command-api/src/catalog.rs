@@ -61,6 +61,7 @@ pub async fn create<K: Kind>(
         .collect::<BTreeMap<_, _>>();
     let references = K::references(&typed);
     let claim = K::name_scope(&typed).map(|scope| (scope, name_key::<K>(&fields)));
+    let within = claim.as_ref().map_or("", |(scope, _)| scope.within);
     // The command may run more than once (module docs of `command`): it borrows what it needs.
     let (state, write, stream, fields, secrets, references, claim) = (
         &state,
@@ -87,14 +88,14 @@ pub async fn create<K: Kind>(
                 .add_reference(&head.stream_id);
         }
         if let Some((scope, key)) = claim {
-            changes = changes.claim_name(scope, key);
+            changes = changes.claim_name(&scope.scope, key);
         }
         let body = render(&doc, &heads)?;
         Outcome::new(StatusCode::CREATED, body, changes.version_after())
             .located(format!("/api/{}/{id}", K::INFO.path))
             .commit(state, changes, write)
             .await
-            .map_err(name_conflict::<K>(fields))
+            .map_err(name_taken(K::INFO.label, name_of::<K>(fields), within))
     })
     .await
 }
@@ -155,17 +156,18 @@ pub async fn update<K: Kind>(
         let claim = K::name_scope(&typed).map(|s| (s, name_key::<K>(&fields)));
         if old_claim != claim {
             if let Some((scope, key)) = &old_claim {
-                changes = changes.release_name(scope, key);
+                changes = changes.release_name(&scope.scope, key);
             }
             if let Some((scope, key)) = &claim {
-                changes = changes.claim_name(scope, key);
+                changes = changes.claim_name(&scope.scope, key);
             }
         }
+        let within = claim.as_ref().map_or("", |(scope, _)| scope.within);
         let body = render(&doc, &heads)?;
         Outcome::new(StatusCode::OK, body, changes.version_after())
             .commit(state, changes, write)
             .await
-            .map_err(name_conflict::<K>(&fields))
+            .map_err(name_taken(K::INFO.label, name_of::<K>(&fields), within))
     })
     .await
 }
@@ -194,7 +196,7 @@ pub async fn delete<K: Kind>(
             changes = changes.remove_reference(&reference.stream);
         }
         if let Some(scope) = K::name_scope(&typed) {
-            changes = changes.release_name(&scope, &name_key::<K>(&live.fields));
+            changes = changes.release_name(&scope.scope, &name_key::<K>(&live.fields));
         }
         Outcome::new(
             StatusCode::OK,
@@ -243,16 +245,6 @@ fn name_of<K: Kind>(fields: &Fields) -> &str {
         .get(K::INFO.name_field)
         .and_then(Value::as_str)
         .unwrap_or_default()
-}
-
-fn name_conflict<K: Kind>(fields: &Fields) -> impl FnOnce(ApiError) -> ApiError + '_ {
-    let within = match K::INFO.type_name {
-        "variable" => " in this environment",
-        "prompt_template" => " in this organization and environment",
-        _ if organization_of(fields).is_some() => " in this organization",
-        _ => "",
-    };
-    name_taken(K::INFO.label, name_of::<K>(fields), within)
 }
 
 /// Takes the write-only fields out of a request body. On create, an absent or `null` optional value

@@ -14,7 +14,7 @@ use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
 use events::auth::Authenticated;
 use events::catalog::kinds::{PromptTemplate, SystemModel, WorkflowEntity};
-use events::catalog::{view, DocumentData, Kind, KindInfo, Nested, Scope};
+use events::catalog::{view, Change, Document, DocumentData, Kind, KindInfo, Nested, Scope};
 use events::read_models::{
     catalog_count, catalog_environment_count, catalog_organization_count, CATALOG, TENANTS,
 };
@@ -334,19 +334,15 @@ async fn versions(
     // The current row decides access (and answers 404 for deleted or hidden templates).
     let current = load::<PromptTemplate>(state, actor, consistency, id).await?;
     let info = &PromptTemplate::INFO;
-    let events = read_stream(
-        &state.pool,
-        &events::catalog::Document::<PromptTemplate>::stream_id(id),
-        0,
-    )
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))?;
+    let events = read_stream(&state.pool, &Document::<PromptTemplate>::stream_id(id), 0)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
     let nested = Nested {
         organization: current.organization_name.clone(),
         environment: current.environment_name.clone(),
         model: None,
     };
-    let mut document = events::catalog::Document::<PromptTemplate>::default();
+    let mut document = Document::<PromptTemplate>::default();
     let mut versions = Vec::new();
     let mut model_names: HashMap<Uuid, Option<String>> = HashMap::new();
     for event in &events {
@@ -358,9 +354,10 @@ async fn versions(
             break;
         };
         let changes: Vec<String> = match &decoded.change {
-            events::catalog::Change::Created { fields, .. }
-            | events::catalog::Change::Updated { fields, .. } => fields.keys().cloned().collect(),
-            events::catalog::Change::Deleted => Vec::new(),
+            Change::Created { fields, .. } | Change::Updated { fields, .. } => {
+                fields.keys().cloned().collect()
+            }
+            Change::Deleted => Vec::new(),
         };
         let model = match live.model_id() {
             Some(model) => match model_names.get(&model) {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::{Kind, KindInfo, Reference, Scope, WriteOnly};
+use super::{Kind, KindInfo, NameScope, Reference, Scope, WriteOnly};
 use crate::access::Resource;
 use crate::aggregate::DomainError;
 use crate::values::{Description, Name};
@@ -139,8 +139,11 @@ impl Kind for Variable {
         ]
     }
 
-    fn name_scope(f: &VariableFields) -> Option<String> {
-        Some(format!("variable:{}", f.environment_id))
+    fn name_scope(f: &VariableFields) -> Option<NameScope> {
+        Some(NameScope::new(
+            format!("variable:{}", f.environment_id),
+            " in this environment",
+        ))
     }
 }
 
@@ -186,8 +189,11 @@ impl Kind for Model {
         vec![organization(f.organization_id)]
     }
 
-    fn name_scope(f: &ModelFields) -> Option<String> {
-        Some(format!("model:{}", f.organization_id))
+    fn name_scope(f: &ModelFields) -> Option<NameScope> {
+        Some(NameScope::new(
+            format!("model:{}", f.organization_id),
+            " in this organization",
+        ))
     }
 }
 
@@ -232,8 +238,8 @@ impl Kind for SystemModel {
         vec![]
     }
 
-    fn name_scope(_: &SystemModelFields) -> Option<String> {
-        Some("system_model".into())
+    fn name_scope(_: &SystemModelFields) -> Option<NameScope> {
+        Some(NameScope::new("system_model".into(), ""))
     }
 }
 
@@ -616,10 +622,16 @@ impl Kind for WorkflowEntityType {
         f.organization_id.map(organization).into_iter().collect()
     }
 
-    fn name_scope(f: &WorkflowEntityTypeFields) -> Option<String> {
+    fn name_scope(f: &WorkflowEntityTypeFields) -> Option<NameScope> {
         Some(match f.organization_id {
-            Some(id) => format!("workflow_entity_type:{id}"),
-            None => "workflow_entity_type:platform".into(),
+            Some(id) => NameScope::new(
+                format!("workflow_entity_type:{id}"),
+                " in this organization",
+            ),
+            None => NameScope::new(
+                "workflow_entity_type:platform".into(),
+                " among the platform's types",
+            ),
         })
     }
 }
@@ -727,10 +739,10 @@ impl Kind for PromptTemplate {
         references
     }
 
-    fn name_scope(f: &PromptTemplateFields) -> Option<String> {
-        Some(format!(
-            "prompt_template:{}:{}",
-            f.organization_id, f.environment_id
+    fn name_scope(f: &PromptTemplateFields) -> Option<NameScope> {
+        Some(NameScope::new(
+            format!("prompt_template:{}:{}", f.organization_id, f.environment_id),
+            " in this organization and environment",
         ))
     }
 }

@@ -94,6 +94,20 @@ impl Reference {
     }
 }
 
+/// Where a name must be unique: the claim's scope, and how a `409` says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameScope {
+    pub scope: String,
+    /// Completes "a model named "X" already exists…", e.g. ` in this organization`.
+    pub within: &'static str,
+}
+
+impl NameScope {
+    pub fn new(scope: String, within: &'static str) -> Self {
+        NameScope { scope, within }
+    }
+}
+
 /// One kind of catalog resource.
 pub trait Kind: Default + Clone + Send + Sync + Unpin + 'static {
     const INFO: KindInfo;
@@ -107,8 +121,8 @@ pub trait Kind: Default + Clone + Send + Sync + Unpin + 'static {
     /// The other resources these fields refer to (the organization included).
     fn references(fields: &Self::Fields) -> Vec<Reference>;
 
-    /// The scope the name must be unique within, if names of this kind are unique.
-    fn name_scope(_fields: &Self::Fields) -> Option<String> {
+    /// Where the name must be unique, if names of this kind are unique.
+    fn name_scope(_fields: &Self::Fields) -> Option<NameScope> {
         None
     }
 }
