@@ -6,7 +6,7 @@
 //! entities a workflow uses) in one read of those streams' heads, then commits with each of them pinned
 //! at the version it saw and a reference recorded, so a concurrent deletion of any of them either waits
 //! for this write and then sees its reference (`409`), or wins and makes this write retry and find it
-//! gone. Write-only values are sealed before the command runs and only their ciphertext enters events.
+//! gone. Write-only values are sealed once those checks pass, and only their ciphertext enters events.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -54,31 +54,32 @@ pub async fn create<K: Kind>(
     let write = write.with_body(&body.digest);
     let id = Uuid::now_v7();
     let stream = Document::<K>::stream_id(id);
-    let secrets = seal(&state, organization_id, &stream, values)
-        .await?
-        .into_iter()
-        .filter_map(|(field, sealed)| Some((field, sealed?)))
-        .collect::<BTreeMap<_, _>>();
     let references = K::references(&typed);
     let claim = K::name_scope(&typed).map(|scope| (scope, name_key::<K>(&fields)));
     let within = claim.as_ref().map_or("", |(scope, _)| scope.within);
     // The command may run more than once (module docs of `command`): it borrows what it needs.
-    let (state, write, stream, fields, secrets, references, claim) = (
+    let (state, write, stream, fields, values, references, claim) = (
         &state,
         &write,
         &stream,
         &fields,
-        &secrets,
+        &values,
         &references,
         &claim,
     );
     execute(state, write, move || async move {
         let heads = resolve(state, references, organization_id).await?;
+        // Sealed once what it belongs to is known to exist (a data key is made on first use).
+        let secrets = seal(state, organization_id, stream, values.clone())
+            .await?
+            .into_iter()
+            .filter_map(|(field, sealed)| Some((field, sealed?)))
+            .collect();
         let mut doc = Loaded::<Document<K>>::new_stream();
         let events = doc.state.decide(DocumentCommand::Create {
             id,
             fields: fields.clone(),
-            secrets: secrets.clone(),
+            secrets,
         })?;
         let events = doc.record(events, &write.metadata(role, organization_id), Utc::now());
         let mut changes = WriteSet::append(stream, 0, events);

@@ -64,13 +64,20 @@ impl Row {
     }
 }
 
-const SELECT: &str =
-    "SELECT c.id, c.organization_id, c.fields, c.secrets, c.version, c.created_at, c.updated_at, \
-            o.name AS organization_name, e.name AS environment_name, m.name AS model_name \
-     FROM read_models.catalog c \
-     LEFT JOIN read_models.organizations o ON o.id = c.organization_id \
-     LEFT JOIN read_models.environments e ON e.id = c.environment_id \
-     LEFT JOIN read_models.catalog m ON m.id = c.model_id";
+/// The rows `matching` selects (a query over `read_models.catalog c`), newest first, with the names
+/// they nest. The names are joined to the rows of the page only: a deep page skips its offset in the
+/// catalog alone.
+fn with_names(matching: &str) -> String {
+    format!(
+        "SELECT c.id, c.organization_id, c.fields, c.secrets, c.version, c.created_at, c.updated_at, \
+                o.name AS organization_name, e.name AS environment_name, m.name AS model_name \
+         FROM ({matching}) c \
+         LEFT JOIN read_models.organizations o ON o.id = c.organization_id \
+         LEFT JOIN read_models.environments e ON e.id = c.environment_id \
+         LEFT JOIN read_models.catalog m ON m.id = c.model_id \
+         ORDER BY c.created_at DESC, c.id DESC"
+    )
+}
 
 /// Which rows a list may show.
 struct ListFilter {
@@ -116,22 +123,26 @@ pub async fn list<K: Kind>(
         pattern,
     };
     wait(&state, consistency).await?;
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "{SELECT} WHERE c.kind = $1 \
+    let query = with_names(
+        "SELECT * FROM read_models.catalog c WHERE c.kind = $1 \
            AND ($2::uuid[] IS NULL OR c.organization_id = ANY($2) OR ($3 AND c.organization_id IS NULL)) \
            AND ($4::uuid IS NULL OR c.environment_id = $4) AND ($5::text IS NULL OR c.name ILIKE $5) \
-         ORDER BY c.created_at DESC, c.id DESC LIMIT $6 OFFSET $7"
-    ))
-    .bind(info.type_name)
-    .bind(&filter.organizations)
-    .bind(filter.platform)
-    .bind(filter.environment)
-    .bind(&filter.pattern)
-    .bind(page.limit)
-    .bind(page.offset())
-    .fetch_all(&state.pool)
-    .await?;
-    let total = total(&state, info, &filter).await?;
+         ORDER BY c.created_at DESC, c.id DESC LIMIT $6 OFFSET $7",
+    );
+    let rows = sqlx::query_as::<_, Row>(&query)
+        .bind(info.type_name)
+        .bind(&filter.organizations)
+        .bind(filter.platform)
+        .bind(filter.environment)
+        .bind(&filter.pattern)
+        .bind(page.limit)
+        .bind(page.offset())
+        .fetch_all(&state.pool);
+    // The page and its total are independent reads: on two connections at once.
+    let (rows, total) = tokio::try_join!(
+        async { rows.await.map_err(ApiError::from) },
+        total(&state, info, &filter)
+    )?;
     let data: Vec<Value> = rows.into_iter().map(|row| row.view(info)).collect();
     Ok(Json(Page::new(data, page, total)))
 }
@@ -216,11 +227,13 @@ async fn load<K: Kind>(
     let info = &K::INFO;
     authorize_early(actor, info)?;
     wait(state, consistency).await?;
-    let row: Option<Row> = sqlx::query_as(&format!("{SELECT} WHERE c.id = $1 AND c.kind = $2"))
-        .bind(id)
-        .bind(info.type_name)
-        .fetch_optional(&state.pool)
-        .await?;
+    let row: Option<Row> = sqlx::query_as(&with_names(
+        "SELECT * FROM read_models.catalog c WHERE c.id = $1 AND c.kind = $2",
+    ))
+    .bind(id)
+    .bind(info.type_name)
+    .fetch_optional(&state.pool)
+    .await?;
     let row = row.ok_or_else(|| ApiError::not_found(info.label, id))?;
     authorize(actor, info, row.organization_id).map_err(ApiError::denied(info.label, id))?;
     Ok(row)
@@ -256,8 +269,10 @@ fn authorize(
 }
 
 async fn wait(state: &AppState, consistency: ReadConsistency) -> Result<(), ApiError> {
-    state.consistency.wait(CATALOG, consistency).await?;
-    state.consistency.wait(TENANTS, consistency).await
+    state
+        .consistency
+        .wait_all(&[CATALOG, TENANTS], consistency)
+        .await
 }
 
 /// `GET /api/system-models/visible`: for any signed-in user, the system models marked visible, without
@@ -274,9 +289,9 @@ pub async fn visible_system_models(
     wait(&state, consistency).await?;
     const VISIBLE: &str =
         "c.kind = $1 AND c.fields->>'visible' = 'true' AND ($2::text IS NULL OR c.name ILIKE $2)";
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "{SELECT} WHERE {VISIBLE} ORDER BY c.created_at DESC, c.id DESC LIMIT $3 OFFSET $4"
-    ))
+    let rows: Vec<Row> = sqlx::query_as(&with_names(&format!(
+        "SELECT * FROM read_models.catalog c WHERE {VISIBLE} ORDER BY c.created_at DESC, c.id DESC LIMIT $3 OFFSET $4"
+    )))
     .bind(info.type_name)
     .bind(&pattern)
     .bind(page.limit)

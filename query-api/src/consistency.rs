@@ -80,12 +80,22 @@ impl Consistency {
 
     /// Waits until `projection` reflects what `wanted` asks for.
     pub async fn wait(&self, projection: &str, wanted: ReadConsistency) -> Result<(), ApiError> {
+        self.wait_all(&[projection], wanted).await
+    }
+
+    /// Waits until every one of `projections` reflects what `wanted` asks for, for reads that join
+    /// read models of several projections.
+    pub async fn wait_all(
+        &self,
+        projections: &[&str],
+        wanted: ReadConsistency,
+    ) -> Result<(), ApiError> {
         let target = match wanted {
             ReadConsistency::Eventual => return Ok(()),
             ReadConsistency::AtLeast(position) => position,
             ReadConsistency::Default => {
-                // The head and the checkpoint in one statement: one round trip in the common case.
-                let (head, checkpoint) = self.head_and_checkpoint(projection).await?;
+                // The head and the checkpoints in one statement: one round trip in the common case.
+                let (head, checkpoint) = self.head_and_checkpoint(projections).await?;
                 if checkpoint >= head {
                     return Ok(());
                 }
@@ -98,7 +108,7 @@ impl Consistency {
             let moved = self.checkpoint_moved.notified();
             tokio::pin!(moved);
             moved.as_mut().enable();
-            if self.checkpoint(projection).await? >= target {
+            if self.checkpoint(projections).await? >= target {
                 return Ok(());
             }
             tokio::select! {
@@ -106,7 +116,8 @@ impl Consistency {
                 _ = tokio::time::sleep(POLL) => {}
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err(ApiError::Unavailable(format!(
-                        "the {projection} read model has not caught up with the requested writes within {} s; retry, or send Consistency: eventual",
+                        "the {} read model has not caught up with the requested writes within {} s; retry, or send Consistency: eventual",
+                        projections.join(" and "),
                         MAX_WAIT.as_secs()
                     )));
                 }
@@ -116,40 +127,40 @@ impl Consistency {
 
     async fn head_and_checkpoint(
         &self,
-        projection: &str,
+        projections: &[&str],
     ) -> Result<(LogPosition, LogPosition), ApiError> {
-        let row: (Option<i64>, Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
+        let row: (Option<i64>, Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(&format!(
             "SELECT h.transaction_id, h.global_position, c.transaction_id, c.global_position \
              FROM (SELECT 1) one \
              LEFT JOIN LATERAL (SELECT transaction_id, global_position FROM events \
                                 ORDER BY transaction_id DESC, global_position DESC LIMIT 1) h ON true \
-             LEFT JOIN projection_checkpoints c ON c.name = $1",
-        )
-        .bind(projection)
+             LEFT JOIN LATERAL ({SLOWEST_CHECKPOINT}) c ON true"
+        ))
+        .bind(projections)
         .fetch_one(&self.pool)
         .await?;
-        let position = |tx: Option<i64>, pos: Option<i64>| LogPosition {
-            transaction_id: tx.unwrap_or(0),
-            global_position: pos.unwrap_or(0),
-        };
         Ok((position(row.0, row.1), position(row.2, row.3)))
     }
 
-    async fn checkpoint(&self, projection: &str) -> Result<LogPosition, ApiError> {
-        let row: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT transaction_id, global_position FROM projection_checkpoints WHERE name = $1",
-        )
-        .bind(projection)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(
-            row.map_or(LogPosition::START, |(transaction_id, global_position)| {
-                LogPosition {
-                    transaction_id,
-                    global_position,
-                }
-            }),
-        )
+    /// The checkpoint of the projection furthest behind among `projections`.
+    async fn checkpoint(&self, projections: &[&str]) -> Result<LogPosition, ApiError> {
+        let row: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(SLOWEST_CHECKPOINT)
+            .bind(projections)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map_or(LogPosition::START, |(tx, pos)| position(tx, pos)))
+    }
+}
+
+/// The least checkpoint of the projections named in `$1`; a projection without one counts as the start.
+const SLOWEST_CHECKPOINT: &str = "SELECT c.transaction_id, c.global_position \
+     FROM unnest($1::text[]) AS p(name) LEFT JOIN projection_checkpoints c ON c.name = p.name \
+     ORDER BY c.transaction_id NULLS FIRST, c.global_position NULLS FIRST LIMIT 1";
+
+fn position(transaction_id: Option<i64>, global_position: Option<i64>) -> LogPosition {
+    LogPosition {
+        transaction_id: transaction_id.unwrap_or(0),
+        global_position: global_position.unwrap_or(0),
     }
 }
 
