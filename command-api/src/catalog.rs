@@ -20,7 +20,7 @@ use events::catalog::{
 };
 use events::store::{stream_heads, StreamHead, WriteSet};
 use events::{Action, Actor, Aggregate, Loaded, Role};
-use serde_json::{json, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::command::{execute, Outcome};
@@ -199,13 +199,9 @@ pub async fn delete<K: Kind>(
         if let Some(scope) = K::name_scope(&typed) {
             changes = changes.release_name(&scope.scope, &name_key::<K>(&live.fields));
         }
-        Outcome::new(
-            StatusCode::OK,
-            json!({ "success": true, "id": id }),
-            changes.version_after(),
-        )
-        .commit(state, changes, write)
-        .await
+        Outcome::deleted(id, changes.version_after())
+            .commit(state, changes, write)
+            .await
     })
     .await
 }

@@ -48,6 +48,15 @@ impl Outcome {
         }
     }
 
+    /// The answer to a delete (seed 001): `{"success": true, "id": ...}`.
+    pub fn deleted(id: impl Serialize, version: i64) -> Self {
+        Outcome::new(
+            StatusCode::OK,
+            serde_json::json!({ "success": true, "id": id }),
+            version,
+        )
+    }
+
     pub fn located(mut self, location: String) -> Self {
         self.location = Some(location);
         self

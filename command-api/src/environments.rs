@@ -11,7 +11,6 @@ use events::values::{double_option, Description, Name};
 use events::views::EnvironmentView;
 use events::{Action, Aggregate, Loaded, Resource, Role};
 use serde::Deserialize;
-use serde_json::json;
 use uuid::Uuid;
 
 use crate::command::{execute, Outcome};
@@ -226,13 +225,9 @@ async fn delete_once(state: &AppState, write: &Write, id: Uuid) -> Result<Outcom
         .refuse_if_referenced()
         .release_name(&name_scope(organization_id), &name.to_lowercase())
         .remove_reference(&org_stream);
-    Outcome::new(
-        StatusCode::OK,
-        json!({ "success": true, "id": id }),
-        changes.version_after(),
-    )
-    .commit(state, changes, write)
-    .await
+    Outcome::deleted(id, changes.version_after())
+        .commit(state, changes, write)
+        .await
 }
 
 /// Loads a live environment and its organization's id, or answers `404`.

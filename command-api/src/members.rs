@@ -15,7 +15,6 @@ use events::user::{User, UserData};
 use events::views::MemberView;
 use events::{Action, Aggregate, DomainError, Loaded, Resource, Role};
 use serde::Deserialize;
-use serde_json::json;
 use uuid::Uuid;
 
 use crate::command::{execute, Outcome};
@@ -131,13 +130,9 @@ pub async fn remove(
         let command = MembersCommand::Remove { user_id };
         let (_, changes) = decide(state, write, role, organization_id, command).await?;
         let changes = changes.expect("removing a member always appends");
-        Outcome::new(
-            StatusCode::OK,
-            json!({ "success": true, "id": user_id }),
-            changes.version_after(),
-        )
-        .commit(state, changes, write)
-        .await
+        Outcome::deleted(user_id, changes.version_after())
+            .commit(state, changes, write)
+            .await
     })
     .await
 }

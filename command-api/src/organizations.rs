@@ -10,7 +10,6 @@ use events::values::{double_option, Description, Name};
 use events::views::OrganizationView;
 use events::{Action, Aggregate, Loaded, Resource, Role};
 use serde::Deserialize;
-use serde_json::json;
 use uuid::Uuid;
 
 use crate::command::{execute, Outcome};
@@ -172,13 +171,9 @@ async fn delete_once(
     let changes = WriteSet::append(&stream, expected, events)
         .refuse_if_referenced()
         .release_name(NAME_SCOPE, &name.to_lowercase());
-    Outcome::new(
-        StatusCode::OK,
-        json!({ "success": true, "id": id }),
-        changes.version_after(),
-    )
-    .commit(state, changes, write)
-    .await
+    Outcome::deleted(id, changes.version_after())
+        .commit(state, changes, write)
+        .await
 }
 
 /// Loads a live organization, or answers `404`.
