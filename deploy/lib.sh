@@ -10,6 +10,8 @@
 #   - installing missing Debian packages          (ensure_packages)
 #   - a local PostgreSQL on 127.0.0.1:5432         (ensure_postgres, ensure_database)
 #   - waiting for an HTTP endpoint to answer 200   (wait_http)
+#   - waiting for a TCP port to accept connections (wait_port)
+#   - the tansu Kafka broker and its database      (ensure_tansu, ensure_tansu_database)
 #   - running nginx on the rendered gateway config (run_nginx)
 #   - checking that the Rust toolchain is present  (ensure_rust, ensure_rust_components)
 #
@@ -323,6 +325,50 @@ wait_http() {
         fi
         sleep 1
     done
+}
+
+# wait_port HOST PORT SECONDS: polls until HOST:PORT accepts TCP connections, for at most SECONDS.
+wait_port() {
+    local host="$1" port="$2" seconds="$3" deadline
+    deadline=$((SECONDS + seconds))
+    until (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            printf 'ERROR: %s:%s did not accept connections within %s s\n' "$host" "$port" "$seconds" >&2
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+# Kafka: the tansu broker
+# ---------------------------------------------------------------------------------------------
+
+# The broker version, built with the storage engines it needs: `postgres` for its PostgreSQL
+# storage, `dynostore` for its in-memory one.
+TANSU_VERSION="0.6.0"
+
+# ensure_tansu: makes sure `tansu` $TANSU_VERSION is on PATH, building it with cargo when it is
+# not (about 11 minutes on 2 cores). The binary stays in ~/.cargo/bin, so later runs skip this.
+ensure_tansu() {
+    ensure_rust
+    if command -v tansu >/dev/null 2>&1 && [ "$(tansu --version 2>/dev/null)" = "tansu $TANSU_VERSION" ]; then
+        return 0
+    fi
+    log "building the tansu $TANSU_VERSION Kafka broker (about 11 minutes; kept in ~/.cargo/bin)"
+    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,postgres
+}
+
+# ensure_tansu_database NAME: creates the broker's PostgreSQL database NAME with its tables
+# (deploy/tansu-schema.sql; the broker does not create them itself) unless they exist.
+ensure_tansu_database() {
+    local db="${1:?ensure_tansu_database needs a database name}" url
+    ensure_database "$db"
+    url="${PG_ADMIN_URL%/*}/$db"
+    if [ "$(psql "$url" -X -q -At -c "SELECT to_regclass('public.cluster') IS NOT NULL")" != t ]; then
+        log "creating the broker's tables in database $db"
+        psql "$url" -X -q -v ON_ERROR_STOP=1 -f "$REPO_ROOT/deploy/tansu-schema.sql" >/dev/null
+    fi
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 #
 # deploy/test.sh — runs the whole test suite.
 #
-# It owns the test run: it makes sure the Rust toolchain, the build dependencies and a local
-# PostgreSQL (127.0.0.1:5432, see deploy/lib.sh) are there, then runs
+# It owns the test run: it makes sure the Rust toolchain, the build dependencies, a local
+# PostgreSQL (127.0.0.1:5432, see deploy/lib.sh) and the tansu Kafka broker are there, then runs
 # `cargo test --workspace --locked` with TEST_DATABASE_URL pointing at that server's `postgres`
 # database. Tests create (and drop) their own randomly named databases from it, so nothing
 # needs to be running beforehand and the local stack's database is not touched.
@@ -20,8 +20,10 @@ set -euo pipefail
 cd "$REPO_ROOT"
 
 ensure_rust
-ensure_packages curl pkg-config cmake build-essential ca-certificates
+ensure_packages curl pkg-config cmake build-essential ca-certificates libcurl4-openssl-dev
 ensure_postgres
+# The Kafka tests start their own tansu brokers (each on its own port and database).
+ensure_tansu
 
 export TEST_DATABASE_URL="$PG_ADMIN_URL"
 

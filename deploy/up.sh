@@ -9,8 +9,10 @@
 #      are appended to it with their defaults);
 #   3. a release build of the workspace;
 #   4. the processes, in the background, each logging to deploy/.run/<name>.log with its pid in
-#      deploy/.run/<name>.pid: dev-issuer (local token issuer), command-api, query-api, projector,
-#      and the nginx gateway (config rendered from deploy/nginx.conf.template);
+#      deploy/.run/<name>.pid: the tansu Kafka broker (PostgreSQL storage in its own database, so
+#      its data survives a restart), dev-issuer (local token issuer), command-api, query-api,
+#      projector (which publishes the domain events to the broker), and the nginx gateway (config
+#      rendered from deploy/nginx.conf.template);
 #   5. waiting until every process answers, then printing how to use the system.
 #
 # Re-running it restarts everything (it calls deploy/down.sh first). Stop with deploy/down.sh.
@@ -31,7 +33,7 @@ READY_TIMEOUT=120
 
 log "checking system packages"
 # gettext-base provides envsubst (nginx config rendering); ca-certificates lets cargo fetch crates.
-ensure_packages nginx curl openssl pkg-config cmake build-essential gettext-base ca-certificates
+ensure_packages nginx curl openssl pkg-config cmake build-essential gettext-base ca-certificates libcurl4-openssl-dev
 ensure_postgres
 
 # ---------------------------------------------------------------------------------------------
@@ -86,16 +88,23 @@ ensure_setting AUTH_CLIENT_ID admin-platform-web
 ensure_setting AUTH_CLIENT_SECRET "$(openssl rand -hex 24)"
 ensure_setting PUBLIC_URL "http://localhost:${GATEWAY_ADDR##*:}"
 
+# Kafka: the local broker's address, its storage (its PostgreSQL client wants a password and
+# `localhost`), and the prefix of the topics the projector publishes to.
+ensure_setting KAFKA_BROKERS 127.0.0.1:9092
+ensure_setting KAFKA_TOPIC_PREFIX admin-platform
+ensure_setting TANSU_STORAGE_URL postgres://postgres:postgres@localhost:5432/tansu
+
 # The database named in DATABASE_URL (admin_platform unless .env was edited), on the local server.
 db_name="${DATABASE_URL##*/}"
 db_name="${db_name%%\?*}"
 ensure_database "${db_name:-admin_platform}"
+ensure_tansu_database "${TANSU_STORAGE_URL##*/}"
 
 # ---------------------------------------------------------------------------------------------
 # 3. Build
 # ---------------------------------------------------------------------------------------------
 
-ensure_rust
+ensure_tansu
 log "cargo build --release --workspace"
 cargo build --release --workspace
 
@@ -134,6 +143,16 @@ wait_ready() {
 
 # The token issuer first: the APIs fetch its JWKS to verify tokens. It reads AUTH_CLIENT_ID and
 # AUTH_CLIENT_SECRET from the environment, like command-api, so both agree on the client.
+# The Kafka broker first: the projector publishes to it.
+log "starting the tansu Kafka broker on $KAFKA_BROKERS"
+nohup tansu broker --listener-url "tcp://$KAFKA_BROKERS" --advertised-listener-url "tcp://$KAFKA_BROKERS" \
+    --storage-engine "$TANSU_STORAGE_URL" >"$RUN_DIR/tansu.log" 2>&1 </dev/null &
+echo "$!" >"$RUN_DIR/tansu.pid"
+if ! wait_port "${KAFKA_BROKERS%:*}" "${KAFKA_BROKERS##*:}" "$READY_TIMEOUT"; then
+    tail -n 40 "$RUN_DIR/tansu.log" >&2 || true
+    die "the Kafka broker is not ready"
+fi
+
 start_process dev-issuer serve
 wait_ready dev-issuer "http://$DEV_ISSUER_ADDR/.well-known/jwks.json" "$RUN_DIR/dev-issuer.log"
 
@@ -171,6 +190,8 @@ The admin platform is running.
 
   Gateway:    $PUBLIC_URL/   (GET/HEAD -> query-api, other methods and sign-in -> command-api)
   Sign in:    $PUBLIC_URL/api/auth/login   (in a browser; any user name, no password)
+  Kafka:      $KAFKA_BROKERS, topics $KAFKA_TOPIC_PREFIX.<aggregate>; watch them with
+              target/release/projector tail
   Logs:       $RUN_DIR/*.log
   Stop:       deploy/down.sh
 

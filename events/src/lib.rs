@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod environment;
 pub mod members;
 pub mod organization;
+pub mod published;
 pub mod read_models;
 pub mod secrets;
 pub mod sessions;

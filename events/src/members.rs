@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::access::Role;
 use crate::aggregate::{Aggregate, DomainError};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", content = "data", rename_all_fields = "camelCase")]
 pub enum MembersEvent {
     #[serde(rename = "member.added")]

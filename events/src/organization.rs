@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::aggregate::{Aggregate, DomainError};
 use crate::values::{double_option, Description, Name};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", content = "data", rename_all_fields = "camelCase")]
 pub enum OrganizationEvent {
     #[serde(rename = "organization.created")]
@@ -26,6 +26,7 @@ pub enum OrganizationEvent {
             skip_serializing_if = "Option::is_none",
             with = "double_option"
         )]
+        #[schemars(with = "Option<String>")]
         description: Option<Option<String>>,
     },
     #[serde(rename = "organization.deleted")]

@@ -23,7 +23,7 @@ pub fn user_id(subject: &str) -> Uuid {
     Uuid::new_v5(&USER_ID_NAMESPACE, subject.as_bytes())
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", content = "data", rename_all_fields = "camelCase")]
 pub enum UserEvent {
     #[serde(rename = "user.registered")]

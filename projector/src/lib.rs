@@ -2,14 +2,16 @@
 //!
 //! Each projection reads the event log from its checkpoint and keeps its read-model tables; see
 //! [`projection`] for the contract, [`worker`] for how one runs live, [`rebuild`] for rebuilding
-//! without downtime.
+//! without downtime, [`publisher`] for the Kafka publisher.
 
 pub mod access;
 pub mod catalog;
 pub mod ops;
 pub mod projection;
+pub mod publisher;
 pub mod rebuild;
 pub mod status;
+pub mod tail;
 pub mod tenants;
 pub mod worker;
 

@@ -1,12 +1,15 @@
-//! The projector process: `projector` runs every projection; `projector rebuild <name|all>` and
-//! `projector status` are the operator's commands.
+//! The projector process: `projector` runs every projection (and the Kafka publisher when
+//! `KAFKA_BROKERS` is set); `projector rebuild <name|all>` and `projector status` are the operator's
+//! commands; `projector tail` prints the domain events from Kafka.
 
 use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use projector::publisher::{self, PublisherConfig};
 use projector::rebuild::rebuild;
 use projector::status::statuses;
+use projector::tail::tail;
 use projector::{projections, spawn_workers};
 use sqlx::postgres::PgPoolOptions;
 
@@ -18,8 +21,26 @@ struct Cli {
     /// Where /healthz, /readyz and /metrics are served while running.
     #[arg(long, env = "PROJECTOR_ADDR", default_value = "127.0.0.1:8083")]
     addr: SocketAddr,
+    #[command(flatten)]
+    kafka: KafkaArgs,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(clap::Args)]
+struct KafkaArgs {
+    /// Kafka bootstrap servers; unset means no publishing.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// Topics are `<prefix>.<aggregate type>`.
+    #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "admin-platform")]
+    kafka_topic_prefix: String,
+    /// Partitions of each topic the publisher creates.
+    #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 3)]
+    kafka_topic_partitions: i32,
+    /// Replication factor of each topic the publisher creates.
+    #[arg(long, env = "KAFKA_TOPIC_REPLICATION", default_value_t = 1)]
+    kafka_topic_replication: i32,
 }
 
 #[derive(Subcommand)]
@@ -28,8 +49,13 @@ enum Command {
     Run,
     /// Rebuild a projection (or `all`) from the start of the log, then swap it in.
     Rebuild { name: String },
-    /// Print each projection's position and lag.
+    /// Print each projection's position and lag (the Kafka publisher's as `kafka`).
     Status,
+    /// Join a consumer group on every topic and print each domain event, committing as it goes.
+    Tail {
+        #[arg(long, default_value = "projector-tail")]
+        group: String,
+    },
 }
 
 #[tokio::main]
@@ -50,6 +76,20 @@ async fn main() -> anyhow::Result<()> {
             let metrics =
                 metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
             let _workers = spawn_workers(&pool, Default::default());
+            let _publisher = match &cli.kafka.kafka_brokers {
+                Some(brokers) => {
+                    let config = PublisherConfig {
+                        partitions: cli.kafka.kafka_topic_partitions,
+                        replication: cli.kafka.kafka_topic_replication,
+                        ..PublisherConfig::new(brokers, &cli.kafka.kafka_topic_prefix)
+                    };
+                    Some(tokio::spawn(publisher::run(pool.clone(), config)))
+                }
+                None => {
+                    tracing::info!("KAFKA_BROKERS is not set: not publishing to Kafka");
+                    None
+                }
+            };
             let listener = tokio::net::TcpListener::bind(cli.addr).await?;
             tracing::info!(addr = %cli.addr, "projector running");
             axum::serve(listener, projector::ops::router(pool, metrics)).await?;
@@ -92,6 +132,13 @@ async fn main() -> anyhow::Result<()> {
                     s.name, s.transaction_id, s.global_position, s.behind, s.lag_seconds
                 );
             }
+        }
+        Command::Tail { group } => {
+            let brokers = cli
+                .kafka
+                .kafka_brokers
+                .context("tail needs KAFKA_BROKERS (or --kafka-brokers)")?;
+            tail(&brokers, &cli.kafka.kafka_topic_prefix, &group).await?;
         }
     }
     Ok(())

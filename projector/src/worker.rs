@@ -55,6 +55,26 @@ pub async fn run(pool: PgPool, projection: Arc<dyn Projection>, config: WorkerCo
 /// Key of the advisory lock that makes one process the runner of a projection.
 pub(crate) const RUNNER_LOCK_CLASS: i32 = 0x5052_4a00;
 
+/// Waits until this connection holds the runner lock of the checkpoint `name`: while another
+/// process runs it, this one stands by.
+pub(crate) async fn become_runner(
+    conn: &mut PgConnection,
+    name: &str,
+    poll_interval: Duration,
+) -> sqlx::Result<()> {
+    loop {
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+            .bind(RUNNER_LOCK_CLASS)
+            .bind(name)
+            .fetch_one(&mut *conn)
+            .await?;
+        if locked {
+            return Ok(());
+        }
+        tokio::time::sleep(poll_interval).await;
+    }
+}
+
 async fn hold_and_follow(
     pool: &PgPool,
     projection: &dyn Projection,
@@ -65,18 +85,7 @@ async fn hold_and_follow(
         .await
         .context("connecting")?;
     ensure_checkpoint(&mut conn, name).await?;
-    loop {
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
-            .bind(RUNNER_LOCK_CLASS)
-            .bind(name)
-            .fetch_one(&mut conn)
-            .await?;
-        if locked {
-            break;
-        }
-        // Another process runs it; stand by.
-        tokio::time::sleep(config.poll_interval).await;
-    }
+    become_runner(&mut conn, name, config.poll_interval).await?;
     tracing::info!(projection = name, "running");
     let mut listener = listen_for_appends(pool)
         .await

@@ -2,6 +2,7 @@
 //! system (command-api, query-api, projector) started on real ports against them.
 
 pub mod issuer;
+pub mod kafka;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,7 +32,7 @@ pub fn fixture_key(n: u8) -> SigningKey {
 }
 
 /// The server that test databases are created on: `TEST_DATABASE_URL`, or the local default.
-fn server_url() -> String {
+pub(crate) fn server_url() -> String {
     std::env::var("TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
 }

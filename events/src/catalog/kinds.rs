@@ -2,11 +2,12 @@
 
 use std::collections::HashSet;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::{Kind, KindInfo, NameScope, Reference, Scope, WriteOnly};
+use super::{fields_schema, Kind, KindInfo, NameScope, Reference, Scope, WriteOnly};
 use crate::access::Resource;
 use crate::aggregate::DomainError;
 use crate::values::{Description, Name};
@@ -97,7 +98,7 @@ const CREDENTIALS: &[WriteOnly] = &[
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Variable;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct VariableFields {
     pub organization_id: Uuid,
@@ -110,6 +111,7 @@ pub struct VariableFields {
 impl Kind for Variable {
     const INFO: KindInfo = KindInfo {
         type_name: "variable",
+        fields_schema: fields_schema::<VariableFields>,
         label: "Variable",
         path: "variables",
         resource: Resource::Variables,
@@ -153,7 +155,7 @@ impl Kind for Variable {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Model;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ModelFields {
     pub organization_id: Uuid,
@@ -166,6 +168,7 @@ pub struct ModelFields {
 impl Kind for Model {
     const INFO: KindInfo = KindInfo {
         type_name: "model",
+        fields_schema: fields_schema::<ModelFields>,
         label: "Model",
         path: "models",
         resource: Resource::Entities,
@@ -200,7 +203,7 @@ impl Kind for Model {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SystemModel;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SystemModelFields {
     pub name: String,
@@ -215,6 +218,7 @@ pub struct SystemModelFields {
 impl Kind for SystemModel {
     const INFO: KindInfo = KindInfo {
         type_name: "system_model",
+        fields_schema: fields_schema::<SystemModelFields>,
         label: "System model",
         path: "system-models",
         resource: Resource::SystemModels,
@@ -249,7 +253,7 @@ impl Kind for SystemModel {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Workflow;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WorkflowFields {
     pub organization_id: Uuid,
@@ -263,14 +267,14 @@ pub struct WorkflowFields {
 }
 
 /// The canvas: a tree of nodes under `root` (none for an empty workflow).
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowData {
     #[serde(default)]
     pub root: Option<Node>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Node {
     /// Optional client-side id; ids must not repeat, which is how a graph with cycles would show.
@@ -320,6 +324,7 @@ impl WorkflowData {
 impl Kind for Workflow {
     const INFO: KindInfo = KindInfo {
         type_name: "workflow",
+        fields_schema: fields_schema::<WorkflowFields>,
         label: "Workflow",
         path: "workflows",
         resource: Resource::Workflows,
@@ -399,7 +404,7 @@ fn prefixed(path: &str, error: DomainError) -> DomainError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkflowEntity;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WorkflowEntityFields {
     pub organization_id: Uuid,
@@ -420,7 +425,7 @@ pub struct WorkflowEntityFields {
 }
 
 /// A condition tree: groups combine conditions with `AND`/`OR`, rules compare a message field.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Condition {
     Group {
@@ -435,7 +440,7 @@ pub enum Condition {
     },
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
 pub enum Operator {
     #[serde(rename = "AND")]
     And,
@@ -443,7 +448,7 @@ pub enum Operator {
     Or,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Comparison {
     Equals,
@@ -463,7 +468,7 @@ pub enum Comparison {
     Matches,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Argument {
     pub argument_name: String,
@@ -500,6 +505,7 @@ impl Condition {
 impl Kind for WorkflowEntity {
     const INFO: KindInfo = KindInfo {
         type_name: "workflow_entity",
+        fields_schema: fields_schema::<WorkflowEntityFields>,
         label: "Workflow entity",
         path: "workflow-entities",
         resource: Resource::Entities,
@@ -566,7 +572,7 @@ impl Kind for WorkflowEntity {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkflowEntityType;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WorkflowEntityTypeFields {
     /// `null` for the platform's own types, which every organization uses.
@@ -600,6 +606,7 @@ pub const BUILT_IN_ENTITY_TYPES: [(Uuid, &str); 4] = [
 impl Kind for WorkflowEntityType {
     const INFO: KindInfo = KindInfo {
         type_name: "workflow_entity_type",
+        fields_schema: fields_schema::<WorkflowEntityTypeFields>,
         label: "Workflow entity type",
         path: "workflow-entity-types",
         resource: Resource::Entities,
@@ -642,7 +649,7 @@ impl Kind for WorkflowEntityType {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PromptTemplate;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PromptTemplateFields {
     pub organization_id: Uuid,
@@ -660,7 +667,7 @@ pub struct PromptTemplateFields {
     pub variable_sets: Vec<VariableSet>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VariableSet {
     pub name: String,
@@ -680,6 +687,7 @@ fn is_identifier(name: &str) -> bool {
 impl Kind for PromptTemplate {
     const INFO: KindInfo = KindInfo {
         type_name: "prompt_template",
+        fields_schema: fields_schema::<PromptTemplateFields>,
         label: "Prompt template",
         path: "prompt-templates",
         resource: Resource::Entities,
@@ -750,7 +758,7 @@ impl Kind for PromptTemplate {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Prompt;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     #[default]
@@ -758,7 +766,7 @@ pub enum OutputFormat {
     Json,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PromptFields {
     pub organization_id: Uuid,
@@ -776,6 +784,7 @@ pub struct PromptFields {
 impl Kind for Prompt {
     const INFO: KindInfo = KindInfo {
         type_name: "prompt",
+        fields_schema: fields_schema::<PromptFields>,
         label: "Prompt",
         path: "prompts",
         resource: Resource::Entities,

@@ -30,6 +30,9 @@ use crate::aggregate::{Aggregate, DomainError};
 /// The fields of a document, as a JSON object in its kind's camelCase.
 pub type Fields = Map<String, Value>;
 
+/// The key of an event's `data` that holds its sealed write-only values, by field.
+pub const SEALED_VALUES: &str = "secrets";
+
 /// A write-only field: the request field that sets it, and the flag reads show instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteOnly {
@@ -51,10 +54,12 @@ pub enum Scope {
 }
 
 /// What a kind is, as every crate needs to know it at run time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct KindInfo {
     /// Stream prefix and event-type prefix, e.g. `prompt_template`.
     pub type_name: &'static str,
+    /// The JSON Schema of the kind's field struct (see [`crate::published`]).
+    pub fields_schema: fn() -> schemars::Schema,
     /// For messages: `Prompt template`.
     pub label: &'static str,
     /// The collection's path under `/api`.
@@ -113,7 +118,7 @@ pub trait Kind: Default + Clone + Send + Sync + Unpin + 'static {
     const INFO: KindInfo;
 
     /// The validated field set, camelCase, refusing unknown fields.
-    type Fields: Serialize + DeserializeOwned + Send + Sync;
+    type Fields: Serialize + DeserializeOwned + schemars::JsonSchema + Send + Sync;
 
     /// Checks and normalises fields beyond their types (lengths, URLs, trees, declared variables).
     fn check(fields: &mut Self::Fields) -> Result<(), DomainError>;
@@ -125,6 +130,11 @@ pub trait Kind: Default + Clone + Send + Sync + Unpin + 'static {
     fn name_scope(_fields: &Self::Fields) -> Option<NameScope> {
         None
     }
+}
+
+/// The JSON Schema of a kind's field struct, with the definitions it refers to.
+pub fn fields_schema<T: schemars::JsonSchema>() -> schemars::Schema {
+    schemars::schema_for!(T)
 }
 
 /// Parses a create request's fields (write-only values already taken out) into the kind's typed,
@@ -249,7 +259,7 @@ impl Change {
             Change::Deleted => Map::new(),
         };
         if !secrets.is_empty() {
-            data.insert("secrets".into(), Value::Object(secrets));
+            data.insert(SEALED_VALUES.into(), Value::Object(secrets));
         }
         Value::Object(data)
     }
@@ -260,7 +270,7 @@ impl Change {
             Value::Object(map) => map.clone(),
             _ => return Err("event data is not an object".into()),
         };
-        let secrets = match data.remove("secrets") {
+        let secrets = match data.remove(SEALED_VALUES) {
             Some(Value::Object(secrets)) => secrets,
             None => Map::new(),
             Some(_) => return Err("secrets is not an object".into()),

@@ -5,10 +5,15 @@
 //! (a) raw single-row appends from 32 connections, (b) `POST /api/environments` from 32 HTTP clients
 //! with p50/p99, (c) `projector rebuild` of the tenants projection against a raw bulk insert of as many
 //! rows, (d) list-page latency with 1,000,000 environments in one organization, and (e) the same for a
-//! catalog list (prompts), with a small organization's list beside the large one.
+//! catalog list (prompts), with a small organization's list beside the large one, (f) the Kafka
+//! publisher draining the log (the 200,000 events of (c) and those before) against a raw producer
+//! sending the same messages to the same broker, and (g) latency from an API write to a consumer's
+//! receipt of its event at a steady 1,000 writes/s. (f) and (g) start a private `tansu` broker, as
+//! the tests do.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -16,6 +21,18 @@ use events::read_models::{catalog_count, catalog_organization_count};
 use reqwest::Method;
 use serde_json::json;
 use sqlx::PgPool;
+use anyhow::Context;
+use events::published::{topic, Message};
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+use events::store::{log_head, read_log};
+use events::LogPosition;
+use projector::publisher::{self, PublisherConfig};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use tests::kafka::Broker;
 use tests::TestApp;
 use uuid::Uuid;
 
@@ -36,6 +53,9 @@ struct Args {
     /// List requests measured in (d).
     #[arg(long, default_value_t = 4_000)]
     list_requests: usize,
+    /// Writes per second in (g).
+    #[arg(long, default_value_t = 1_000)]
+    kafka_write_rate: u64,
 }
 
 #[tokio::main]
@@ -89,6 +109,22 @@ async fn main() -> anyhow::Result<()> {
         "(e) GET /api/prompts pages 1-100 of {} rows in one organization, 8 clients: p50 {:.2} ms, p99 {:.2} ms; \
          of an organization with 50 rows beside them: p50 {:.2} ms, p99 {:.2} ms (target p99 < 10 ms)",
         args.list_rows, big.p50, big.p99, small.p50, small.p99
+    );
+
+    let broker = Broker::start().await;
+    let prefix = format!("bench{}", Uuid::new_v4().simple());
+    let (events, publisher_rate, raw_rate, publisher) =
+        publisher_drain(&app, &broker, &prefix).await?;
+    println!(
+        "(f) Kafka publisher draining a backlog of {events} events: {publisher_rate:.0} events/s; raw producer, same messages and broker: {raw_rate:.0} messages/s; ratio {:.2} (target >= 20,000 events/s)",
+        publisher_rate / raw_rate
+    );
+    let latency =
+        write_to_receipt(&app, &broker, &prefix, args.kafka_write_rate, duration).await?;
+    publisher.abort();
+    println!(
+        "(g) POST /api/environments to consumer receipt at {}/s for {} s: p50 {:.2} ms, p99 {:.2} ms, {} not received (target p99 < 100 ms)",
+        args.kafka_write_rate, args.seconds, latency.p50, latency.p99, latency.errors
     );
     Ok(())
 }
@@ -391,4 +427,152 @@ async fn catalog_list_latency(
     )
     .await?;
     Ok((big_list, small_list))
+}
+
+/// (f): a raw producer sends the log's messages (same producer settings, no database) and awaits every
+/// acknowledgement; then the publisher, from an empty checkpoint, publishes the same log. Returns the
+/// event count, both rates, and the publisher, left running (caught up) for (g).
+async fn publisher_drain(
+    app: &TestApp,
+    broker: &Broker,
+    prefix: &str,
+) -> anyhow::Result<(usize, f64, f64, tokio::task::JoinHandle<()>)> {
+    let head = log_head(&app.db.pool).await?;
+    let backlog = read_log(&app.db.pool, LogPosition::START, i64::MAX).await?;
+    let raw_prefix = format!("raw-{prefix}");
+    let messages: Vec<Message> = backlog.iter().map(|e| Message::of(e, &raw_prefix)).collect();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let started = Instant::now();
+    let mut deliveries = Vec::with_capacity(messages.len());
+    for m in &messages {
+        let headers = m.headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(value),
+            })
+        });
+        let record = FutureRecord::to(&m.topic)
+            .key(&m.key)
+            .payload(&m.value)
+            .headers(headers);
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
+    }
+    for delivery in deliveries {
+        delivery.await?.map_err(|(e, _)| e)?;
+    }
+    let raw_rate = messages.len() as f64 / started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let publisher = tokio::spawn(publisher::run(
+        app.db.pool.clone(),
+        PublisherConfig::new(broker.address(), prefix),
+    ));
+    while publisher_checkpoint(&app.db.pool).await? < head {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let publisher_rate = backlog.len() as f64 / started.elapsed().as_secs_f64();
+    Ok((backlog.len(), publisher_rate, raw_rate, publisher))
+}
+
+async fn publisher_checkpoint(pool: &PgPool) -> anyhow::Result<LogPosition> {
+    let (transaction_id, global_position) = sqlx::query_as(
+        "SELECT transaction_id, global_position FROM projection_checkpoints WHERE name = 'kafka'",
+    )
+    .fetch_optional(pool)
+    .await?
+    .unwrap_or((0, 0));
+    Ok(LogPosition {
+        transaction_id,
+        global_position,
+    })
+}
+
+/// (g): `POST /api/environments` at a steady `rate` for `duration`, each timed from the moment its
+/// request is sent to the moment a consumer (reading the environment topic from its end) receives the
+/// event it caused. `errors` counts writes whose event did not arrive within 10 s of the last write.
+async fn write_to_receipt(
+    app: &TestApp,
+    broker: &Broker,
+    prefix: &str,
+    rate: u64,
+    duration: Duration,
+) -> anyhow::Result<Measured> {
+    let org = app.create_organization("Kafka Corp").await;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address())
+        .set("group.id", format!("bench-{}", Uuid::new_v4().simple()))
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    let environments = topic(prefix, "environment");
+    let mut partitions = TopicPartitionList::new();
+    for partition in 0..PublisherConfig::new("", "").partitions {
+        partitions.add_partition_offset(&environments, partition, Offset::End)?;
+    }
+    consumer.assign(&partitions)?;
+    let receipts: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    let receiver = {
+        let receipts = receipts.clone();
+        tokio::spawn(async move {
+            let mut stream = consumer.stream();
+            while let Some(Ok(message)) = stream.next().await {
+                let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+                receipts.lock().unwrap().insert(key, Instant::now());
+            }
+        })
+    };
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/environments", app.command_url);
+    let write = |name: String| {
+        let request = http
+            .post(&url)
+            .bearer_auth(&app.admin_token)
+            .json(&json!({ "organizationId": org, "name": name }));
+        async move {
+            let sent = Instant::now();
+            let response = request.send().await.ok()?;
+            let body: serde_json::Value = response.json().await.ok()?;
+            Some((body["id"].as_str()?.to_owned(), sent))
+        }
+    };
+    // One write first, received before measuring: the consumer has found the end of every partition.
+    let (warm_up, _) = write("warm-up".into()).await.context("the warm-up write")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !receipts.lock().unwrap().contains_key(&warm_up) {
+        anyhow::ensure!(Instant::now() < deadline, "the warm-up write never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate as u32);
+    let started = Instant::now();
+    let mut writes = Vec::new();
+    for n in 0..rate * duration.as_secs() {
+        ticks.tick().await;
+        writes.push(tokio::spawn(write(format!("kafka env {n}"))));
+    }
+    let mut sent = Vec::new();
+    for write in writes {
+        sent.extend(write.await?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && sent
+            .iter()
+            .any(|(id, _)| !receipts.lock().unwrap().contains_key(id))
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    receiver.abort();
+    let receipts = receipts.lock().unwrap();
+    let latencies: Vec<Duration> = sent
+        .iter()
+        .filter_map(|(id, at)| Some(receipts.get(id)?.duration_since(*at)))
+        .collect();
+    let missing = sent.len() - latencies.len();
+    Ok(measure(latencies, started.elapsed(), missing))
 }

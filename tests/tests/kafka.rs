@@ -1,0 +1,396 @@
+//! Domain events on Kafka (API.md §7), against a real broker and a real consumer group: every logged
+//! event arrives (exactly once after dropping repeated `ce_id`s), in stream-version order per key,
+//! valid against its JSON Schema and without any written secret; through a broker outage, a publisher
+//! crash, and a consumer restart.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use events::published::{aggregate_types, topic, value};
+use events::store::{log_head, read_log};
+use events::{LogPosition, RecordedEvent};
+use futures::future::join_all;
+use projector::publisher::{self, PublisherConfig};
+use serde_json::{json, Value};
+use tests::kafka::{Broker, GroupMember, Received};
+use tests::TestApp;
+use tokio::task::JoinHandle;
+
+/// How long a test waits for every message to arrive.
+const ARRIVAL: Duration = Duration::from_secs(90);
+
+/// The system, a private broker and the topic prefix of this test.
+struct Setup {
+    app: TestApp,
+    broker: Broker,
+    prefix: String,
+    publisher: Option<JoinHandle<()>>,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        let mut setup = Setup {
+            app: TestApp::spawn().await,
+            broker: Broker::start().await,
+            prefix: format!("t{}", uuid::Uuid::new_v4().simple()),
+            publisher: None,
+        };
+        setup.start_publisher();
+        setup
+    }
+
+    fn start_publisher(&mut self) {
+        let config = PublisherConfig {
+            retry_delay: Duration::from_millis(200),
+            ..PublisherConfig::new(self.broker.address(), &self.prefix)
+        };
+        self.publisher = Some(tokio::spawn(publisher::run(
+            self.app.db.pool.clone(),
+            config,
+        )));
+    }
+
+    /// Kills the publisher wherever it is, messages in flight included.
+    fn kill_publisher(&mut self) {
+        self.publisher.take().expect("a running publisher").abort();
+    }
+
+    fn join_group(&self, group: &str) -> GroupMember {
+        let topics: Vec<String> = aggregate_types()
+            .iter()
+            .map(|t| topic(&self.prefix, t))
+            .collect();
+        GroupMember::join(&self.broker.address(), group, &topics)
+    }
+
+    async fn logged(&self) -> Vec<RecordedEvent> {
+        read_log(&self.app.db.pool, LogPosition::START, 1_000_000)
+            .await
+            .expect("reading the log")
+    }
+
+    async fn publisher_checkpoint(&self) -> LogPosition {
+        let (transaction_id, global_position) = sqlx::query_as(
+            "SELECT transaction_id, global_position FROM projection_checkpoints WHERE name = 'kafka'",
+        )
+        .fetch_optional(&self.app.db.pool)
+        .await
+        .unwrap()
+        .unwrap_or((0, 0));
+        LogPosition {
+            transaction_id,
+            global_position,
+        }
+    }
+
+    /// Reads with a new group member until every logged event has arrived, then checks the delivery.
+    async fn receive_everything(&self, group: &str) -> Vec<Received> {
+        let logged = self.logged().await;
+        let member = self.join_group(group);
+        let received = member
+            .take_until(ARRIVAL, |received| distinct_ids(received) >= logged.len())
+            .await;
+        check_delivery(&self.prefix, &logged, &received);
+        received
+    }
+}
+
+fn distinct_ids(received: &[Received]) -> usize {
+    received
+        .iter()
+        .map(|r| r.header("ce_id"))
+        .collect::<HashSet<_>>()
+        .len()
+}
+
+/// The checked-in schemas, by `ce_type`.
+fn schemas() -> HashMap<String, jsonschema::Validator> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schemas/events");
+    std::fs::read_dir(&dir)
+        .expect("reading schemas/events")
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let schema: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let ce_type = path.file_stem().unwrap().to_string_lossy().into_owned();
+            (ce_type, jsonschema::validator_for(&schema).unwrap())
+        })
+        .collect()
+}
+
+/// What a consumer that drops repeated `ce_id`s must see: every logged event once, each stream's events
+/// in version order from 1 without a gap, each message carrying its event's attributes and its data
+/// without sealed values, valid against the schema of its type. A repeat must equal the first copy.
+fn check_delivery(prefix: &str, logged: &[RecordedEvent], received: &[Received]) {
+    let schemas = schemas();
+    let mut first: HashMap<&str, &Received> = HashMap::new();
+    // A stream is a key in a topic (an organization's id keys its `organization` and its `members`).
+    let mut versions_by_stream: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for message in received {
+        let id = message.header("ce_id");
+        if let Some(earlier) = first.get(id) {
+            assert_eq!(earlier.value, message.value, "a repeat of {id} differs");
+            assert_eq!(earlier.headers, message.headers, "a repeat of {id} differs");
+            continue;
+        }
+        first.insert(id, message);
+        versions_by_stream
+            .entry(format!("{}/{}", message.topic, message.key))
+            .or_default()
+            .push(message.header("ce_streamversion").parse().unwrap());
+    }
+    let logged_ids: HashSet<String> = logged.iter().map(|e| e.event_id.to_string()).collect();
+    let received_ids: HashSet<String> = first.keys().map(|id| id.to_string()).collect();
+    assert_eq!(
+        logged_ids.difference(&received_ids).count(),
+        0,
+        "events never arrived"
+    );
+    assert_eq!(received_ids.len(), logged_ids.len(), "unknown events arrived");
+
+    for event in logged {
+        let (aggregate_type, id) = event.stream_id.split_once('-').unwrap();
+        let message = first[event.event_id.to_string().as_str()];
+        assert_eq!(message.topic, topic(prefix, aggregate_type));
+        assert_eq!(message.key, id);
+        assert_eq!(message.header("ce_specversion"), "1.0");
+        assert_eq!(message.header("ce_subject"), id);
+        assert_eq!(
+            message.header("ce_type"),
+            format!("{}.v{}", event.event_type, event.schema_version)
+        );
+        assert_eq!(message.header("content-type"), "application/json");
+        assert_eq!(
+            message.header("ce_logposition"),
+            event.position().to_string()
+        );
+        assert_eq!(message.value, value(&event.data));
+        assert!(message.value.get("secrets").is_none());
+        let schema = &schemas[message.header("ce_type")];
+        if let Err(error) = schema.validate(&message.value) {
+            panic!(
+                "{} does not match its schema: {error}: {}",
+                message.header("ce_type"),
+                message.value
+            );
+        }
+    }
+    let mut expected: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for event in logged {
+        let (aggregate_type, id) = event.stream_id.split_once('-').unwrap();
+        expected
+            .entry(format!("{}/{id}", topic(prefix, aggregate_type)))
+            .or_default()
+            .push(event.stream_version);
+    }
+    assert_eq!(versions_by_stream, expected, "a stream arrived out of order");
+}
+
+/// A secret unlike anything else in a message, so that a match cannot be a coincidence.
+fn secret(n: u32) -> String {
+    format!("sk-live-{n}-{}", uuid::Uuid::new_v4().simple())
+}
+
+#[tokio::test]
+async fn every_event_arrives_once_in_order_valid_and_without_secrets() {
+    let setup = Setup::start().await;
+    let app = &setup.app;
+    let org = app.create_organization("Acme").await;
+    let env = app.create_environment(&org, "Production").await;
+    app.add_member(&org, "alice", "user").await;
+    let secrets: Vec<String> = (0..4).map(secret).collect();
+    let (status, variable) = app
+        .post(
+            "/api/variables",
+            json!({"organizationId": org, "environmentId": env, "name": "KEY", "value": secrets[0]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{variable}");
+    let (status, model) = app
+        .post(
+            "/api/models",
+            json!({"organizationId": org, "name": "M", "modelUrl": "https://m.example",
+                   "token": secrets[1], "clientKey": secrets[2]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{model}");
+    let model_id = model["id"].as_str().unwrap();
+    let (status, template) = app
+        .post(
+            "/api/prompt-templates",
+            json!({"organizationId": org, "environmentId": env, "modelId": model_id,
+                   "name": "Greeting", "promptText": "Hello"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{template}");
+    let template_path = format!("/api/prompt-templates/{}", template["id"].as_str().unwrap());
+    for n in 0..5 {
+        let (status, body) = app
+            .put(&template_path, json!({"promptText": format!("Hello {n}")}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, _) = app
+        .put(
+            &format!("/api/models/{model_id}"),
+            json!({"token": secrets[3], "clientKey": null}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app.delete(&template_path).await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .put(&format!("/api/organizations/{org}"), json!({"description": "d"}))
+        .await;
+    assert_eq!(status, 200);
+
+    let received = setup.receive_everything("every-event").await;
+    let types: HashSet<&str> = received.iter().map(|r| r.header("ce_type")).collect();
+    for expected in [
+        "organization.created.v1",
+        "member.added.v1",
+        "variable.created.v1",
+        "model.updated.v1",
+        "prompt_template.deleted.v1",
+        "workflow_entity_type.created.v1",
+    ] {
+        assert!(types.contains(expected), "no {expected} arrived: {types:?} {}", received.len());
+    }
+    for message in &received {
+        let text = format!("{:?} {}", message.headers, message.value);
+        for secret in &secrets {
+            assert!(!text.contains(secret.as_str()), "a message holds a secret: {text}");
+        }
+        assert!(!text.contains("\"v1."), "a message holds ciphertext: {text}");
+    }
+}
+
+/// Twenty new variables, each created and then updated nine times: 200 writes, ten per key in order.
+async fn two_hundred_writes(app: &TestApp, org: &str, env: &str) {
+    let batch = uuid::Uuid::new_v4().simple().to_string();
+    let batch = &batch;
+    let writes = (0..20).map(|n| async move {
+        let (status, body) = app
+            .post(
+                "/api/variables",
+                json!({"organizationId": org, "environmentId": env, "name": format!("V{n}-{batch}"), "value": "x"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let path = format!("/api/variables/{}", body["id"].as_str().unwrap());
+        for round in 0..9 {
+            let (status, body) = app
+                .put(&path, json!({"description": format!("round {round}")}))
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    });
+    join_all(writes).await;
+}
+
+#[tokio::test]
+async fn a_broker_outage_loses_nothing_and_writes_keep_being_answered() {
+    let mut setup = Setup::start().await;
+    let org = setup.app.create_organization("Acme").await;
+    let env = setup.app.create_environment(&org, "Production").await;
+    // Everything so far is on the broker before it goes down.
+    let head = log_head(&setup.app.db.pool).await.unwrap();
+    while setup.publisher_checkpoint().await < head {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    setup.broker.stop();
+    let before = setup.logged().await.len();
+    two_hundred_writes(&setup.app, &org, &env).await;
+    assert_eq!(setup.logged().await.len(), before + 200);
+    assert!(
+        setup.publisher_checkpoint().await < log_head(&setup.app.db.pool).await.unwrap(),
+        "nothing can have been acknowledged during the outage"
+    );
+    setup.broker.resume().await;
+
+    let received = setup.receive_everything("after-outage").await;
+    let variables = received
+        .iter()
+        .filter(|r| r.header("ce_type").starts_with("variable."))
+        .map(|r| r.header("ce_id"))
+        .collect::<HashSet<_>>();
+    assert_eq!(variables.len(), 200);
+}
+
+#[tokio::test]
+async fn a_publisher_killed_with_messages_in_flight_loses_nothing() {
+    let mut setup = Setup::start().await;
+    setup.kill_publisher();
+    let org = setup.app.create_organization("Acme").await;
+    let env = setup.app.create_environment(&org, "Production").await;
+    // A backlog, so that the publisher has thousands of messages in flight when it dies.
+    for _ in 0..10 {
+        two_hundred_writes(&setup.app, &org, &env).await;
+    }
+    let head = log_head(&setup.app.db.pool).await.unwrap();
+
+    setup.start_publisher();
+    while setup.publisher_checkpoint().await == LogPosition::START {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    setup.kill_publisher();
+    let checkpoint = setup.publisher_checkpoint().await;
+    assert!(
+        checkpoint < head,
+        "the publisher finished before it was killed; the test needs a longer backlog"
+    );
+
+    setup.start_publisher();
+    setup.receive_everything("after-crash").await;
+}
+
+#[tokio::test]
+async fn a_restarted_group_member_resumes_from_its_committed_offsets() {
+    let setup = Setup::start().await;
+    let org = setup.app.create_organization("Acme").await;
+    let env = setup.app.create_environment(&org, "Production").await;
+    two_hundred_writes(&setup.app, &org, &env).await;
+    let logged = setup.logged().await;
+
+    let first = setup.join_group("resuming");
+    let taken = first.take_until(ARRIVAL, |r| r.len() >= 100).await;
+    assert_eq!(taken.len(), 100);
+    drop(first);
+
+    let second = setup.join_group("resuming");
+    let rest = second
+        .take_until(ARRIVAL, |r| r.len() + taken.len() >= logged.len())
+        .await;
+    // Nothing the first member committed comes again, and each partition goes on right after the
+    // last offset the first member committed in it.
+    let committed: HashSet<(String, i32, i64)> = taken
+        .iter()
+        .map(|r| (r.topic.clone(), r.partition, r.offset))
+        .collect();
+    for message in &rest {
+        assert!(
+            !committed.contains(&(message.topic.clone(), message.partition, message.offset)),
+            "{message:?} was committed by the first member"
+        );
+    }
+    let mut last_committed: HashMap<(String, i32), i64> = HashMap::new();
+    for r in &taken {
+        let last = last_committed
+            .entry((r.topic.clone(), r.partition))
+            .or_insert(r.offset);
+        *last = (*last).max(r.offset);
+    }
+    for ((topic, partition), last) in &last_committed {
+        if let Some(next) = rest
+            .iter()
+            .find(|r| &r.topic == topic && r.partition == *partition)
+        {
+            assert_eq!(next.offset, last + 1, "{topic}/{partition} did not resume");
+        }
+    }
+    let mut all = taken;
+    all.extend(rest);
+    check_delivery(&setup.prefix, &logged, &all);
+}
