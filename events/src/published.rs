@@ -74,7 +74,10 @@ impl Message {
             (header::SPEC_VERSION, SPEC_VERSION.to_owned()),
             (header::ID, event.event_id.to_string()),
             (header::SOURCE, format!("/{source}/{aggregate_type}")),
-            (header::TYPE, ce_type(&event.event_type, event.schema_version)),
+            (
+                header::TYPE,
+                ce_type(&event.event_type, event.schema_version),
+            ),
             (
                 header::TIME,
                 event
@@ -122,7 +125,11 @@ pub fn schemas() -> BTreeMap<String, Value> {
         add_variants(&mut schemas, root.to_value());
     }
     for kind in kinds::ALL {
-        add_catalog_kind(&mut schemas, kind.type_name, (kind.fields_schema)().to_value());
+        add_catalog_kind(
+            &mut schemas,
+            kind.type_name,
+            (kind.fields_schema)().to_value(),
+        );
     }
     schemas
 }
@@ -278,6 +285,8 @@ mod tests {
             schemas["variable.created.v1.json"]["required"][0],
             json!("id")
         );
-        assert!(schemas["variable.updated.v1.json"].get("required").is_none());
+        assert!(schemas["variable.updated.v1.json"]
+            .get("required")
+            .is_none());
     }
 }

@@ -36,7 +36,7 @@ struct KafkaArgs {
     #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "admin-platform")]
     kafka_topic_prefix: String,
     /// Partitions of each topic the publisher creates.
-    #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 3)]
+    #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", default_value_t = publisher::DEFAULT_PARTITIONS)]
     kafka_topic_partitions: i32,
     /// Replication factor of each topic the publisher creates.
     #[arg(long, env = "KAFKA_TOPIC_REPLICATION", default_value_t = 1)]

@@ -37,6 +37,9 @@ use events::LogPosition;
 /// The publisher's checkpoint name.
 pub const NAME: &str = "kafka";
 
+/// Partitions of the topics it creates, unless configured otherwise.
+pub const DEFAULT_PARTITIONS: i32 = 3;
+
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
     /// `bootstrap.servers`.
@@ -62,7 +65,7 @@ impl PublisherConfig {
         PublisherConfig {
             brokers: brokers.into(),
             topic_prefix: topic_prefix.into(),
-            partitions: 3,
+            partitions: DEFAULT_PARTITIONS,
             replication: 1,
             max_in_flight: 20_000,
             batch_size: 2_000,
@@ -123,9 +126,7 @@ async fn publish(pool: &PgPool, config: &PublisherConfig) -> anyhow::Result<()> 
             caught_up = (events.len() as i64) < limit;
             for event in &events {
                 let message = Message::of(event, &config.topic_prefix);
-                topics
-                    .ensure_for(&message.topic, &event.stream_id)
-                    .await?;
+                topics.ensure_for(&message.topic, &event.stream_id).await?;
                 in_flight.push_back(acknowledgement(
                     send(&producer, &message)?,
                     event.position(),

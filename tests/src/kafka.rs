@@ -86,7 +86,10 @@ impl Broker {
             });
         self.process = Some(process);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(self.address()).await.is_err() {
+        while tokio::net::TcpStream::connect(self.address())
+            .await
+            .is_err()
+        {
             assert!(Instant::now() < deadline, "the broker did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

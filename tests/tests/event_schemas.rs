@@ -16,7 +16,10 @@ fn checked_in() -> BTreeMap<String, String> {
         .map(|entry| {
             let path = entry.expect("a directory entry").path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read_to_string(&path).expect("reading a schema"))
+            (
+                name,
+                std::fs::read_to_string(&path).expect("reading a schema"),
+            )
         })
         .collect()
 }

@@ -11,27 +11,27 @@
 //! receipt of its event at a steady 1,000 writes/s. (f) and (g) start a private `tansu` broker, as
 //! the tests do.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use events::read_models::{catalog_count, catalog_organization_count};
-use reqwest::Method;
-use serde_json::json;
-use sqlx::PgPool;
 use anyhow::Context;
+use clap::Parser;
 use events::published::{topic, Message};
-use futures::StreamExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{Message as _, Offset, TopicPartitionList};
+use events::read_models::{catalog_count, catalog_organization_count};
 use events::store::{log_head, read_log};
 use events::LogPosition;
+use futures::StreamExt;
 use projector::publisher::{self, PublisherConfig};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+use reqwest::Method;
+use serde_json::json;
+use sqlx::PgPool;
 use tests::kafka::Broker;
 use tests::TestApp;
 use uuid::Uuid;
@@ -119,8 +119,7 @@ async fn main() -> anyhow::Result<()> {
         "(f) Kafka publisher draining a backlog of {events} events: {publisher_rate:.0} events/s; raw producer, same messages and broker: {raw_rate:.0} messages/s; ratio {:.2} (target >= 20,000 events/s)",
         publisher_rate / raw_rate
     );
-    let latency =
-        write_to_receipt(&app, &broker, &prefix, args.kafka_write_rate, duration).await?;
+    let latency = write_to_receipt(&app, &broker, &prefix, args.kafka_write_rate, duration).await?;
     publisher.abort();
     println!(
         "(g) POST /api/environments to consumer receipt at {}/s for {} s: p50 {:.2} ms, p99 {:.2} ms, {} not received (target p99 < 100 ms)",
@@ -440,7 +439,10 @@ async fn publisher_drain(
     let head = log_head(&app.db.pool).await?;
     let backlog = read_log(&app.db.pool, LogPosition::START, i64::MAX).await?;
     let raw_prefix = format!("raw-{prefix}");
-    let messages: Vec<Message> = backlog.iter().map(|e| Message::of(e, &raw_prefix)).collect();
+    let messages: Vec<Message> = backlog
+        .iter()
+        .map(|e| Message::of(e, &raw_prefix))
+        .collect();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", broker.address())
         .set("enable.idempotence", "true")
@@ -451,12 +453,15 @@ async fn publisher_drain(
     let started = Instant::now();
     let mut deliveries = Vec::with_capacity(messages.len());
     for m in &messages {
-        let headers = m.headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| {
-            h.insert(Header {
-                key,
-                value: Some(value),
-            })
-        });
+        let headers = m
+            .headers
+            .iter()
+            .fold(OwnedHeaders::new(), |h, (key, value)| {
+                h.insert(Header {
+                    key,
+                    value: Some(value),
+                })
+            });
         let record = FutureRecord::to(&m.topic)
             .key(&m.key)
             .payload(&m.value)
@@ -508,10 +513,12 @@ async fn write_to_receipt(
         .set("bootstrap.servers", broker.address())
         .set("group.id", format!("bench-{}", Uuid::new_v4().simple()))
         .set("fetch.wait.max.ms", "10")
+        // The broker answers "latest offset" only outside transactions; the publisher uses none.
+        .set("isolation.level", "read_uncommitted")
         .create()?;
     let environments = topic(prefix, "environment");
     let mut partitions = TopicPartitionList::new();
-    for partition in 0..PublisherConfig::new("", "").partitions {
+    for partition in 0..publisher::DEFAULT_PARTITIONS {
         partitions.add_partition_offset(&environments, partition, Offset::End)?;
     }
     consumer.assign(&partitions)?;
