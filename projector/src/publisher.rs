@@ -223,6 +223,11 @@ async fn save(conn: &mut PgConnection, acknowledged: LogPosition) -> anyhow::Res
     Ok(())
 }
 
+/// Creates the topic of every aggregate type unless it exists, as the publisher does when it starts.
+pub async fn create_topics(config: &PublisherConfig) -> anyhow::Result<()> {
+    Topics::connect(config)?.ensure(&aggregate_types()).await
+}
+
 /// The topics known to exist, and the admin client that creates missing ones.
 struct Topics {
     admin: AdminClient<DefaultClientContext>,
