@@ -169,7 +169,7 @@ async fn publish(pool: &PgPool, config: &PublisherConfig) -> anyhow::Result<()> 
 }
 
 /// Hands one message to the producer's queue.
-fn send(producer: &FutureProducer, message: &Message) -> anyhow::Result<DeliveryFuture> {
+pub fn send(producer: &FutureProducer, message: &Message) -> anyhow::Result<DeliveryFuture> {
     let headers = message
         .headers
         .iter()

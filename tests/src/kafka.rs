@@ -2,18 +2,35 @@
 //! PostgreSQL database, so a test can stop and restart it without disturbing others, and its data
 //! survives the restart), and a consumer-group member that collects what the publisher produced.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use events::LogPosition;
 use futures::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::ClientConfig;
 use serde_json::Value;
+use sqlx::PgPool;
 
 use crate::TestDb;
+
+/// How far the Kafka publisher has got: its checkpoint, or the log's start before it first ran.
+pub async fn publisher_checkpoint(pool: &PgPool) -> LogPosition {
+    let (transaction_id, global_position) = sqlx::query_as(
+        "SELECT transaction_id, global_position FROM projection_checkpoints WHERE name = 'kafka'",
+    )
+    .fetch_optional(pool)
+    .await
+    .expect("reading the publisher's checkpoint")
+    .unwrap_or((0, 0));
+    LogPosition {
+        transaction_id,
+        global_position,
+    }
+}
 
 /// The PostgreSQL schema of the broker's storage (also applied by `deploy/lib.sh`).
 const BROKER_SCHEMA: &str = include_str!("../../deploy/tansu-schema.sql");
@@ -138,6 +155,17 @@ impl GroupMember {
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).expect("subscribing");
         GroupMember { consumer }
+    }
+
+    /// Takes messages until every event id in `missing` (a `ce_id`) has arrived, or `timeout` passes.
+    pub async fn take_all(&self, timeout: Duration, mut missing: HashSet<String>) -> Vec<Received> {
+        self.take_until(timeout, |received| {
+            if let Some(last) = received.last() {
+                missing.remove(last.header("ce_id"));
+            }
+            missing.is_empty()
+        })
+        .await
     }
 
     /// Takes messages until `done` says so or `timeout` passes, committing each one synchronously.

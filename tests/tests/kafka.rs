@@ -13,7 +13,7 @@ use events::{LogPosition, RecordedEvent};
 use futures::future::join_all;
 use projector::publisher::{self, PublisherConfig};
 use serde_json::{json, Value};
-use tests::kafka::{Broker, GroupMember, Received};
+use tests::kafka::{publisher_checkpoint, Broker, GroupMember, Received};
 use tests::TestApp;
 use tokio::task::JoinHandle;
 
@@ -73,35 +73,21 @@ impl Setup {
     }
 
     async fn publisher_checkpoint(&self) -> LogPosition {
-        let (transaction_id, global_position) = sqlx::query_as(
-            "SELECT transaction_id, global_position FROM projection_checkpoints WHERE name = 'kafka'",
-        )
-        .fetch_optional(&self.app.db.pool)
-        .await
-        .unwrap()
-        .unwrap_or((0, 0));
-        LogPosition {
-            transaction_id,
-            global_position,
-        }
+        publisher_checkpoint(&self.app.db.pool).await
     }
 
     /// Reads with a new group member until every logged event has arrived, then checks the delivery.
     async fn receive_everything(&self, group: &str) -> Vec<Received> {
         let logged = self.logged().await;
         let member = self.join_group(group);
-        let mut missing: HashSet<String> = logged.iter().map(|e| e.event_id.to_string()).collect();
-        let received = member
-            .take_until(ARRIVAL, |received| {
-                if let Some(last) = received.last() {
-                    missing.remove(last.header("ce_id"));
-                }
-                missing.is_empty()
-            })
-            .await;
+        let received = member.take_all(ARRIVAL, event_ids(&logged)).await;
         check_delivery(&self.prefix, &logged, &received);
         received
     }
+}
+
+fn event_ids(events: &[RecordedEvent]) -> HashSet<String> {
+    events.iter().map(|e| e.event_id.to_string()).collect()
 }
 
 /// The checked-in schemas, by `ce_type`.
@@ -140,7 +126,7 @@ fn check_delivery(prefix: &str, logged: &[RecordedEvent], received: &[Received])
             .or_default()
             .push(message.header("ce_streamversion").parse().unwrap());
     }
-    let logged_ids: HashSet<String> = logged.iter().map(|e| e.event_id.to_string()).collect();
+    let logged_ids = event_ids(logged);
     let received_ids: HashSet<String> = first.keys().map(|id| id.to_string()).collect();
     assert_eq!(
         logged_ids.difference(&received_ids).count(),
@@ -398,18 +384,11 @@ async fn a_restarted_group_member_resumes_from_its_committed_offsets() {
     drop(first);
 
     let second = setup.join_group("resuming");
-    let mut missing: HashSet<String> = logged.iter().map(|e| e.event_id.to_string()).collect();
+    let mut missing = event_ids(&logged);
     for r in &taken {
         missing.remove(r.header("ce_id"));
     }
-    let rest = second
-        .take_until(ARRIVAL, |r| {
-            if let Some(last) = r.last() {
-                missing.remove(last.header("ce_id"));
-            }
-            missing.is_empty()
-        })
-        .await;
+    let rest = second.take_all(ARRIVAL, missing).await;
     // Nothing the first member committed comes again, and each partition goes on right after the
     // last offset the first member committed in it.
     let committed: HashSet<(String, i32, i64)> = taken

@@ -25,14 +25,13 @@ use events::LogPosition;
 use futures::StreamExt;
 use projector::publisher::{self, PublisherConfig};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 use reqwest::Method;
 use serde_json::json;
 use sqlx::PgPool;
-use tests::kafka::Broker;
+use tests::kafka::{publisher_checkpoint, Broker};
 use tests::TestApp;
 use uuid::Uuid;
 
@@ -454,21 +453,8 @@ async fn publisher_drain(
         .create()?;
     let started = Instant::now();
     let mut deliveries = Vec::with_capacity(messages.len());
-    for m in &messages {
-        let headers = m
-            .headers
-            .iter()
-            .fold(OwnedHeaders::new(), |h, (key, value)| {
-                h.insert(Header {
-                    key,
-                    value: Some(value),
-                })
-            });
-        let record = FutureRecord::to(&m.topic)
-            .key(&m.key)
-            .payload(&m.value)
-            .headers(headers);
-        deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
+    for message in &messages {
+        deliveries.push(publisher::send(&producer, message)?);
     }
     for delivery in deliveries {
         delivery.await?.map_err(|(e, _)| e)?;
@@ -480,24 +466,11 @@ async fn publisher_drain(
         app.db.pool.clone(),
         PublisherConfig::new(broker.address(), prefix),
     ));
-    while publisher_checkpoint(&app.db.pool).await? < head {
+    while publisher_checkpoint(&app.db.pool).await < head {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let publisher_rate = backlog.len() as f64 / started.elapsed().as_secs_f64();
     Ok((backlog.len(), publisher_rate, raw_rate, publisher))
-}
-
-async fn publisher_checkpoint(pool: &PgPool) -> anyhow::Result<LogPosition> {
-    let (transaction_id, global_position) = sqlx::query_as(
-        "SELECT transaction_id, global_position FROM projection_checkpoints WHERE name = 'kafka'",
-    )
-    .fetch_optional(pool)
-    .await?
-    .unwrap_or((0, 0));
-    Ok(LogPosition {
-        transaction_id,
-        global_position,
-    })
 }
 
 /// (g): `POST /api/environments` at a steady `rate` for `duration`, each timed from the moment its
