@@ -73,6 +73,8 @@ pub enum Resource {
     Workflows,
     /// Platform-wide model configurations (`GET /api/system-models/visible` is open to everyone).
     SystemModels,
+    /// The audit trail and event history: System users everywhere, admins in their organizations.
+    AuditEvents,
 }
 
 impl fmt::Display for Resource {
@@ -86,6 +88,7 @@ impl fmt::Display for Resource {
             Resource::Entities => "entities",
             Resource::Workflows => "workflows",
             Resource::SystemModels => "system models",
+            Resource::AuditEvents => "audit events",
         })
     }
 }
@@ -124,7 +127,9 @@ pub fn role_allows(role: Role, resource: Resource, action: Action) -> bool {
             Organizations | Environments | Members | Variables | Entities,
         ) => action == Read,
         (Role::Guest, Workflows) => action == Read,
+        (Role::Admin, AuditEvents) => action == Read,
         (Role::Admin | Role::User | Role::Guest, Users | SystemModels) => false,
+        (Role::User | Role::Guest, AuditEvents) => false,
     }
 }
 
@@ -264,6 +269,9 @@ mod tests {
             (Role::Guest, Workflows, [true, false, false, false]),
             (Role::Admin, SystemModels, [false, false, false, false]),
             (Role::System, SystemModels, [true, true, true, true]),
+            (Role::Admin, AuditEvents, [true, false, false, false]),
+            (Role::User, AuditEvents, [false, false, false, false]),
+            (Role::Guest, AuditEvents, [false, false, false, false]),
             (Role::System, Organizations, [true, true, true, true]),
             (Role::System, Users, [true, true, true, true]),
         ];

@@ -150,8 +150,8 @@ impl NewEvent {
         let (event_type, data) = split_tagged(event);
         NewEvent {
             event_id: Uuid::now_v7(),
+            schema_version: crate::upcast::current_version(&event_type),
             event_type,
-            schema_version: 1,
             data,
             metadata,
             recorded_at: recorded_at.trunc_subsecs(6),
@@ -159,8 +159,9 @@ impl NewEvent {
     }
 }
 
-/// An event as stored in the log.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// An event as read from the log, its payload upcast to the current version of its type (see
+/// [`crate::upcast`]): `schema_version` and `data` are the current shape, whatever the row holds.
+#[derive(Debug, Clone)]
 pub struct RecordedEvent {
     pub global_position: i64,
     pub transaction_id: i64,
@@ -172,6 +173,30 @@ pub struct RecordedEvent {
     pub data: Value,
     pub metadata: sqlx::types::Json<EventMetadata>,
     pub recorded_at: DateTime<Utc>,
+}
+
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for RecordedEvent {
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> sqlx::Result<Self> {
+        use sqlx::Row;
+        let event_type: String = row.try_get("event_type")?;
+        let (schema_version, data) = crate::upcast::upcast(
+            &event_type,
+            row.try_get("schema_version")?,
+            row.try_get("data")?,
+        );
+        Ok(RecordedEvent {
+            global_position: row.try_get("global_position")?,
+            transaction_id: row.try_get("transaction_id")?,
+            stream_id: row.try_get("stream_id")?,
+            stream_version: row.try_get("stream_version")?,
+            event_id: row.try_get("event_id")?,
+            event_type,
+            schema_version,
+            data,
+            metadata: row.try_get("metadata")?,
+            recorded_at: row.try_get("recorded_at")?,
+        })
+    }
 }
 
 impl RecordedEvent {

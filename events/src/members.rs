@@ -16,8 +16,13 @@ use crate::aggregate::{Aggregate, DomainError};
 pub enum MembersEvent {
     #[serde(rename = "member.added")]
     Added { user_id: Uuid, role: Role },
+    /// Version 2: with the role held before (`null` in events recorded before version 2).
     #[serde(rename = "member.role_changed")]
-    RoleChanged { user_id: Uuid, role: Role },
+    RoleChanged {
+        user_id: Uuid,
+        role: Role,
+        previous_role: Option<Role>,
+    },
     #[serde(rename = "member.removed")]
     Removed { user_id: Uuid },
 }
@@ -82,7 +87,7 @@ impl Aggregate for Members {
                     },
                 );
             }
-            MembersEvent::RoleChanged { user_id, role } => {
+            MembersEvent::RoleChanged { user_id, role, .. } => {
                 if let Some(member) = self.members.get_mut(user_id) {
                     member.role = *role;
                     member.updated_at = at;
@@ -116,7 +121,11 @@ impl Aggregate for Members {
                     return Ok(vec![]);
                 }
                 self.keep_an_admin(user_id)?;
-                Ok(vec![MembersEvent::RoleChanged { user_id, role }])
+                Ok(vec![MembersEvent::RoleChanged {
+                    user_id,
+                    role,
+                    previous_role: Some(member.role),
+                }])
             }
             MembersCommand::Remove { user_id } => {
                 if !self.members.contains_key(&user_id) {

@@ -41,3 +41,6 @@ pub fn catalog_organization_count(kind: &str, organization_id: Option<Uuid>) -> 
 pub fn catalog_environment_count(kind: &str, environment_id: Uuid) -> String {
     format!("{kind}:environment:{environment_id}")
 }
+
+/// The projection that keeps `audit_index`, what the audit trail filters on.
+pub const AUDIT: &str = "audit";

@@ -314,6 +314,59 @@ pub async fn read_stream<'e>(
     .await?)
 }
 
+/// A stream's events recorded at or before `at`, in version order: the stream as it was then.
+pub async fn read_stream_as_of<'e>(
+    executor: impl PgExecutor<'e>,
+    stream_id: &str,
+    at: DateTime<Utc>,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    Ok(sqlx::query_as::<_, RecordedEvent>(&format!(
+        "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND recorded_at <= $2 ORDER BY stream_version"
+    ))
+    .bind(stream_id)
+    .bind(at)
+    .fetch_all(executor)
+    .await?)
+}
+
+/// The events at `positions` together with every earlier event of their streams, ordered by stream
+/// and version: what folding the state before and after each of them needs. One statement.
+pub async fn read_histories<'e>(
+    executor: impl PgExecutor<'e>,
+    positions: &[i64],
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    Ok(sqlx::query_as::<_, RecordedEvent>(&format!(
+        "WITH wanted AS ( \
+             SELECT stream_id, max(stream_version) AS upto FROM events \
+             WHERE global_position = ANY($1) GROUP BY stream_id \
+         ) \
+         SELECT {} FROM events e JOIN wanted w ON e.stream_id = w.stream_id AND e.stream_version <= w.upto \
+         ORDER BY e.stream_id, e.stream_version",
+        qualified_columns("e")
+    ))
+    .bind(positions)
+    .fetch_all(executor)
+    .await?)
+}
+
+/// The latest `name` each of `streams` had recorded at or before `at` (streams without one are left
+/// out), in one statement.
+pub async fn names_as_of<'e>(
+    executor: impl PgExecutor<'e>,
+    streams: &[String],
+    at: DateTime<Utc>,
+) -> Result<Vec<(String, String)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT DISTINCT ON (stream_id) stream_id, data->>'name' FROM events \
+         WHERE stream_id = ANY($1) AND data ? 'name' AND recorded_at <= $2 \
+         ORDER BY stream_id, stream_version DESC",
+    )
+    .bind(streams)
+    .bind(at)
+    .fetch_all(executor)
+    .await?)
+}
+
 /// What a write needs to know of a stream it refers to, read without folding it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct StreamHead {
@@ -353,6 +406,15 @@ pub async fn stream_heads<'e>(
 const COLUMNS: &str =
     "global_position, transaction_id, stream_id, stream_version, event_id, event_type, \
                        schema_version, data, metadata, recorded_at";
+
+/// [`COLUMNS`] of the table aliased `alias`.
+fn qualified_columns(alias: &str) -> String {
+    COLUMNS
+        .split(',')
+        .map(|column| format!("{alias}.{}", column.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Reads the log after `after` without ever skipping an event that commits later (module docs).
 /// Works on any connection, so that a projection can read and apply in one transaction.

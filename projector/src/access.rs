@@ -130,7 +130,7 @@ async fn apply_members(
             .execute(&mut *conn)
             .await?;
         }
-        MembersEvent::RoleChanged { user_id, role } => {
+        MembersEvent::RoleChanged { user_id, role, .. } => {
             sqlx::query(
                 "UPDATE members SET role = $3, updated_at = $4 WHERE organization_id = $1 AND user_id = $2",
             )

@@ -2,17 +2,22 @@
 //!
 //! Each projection reads the event log from its checkpoint and keeps its read-model tables; see
 //! [`projection`] for the contract, [`worker`] for how one runs live, [`rebuild`] for rebuilding
-//! without downtime, [`publisher`] for the Kafka publisher.
+//! without downtime, [`verify`] for checking the read models and the log, [`replay`] for read models
+//! as of a past point, [`publisher`] for the Kafka publisher.
 
 pub mod access;
+pub mod audit;
 pub mod catalog;
 pub mod ops;
 pub mod projection;
 pub mod publisher;
 pub mod rebuild;
+pub mod replay;
+pub mod scratch;
 pub mod status;
 pub mod tail;
 pub mod tenants;
+pub mod verify;
 pub mod worker;
 
 use std::sync::Arc;
@@ -25,6 +30,7 @@ pub fn projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(tenants::Tenants),
         Arc::new(access::Access),
         Arc::new(catalog::Catalog),
+        Arc::new(audit::Audit),
     ]
 }
 

@@ -1,6 +1,7 @@
 //! The projector process: `projector` runs every projection (and the Kafka publisher when
-//! `KAFKA_BROKERS` is set); `projector rebuild <name|all>` and `projector status` are the operator's
-//! commands; `projector tail` prints the domain events from Kafka.
+//! `KAFKA_BROKERS` is set); `projector rebuild <name|all>`, `projector verify [--log]`,
+//! `projector replay --until … --into …` and `projector status` are the operator's commands;
+//! `projector tail` prints the domain events from Kafka.
 
 use std::net::SocketAddr;
 
@@ -8,8 +9,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use projector::publisher::{self, PublisherConfig};
 use projector::rebuild::rebuild;
+use projector::replay::replay;
+use projector::scratch::{Progress, Until};
 use projector::status::statuses;
 use projector::tail::tail;
+use projector::verify::{verify, verify_log, ProjectionReport};
 use projector::{projections, spawn_workers};
 use sqlx::postgres::PgPoolOptions;
 
@@ -49,6 +53,23 @@ enum Command {
     Run,
     /// Rebuild a projection (or `all`) from the start of the log, then swap it in.
     Rebuild { name: String },
+    /// Rebuild every projection (or the one named) into a scratch schema and compare it row by row
+    /// with the live one; with --log, check every event's hash chain instead. Exits 1 on a difference.
+    Verify {
+        #[arg(default_value = "all")]
+        name: String,
+        #[arg(long)]
+        log: bool,
+    },
+    /// Build every read model as of a point of the log into a new schema, for audits.
+    Replay {
+        /// A global position (as the audit trail shows them) or an RFC 3339 time.
+        #[arg(long)]
+        until: String,
+        /// The schema to create.
+        #[arg(long)]
+        into: String,
+    },
     /// Print each projection's position and lag (the Kafka publisher's as `kafka`).
     Status,
     /// Join a consumer group on every topic and print each domain event, committing as it goes.
@@ -95,20 +116,9 @@ async fn main() -> anyhow::Result<()> {
             axum::serve(listener, projector::ops::router(pool, metrics)).await?;
         }
         Command::Rebuild { name } => {
-            let chosen: Vec<_> = projections()
-                .into_iter()
-                .filter(|p| name == "all" || p.name() == name)
-                .collect();
-            anyhow::ensure!(!chosen.is_empty(), "no projection named {name:?}");
-            for projection in chosen {
+            for projection in chosen(&name)? {
                 let done = rebuild(&pool, projection.as_ref(), |p| {
-                    println!(
-                        "rebuild {}: {}/{} events, {:.0} events/s",
-                        projection.name(),
-                        p.applied,
-                        p.total,
-                        p.events_per_second()
-                    )
+                    print_progress(&format!("rebuild {}", projection.name()), p)
                 })
                 .await
                 .with_context(|| format!("rebuilding {}", projection.name()))?;
@@ -120,6 +130,52 @@ async fn main() -> anyhow::Result<()> {
                     done.events_per_second()
                 );
             }
+        }
+        Command::Verify { log: true, .. } => {
+            let report = verify_log(&pool, |checked, streams| {
+                println!("verify --log: {checked}/{streams} streams checked")
+            })
+            .await?;
+            match report.first_problem {
+                None => println!(
+                    "log verified: {} events in {} streams, every hash and chain matches",
+                    report.events, report.streams
+                ),
+                Some(p) => {
+                    println!(
+                        "log does not verify: event {} at global position {} (stream {} version {}): {}",
+                        p.event_id, p.global_position, p.stream_id, p.stream_version, p.problem
+                    );
+                    std::process::exit(1);
+                }
+            }
+        }
+        Command::Verify { name, log: false } => {
+            let mut all_match = true;
+            for projection in chosen(&name)? {
+                let report = verify(&pool, projection.as_ref(), |p| {
+                    print_progress(&format!("verify {}", projection.name()), p)
+                })
+                .await
+                .with_context(|| format!("verifying {}", projection.name()))?;
+                print_verification(&report);
+                all_match &= report.matches();
+            }
+            if !all_match {
+                println!("verification failed: the rebuilt read models differ from the live ones");
+                std::process::exit(1);
+            }
+        }
+        Command::Replay { until, into } => {
+            let until = Until::parse(&until)?;
+            let done = replay(&pool, until, &into, |p| print_progress("replay", p)).await?;
+            println!(
+                "replayed into schema {into}: {} of {} events in {:.2} s ({:.0} events/s)",
+                done.applied,
+                done.read,
+                done.elapsed.as_secs_f64(),
+                done.events_per_second()
+            );
         }
         Command::Status => {
             println!(
@@ -142,4 +198,48 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The projections `name` picks: one by name, or `all`.
+fn chosen(name: &str) -> anyhow::Result<Vec<std::sync::Arc<dyn projector::Projection>>> {
+    let chosen: Vec<_> = projections()
+        .into_iter()
+        .filter(|p| name == "all" || p.name() == name)
+        .collect();
+    anyhow::ensure!(!chosen.is_empty(), "no projection named {name:?}");
+    Ok(chosen)
+}
+
+fn print_progress(what: &str, p: Progress) {
+    println!(
+        "{what}: {}/{} events read, {} applied, {:.0} events/s",
+        p.read,
+        p.total,
+        p.applied,
+        p.events_per_second()
+    );
+}
+
+fn print_verification(report: &ProjectionReport) {
+    println!(
+        "verify {} at log position {}:",
+        report.projection, report.position
+    );
+    for t in &report.tables {
+        println!(
+            "  {:<24} live {:>9} rows {}  rebuilt {:>9} rows {}  {}",
+            t.table,
+            t.live_rows,
+            t.live_checksum,
+            t.rebuilt_rows,
+            t.rebuilt_checksum,
+            if t.matches() { "equal" } else { "DIFFERENT" }
+        );
+        for row in &t.only_live {
+            println!("    only in live:    {row}");
+        }
+        for row in &t.only_rebuilt {
+            println!("    only in rebuilt: {row}");
+        }
+    }
 }

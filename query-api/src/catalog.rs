@@ -5,7 +5,8 @@
 //!
 //! Rows hold ids of what they refer to; the nested names a read shows (`organization.name`,
 //! `environment.name`, `model.name`) are joined in at read time, so a rename shows everywhere at once.
-//! A read therefore waits for both projections involved: `catalog` and `tenants`.
+//! A read therefore waits for both projections involved: `catalog` and `tenants`. A detail read with
+//! `asOf` is folded from the resource's stream instead (see [`crate::as_of`]).
 
 use std::collections::HashMap;
 
@@ -13,8 +14,13 @@ use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
 use events::auth::Authenticated;
-use events::catalog::kinds::{PromptTemplate, SystemModel, WorkflowEntity};
-use events::catalog::{view, Change, Document, DocumentData, Kind, KindInfo, Nested, Scope};
+use events::catalog::kinds::{Model, PromptTemplate, SystemModel, WorkflowEntity};
+use events::catalog::{
+    view, Change, Document, DocumentData, DocumentState, Kind, KindInfo, Nested, Scope,
+};
+use events::environment::Environment;
+use events::history::StreamState;
+use events::organization::Organization;
 use events::read_models::{
     catalog_count, catalog_environment_count, catalog_organization_count, CATALOG, TENANTS,
 };
@@ -23,6 +29,7 @@ use events::{AccessError, Action, Actor, Aggregate};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
+use crate::as_of;
 use crate::consistency::ReadConsistency;
 use crate::error::ApiError;
 use crate::extract::{parse_id, Caller, Params};
@@ -211,10 +218,59 @@ pub async fn get<K: Kind>(
     Caller(Authenticated { actor, .. }): Caller,
     consistency: ReadConsistency,
     Path(id): Path<String>,
+    params: Params,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
+    if let Some(at) = as_of::requested(&params)? {
+        return get_as_of::<K>(&state, &actor, id, at).await.map(Json);
+    }
     let row = load::<K>(&state, &actor, consistency, id).await?;
     Ok(Json(row.view(&K::INFO)))
+}
+
+/// The resource as its stream says it was at `at`, with the names it nests as they were then.
+async fn get_as_of<K: Kind>(
+    state: &AppState,
+    actor: &Actor,
+    id: Uuid,
+    at: DateTime<Utc>,
+) -> Result<Value, ApiError> {
+    let info = &K::INFO;
+    authorize_early(actor, info)?;
+    let past = as_of::fold(
+        &state.pool,
+        &Document::<K>::stream_id(id),
+        at,
+        info.label,
+        id,
+    )
+    .await?;
+    authorize(actor, info, past.organization_id).map_err(as_of::denied(info.label, id, at))?;
+    let StreamState::Document(
+        _,
+        DocumentState {
+            live: Some(data), ..
+        },
+    ) = &past.state
+    else {
+        return Err(as_of::missing(info.label, id, at, &past.state));
+    };
+    let organization = data.organization_id().map(Organization::stream_id);
+    let environment = data.environment_id().map(Environment::stream_id);
+    let model = data.model_id().map(Document::<Model>::stream_id);
+    let streams: Vec<String> = [&organization, &environment, &model]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    let names = as_of::names(&state.pool, &streams, at).await?;
+    let name = |stream: &Option<String>| stream.as_ref().and_then(|s| names.get(s).cloned());
+    let nested = Nested {
+        organization: name(&organization),
+        environment: name(&environment),
+        model: name(&model),
+    };
+    Ok(view(info, data, past.version, &nested))
 }
 
 /// A row the caller may read, or the `404` a missing one gets.

@@ -1,15 +1,19 @@
 //! `GET /api/environments?organizationId=` and `GET /api/environments/{id}`, from the `tenants` read
-//! model.
+//! model (or, with `asOf`, from the environment's stream).
 
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use events::auth::Authenticated;
+use events::environment::Environment;
+use events::history::StreamState;
+use events::organization::Organization;
 use events::read_models::{environments_count, TENANTS};
 use events::views::{EnvironmentView, NamedRef};
-use events::{Action, Resource};
+use events::{Action, Aggregate, Resource};
 use uuid::Uuid;
 
+use crate::as_of;
 use crate::consistency::ReadConsistency;
 use crate::error::ApiError;
 use crate::extract::{parse_id, Caller, Params};
@@ -103,9 +107,37 @@ pub async fn get(
     Caller(Authenticated { actor, .. }): Caller,
     consistency: ReadConsistency,
     Path(id): Path<String>,
+    params: Params,
 ) -> Result<Json<EnvironmentView>, ApiError> {
     let id = parse_id(&id)?;
+    let as_of = as_of::requested(&params)?;
     actor.authorize_anywhere(Resource::Environments, Action::Read)?;
+    if let Some(at) = as_of {
+        let past = as_of::fold(
+            &state.pool,
+            &Environment::stream_id(id),
+            at,
+            "Environment",
+            id,
+        )
+        .await?;
+        let organization = past
+            .organization_id
+            .ok_or_else(|| anyhow::anyhow!("environment {id} recorded no organization"))?;
+        actor
+            .authorize_in(organization, Resource::Environments, Action::Read)
+            .map_err(as_of::denied("Environment", id, at))?;
+        let StreamState::Environment(Environment {
+            live: Some(env), ..
+        }) = &past.state
+        else {
+            return Err(as_of::missing("Environment", id, at, &past.state));
+        };
+        let organization_stream = Organization::stream_id(organization);
+        let mut names = as_of::names(&state.pool, &[organization_stream.clone()], at).await?;
+        let organization_name = names.remove(&organization_stream).unwrap_or_default();
+        return Ok(Json(EnvironmentView::new(env, organization_name)));
+    }
     state.consistency.wait(TENANTS, consistency).await?;
     let row: Option<Row> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM read_models.environments WHERE id = $1"

@@ -19,6 +19,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{error}")]
     NotFound { error: String, details: String },
+    /// Existed once, and was deleted (a point-in-time read after the deletion).
+    #[error("{error}")]
+    Gone { error: String, details: String },
     #[error("service unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -100,6 +103,7 @@ impl IntoResponse for ApiError {
             }
             ApiError::Forbidden(error) => (StatusCode::FORBIDDEN, error, String::new()),
             ApiError::NotFound { error, details } => (StatusCode::NOT_FOUND, error, details),
+            ApiError::Gone { error, details } => (StatusCode::GONE, error, details),
             ApiError::Unavailable(details) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service Unavailable".into(),

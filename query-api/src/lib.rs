@@ -1,6 +1,8 @@
 //! query-api: the read side of the REST API, over the read models the projector keeps. Every read
 //! first waits until the read model reflects what the request asks for (see [`consistency`]).
 
+pub mod as_of;
+pub mod audit;
 pub mod catalog;
 pub mod consistency;
 pub mod environments;
@@ -59,6 +61,7 @@ pub fn api_routes() -> Routes {
         .add(Method::GET, "/api/users/{id}", users::get)
         .add(Method::GET, "/api/roles", users::roles)
         .add(Method::GET, "/api/auth/session", session::get)
+        .add(Method::GET, "/api/audit-events", audit::list)
         .add(
             Method::GET,
             "/api/system-models/visible",

@@ -1,15 +1,19 @@
 //! `GET /api/organizations/{id}/members` and `GET /api/organizations/{id}/members/{userId}`, from the
-//! `access` read model.
+//! `access` read model (or, with `asOf`, from the members and user streams).
 
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use events::auth::Authenticated;
+use events::history::StreamState;
+use events::members::Members;
 use events::read_models::{ACCESS, TENANTS};
+use events::user::User;
 use events::views::MemberView;
-use events::{Action, Resource, Role};
+use events::{Action, Aggregate, Resource, Role};
 use uuid::Uuid;
 
+use crate::as_of;
 use crate::consistency::ReadConsistency;
 use crate::error::ApiError;
 use crate::extract::{parse_id, Caller, Params};
@@ -89,12 +93,19 @@ pub async fn get(
     Caller(Authenticated { actor, .. }): Caller,
     consistency: ReadConsistency,
     Path((organization_id, user_id)): Path<(String, String)>,
+    params: Params,
 ) -> Result<Json<MemberView>, ApiError> {
     let organization_id = parse_id(&organization_id)?;
     let user_id = parse_id(&user_id)?;
+    let as_of = as_of::requested(&params)?;
     actor
         .authorize_in(organization_id, Resource::Members, Action::Read)
         .map_err(ApiError::denied("Organization", organization_id))?;
+    if let Some(at) = as_of {
+        return member_as_of(&state, organization_id, user_id, at)
+            .await
+            .map(Json);
+    }
     state.consistency.wait(TENANTS, consistency).await?;
     state.consistency.wait(ACCESS, consistency).await?;
     organization_exists(&state, organization_id).await?;
@@ -107,6 +118,41 @@ pub async fn get(
     .await?;
     row.map(|r| Json(r.into()))
         .ok_or_else(|| ApiError::not_found("Member", user_id))
+}
+
+/// The membership as the organization's members stream had it at `at`, with the user's profile as
+/// it was then. A membership removed by then answers `404`, as one never granted does.
+async fn member_as_of(
+    state: &AppState,
+    organization_id: Uuid,
+    user_id: Uuid,
+    at: DateTime<Utc>,
+) -> Result<MemberView, ApiError> {
+    let members = as_of::fold(
+        &state.pool,
+        &Members::stream_id(organization_id),
+        at,
+        "Member",
+        user_id,
+    )
+    .await?;
+    let membership = match &members.state {
+        StreamState::Members(members) => members.members.get(&user_id),
+        _ => None,
+    }
+    .ok_or_else(|| as_of::not_found_then("Member", user_id, at))?;
+    let user = as_of::fold(
+        &state.pool,
+        &User::stream_id(user_id),
+        at,
+        "Member",
+        user_id,
+    )
+    .await?;
+    let StreamState::User(User { live: Some(user) }) = &user.state else {
+        return Err(as_of::not_found_then("Member", user_id, at));
+    };
+    Ok(MemberView::new(organization_id, user, membership))
 }
 
 async fn organization_exists(state: &AppState, organization_id: Uuid) -> Result<(), ApiError> {

@@ -1,14 +1,18 @@
-//! `GET /api/organizations` and `GET /api/organizations/{id}`, from the `tenants` read model.
+//! `GET /api/organizations` and `GET /api/organizations/{id}`, from the `tenants` read model (or, with
+//! `asOf`, from the organization's stream).
 
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use events::auth::Authenticated;
+use events::history::StreamState;
+use events::organization::Organization;
 use events::read_models::{ORGANIZATIONS_COUNT, TENANTS};
 use events::views::OrganizationView;
-use events::{Action, Resource};
+use events::{Action, Aggregate, Resource};
 use uuid::Uuid;
 
+use crate::as_of;
 use crate::consistency::ReadConsistency;
 use crate::error::ApiError;
 use crate::extract::{parse_id, Caller, Params};
@@ -83,11 +87,29 @@ pub async fn get(
     Caller(Authenticated { actor, .. }): Caller,
     consistency: ReadConsistency,
     Path(id): Path<String>,
+    params: Params,
 ) -> Result<Json<OrganizationView>, ApiError> {
     let id = parse_id(&id)?;
+    let as_of = as_of::requested(&params)?;
     actor
         .authorize_in(id, Resource::Organizations, Action::Read)
         .map_err(ApiError::denied("Organization", id))?;
+    if let Some(at) = as_of {
+        let past = as_of::fold(
+            &state.pool,
+            &Organization::stream_id(id),
+            at,
+            "Organization",
+            id,
+        )
+        .await?;
+        return match &past.state {
+            StreamState::Organization(Organization {
+                live: Some(org), ..
+            }) => Ok(Json(org.into())),
+            other => Err(as_of::missing("Organization", id, at, other)),
+        };
+    }
     state.consistency.wait(TENANTS, consistency).await?;
     let row: Option<Row> = sqlx::query_as(
         "SELECT id, name, description, created_at, updated_at FROM read_models.organizations WHERE id = $1",

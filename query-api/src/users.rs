@@ -5,12 +5,15 @@ use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use events::auth::Authenticated;
+use events::history::StreamState;
 use events::read_models::ACCESS;
+use events::user::User;
 use events::views::UserView;
-use events::{Action, Resource, Role};
+use events::{Action, Aggregate, Resource, Role};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::as_of;
 use crate::consistency::ReadConsistency;
 use crate::error::ApiError;
 use crate::extract::{parse_id, Caller, Params};
@@ -77,9 +80,18 @@ pub async fn get(
     Caller(Authenticated { actor, .. }): Caller,
     consistency: ReadConsistency,
     Path(id): Path<String>,
+    params: Params,
 ) -> Result<Json<UserView>, ApiError> {
     let id = parse_id(&id)?;
+    let as_of = as_of::requested(&params)?;
     actor.authorize_platform(Resource::Users, Action::Read)?;
+    if let Some(at) = as_of {
+        let past = as_of::fold(&state.pool, &User::stream_id(id), at, "User", id).await?;
+        let StreamState::User(User { live: Some(user) }) = &past.state else {
+            return Err(as_of::missing("User", id, at, &past.state));
+        };
+        return Ok(Json(user.into()));
+    }
     state.consistency.wait(ACCESS, consistency).await?;
     let row: Option<Row> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM read_models.users WHERE id = $1"

@@ -1,0 +1,341 @@
+//! Resources' history, read straight from the log: which resource an event is about (what the audit
+//! index files it under), any stream's state folded from its events whatever its aggregate, and the
+//! field-by-field changes one event made, with write-only values shown as [`REDACTED`].
+//!
+//! Changes are never stored: they are the difference between the state folded up to the event before
+//! and the state after it, with the aggregates' own `apply`, so the audit trail cannot disagree with
+//! what the write side decided.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use crate::aggregate::Aggregate;
+use crate::catalog::kinds::{self, by_type_name};
+use crate::catalog::{Change, DocumentState, KindInfo, SEALED_VALUES};
+use crate::environment::Environment;
+use crate::members::Members;
+use crate::organization::Organization;
+use crate::user::User;
+use crate::RecordedEvent;
+
+/// What the audit trail shows instead of a write-only value.
+pub const REDACTED: &str = "[redacted]";
+
+/// The resource type of a membership, whose events live in its organization's `members` stream.
+pub const MEMBER: &str = "member";
+
+/// Every resource type the audit trail files events under.
+pub fn resource_types() -> Vec<&'static str> {
+    let mut types = vec![Organization::TYPE, Environment::TYPE, User::TYPE, MEMBER];
+    types.extend(kinds::ALL.iter().map(|kind| kind.type_name));
+    types
+}
+
+/// The resource an event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    pub resource_type: String,
+    pub resource_id: Option<Uuid>,
+    pub organization_id: Option<Uuid>,
+}
+
+/// A stream is `<type>-<id>` and about that resource, except an organization's `members` stream,
+/// whose events are each about one membership (the `userId` they carry). The organization is the
+/// one the event recorded in its metadata (none for users and platform-wide resources).
+pub fn subject(event: &RecordedEvent) -> Subject {
+    let (stream_type, stream_key) = event
+        .stream_id
+        .split_once('-')
+        .unwrap_or((event.stream_id.as_str(), ""));
+    let organization_id = event.metadata.0.organization_id;
+    if stream_type == Members::TYPE {
+        return Subject {
+            resource_type: MEMBER.into(),
+            resource_id: member_of(event),
+            organization_id: organization_id.or_else(|| stream_key.parse().ok()),
+        };
+    }
+    Subject {
+        resource_type: stream_type.into(),
+        resource_id: stream_key.parse().ok(),
+        organization_id,
+    }
+}
+
+fn member_of(event: &RecordedEvent) -> Option<Uuid> {
+    event.data.get("userId")?.as_str()?.parse().ok()
+}
+
+/// A stream's state, whatever its aggregate.
+#[derive(Debug, Clone)]
+pub enum StreamState {
+    Organization(Organization),
+    Environment(Environment),
+    User(User),
+    Members(Members),
+    Document(&'static KindInfo, DocumentState),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("event {event_id} of {stream}: {reason}")]
+pub struct FoldError {
+    pub stream: String,
+    pub event_id: Uuid,
+    pub reason: String,
+}
+
+impl StreamState {
+    /// The empty state of a stream, from its id; `None` for a type this system does not know.
+    pub fn for_stream(stream_id: &str) -> Option<StreamState> {
+        let (stream_type, _) = stream_id.split_once('-')?;
+        Some(match stream_type {
+            Organization::TYPE => StreamState::Organization(Organization::default()),
+            Environment::TYPE => StreamState::Environment(Environment::default()),
+            User::TYPE => StreamState::User(User::default()),
+            Members::TYPE => StreamState::Members(Members::default()),
+            other => StreamState::Document(by_type_name(other)?, DocumentState::default()),
+        })
+    }
+
+    /// Folds one more event of the stream in, with its aggregate's own `apply`.
+    pub fn apply(&mut self, event: &RecordedEvent) -> Result<(), FoldError> {
+        let failed = |reason: String| FoldError {
+            stream: event.stream_id.clone(),
+            event_id: event.event_id,
+            reason,
+        };
+        let at = event.recorded_at;
+        match self {
+            StreamState::Organization(state) => {
+                state.apply(&event.decode().map_err(|e| failed(e.to_string()))?, at)
+            }
+            StreamState::Environment(state) => {
+                state.apply(&event.decode().map_err(|e| failed(e.to_string()))?, at)
+            }
+            StreamState::User(state) => {
+                state.apply(&event.decode().map_err(|e| failed(e.to_string()))?, at)
+            }
+            StreamState::Members(state) => {
+                state.apply(&event.decode().map_err(|e| failed(e.to_string()))?, at)
+            }
+            StreamState::Document(info, state) => {
+                let action = event
+                    .event_type
+                    .strip_prefix(info.type_name)
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    .ok_or_else(|| {
+                        failed(format!("{} is not a {}", event.event_type, info.label))
+                    })?;
+                Change::from_stored(action, &event.data)
+                    .map_err(failed)?
+                    .apply_to(state, at);
+            }
+        }
+        Ok(())
+    }
+
+    /// When the resource was deleted, if it is (memberships and users are never deleted).
+    pub fn deleted_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            StreamState::Organization(state) => state.deleted_at,
+            StreamState::Environment(state) => state.deleted_at,
+            StreamState::Document(_, state) => state.deleted_at,
+            StreamState::User(_) | StreamState::Members(_) => None,
+        }
+    }
+
+    /// The audited fields of the resource `event` is about, in this state: empty while it does not
+    /// exist; write-only fields that hold a value as [`REDACTED`].
+    pub fn audited_fields(&self, event: &RecordedEvent) -> Map<String, Value> {
+        let mut fields = Map::new();
+        match self {
+            StreamState::Organization(state) => {
+                if let Some(org) = &state.live {
+                    fields.insert("name".into(), json!(org.name));
+                    fields.insert("description".into(), json!(org.description));
+                }
+            }
+            StreamState::Environment(state) => {
+                if let Some(env) = &state.live {
+                    fields.insert("organizationId".into(), json!(env.organization_id));
+                    fields.insert("name".into(), json!(env.name));
+                    fields.insert("description".into(), json!(env.description));
+                }
+            }
+            StreamState::User(state) => {
+                if let Some(user) = &state.live {
+                    fields.insert("subject".into(), json!(user.subject));
+                    fields.insert("email".into(), json!(user.email));
+                    fields.insert("name".into(), json!(user.name));
+                    fields.insert("systemRole".into(), json!(user.system_role));
+                }
+            }
+            StreamState::Members(state) => {
+                if let Some(member) = member_of(event).and_then(|id| state.members.get(&id)) {
+                    fields.insert("role".into(), json!(member.role));
+                }
+            }
+            StreamState::Document(info, state) => {
+                if let Some(live) = &state.live {
+                    fields.extend(live.fields.clone());
+                    for slot in info.write_only {
+                        if live.secrets.contains(slot.field) {
+                            fields.insert(slot.field.into(), json!(REDACTED));
+                        }
+                    }
+                }
+            }
+        }
+        fields
+    }
+}
+
+/// What `event` changed: `{field: {from, to}}` for every audited field whose value differs between
+/// `before` and `after` (absent reads as `null`), in field-name order. A write-only value set again
+/// is a change even though both sides read [`REDACTED`]: the event says it was sealed anew.
+pub fn changes(
+    before: &Map<String, Value>,
+    after: &Map<String, Value>,
+    event: &RecordedEvent,
+) -> Map<String, Value> {
+    let resealed = event
+        .data
+        .get(SEALED_VALUES)
+        .and_then(Value::as_object)
+        .map(|sealed| sealed.keys().cloned().collect::<BTreeSet<_>>())
+        .unwrap_or_default();
+    let fields: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    let mut changes = Map::new();
+    for field in fields {
+        let from = before.get(field).unwrap_or(&Value::Null);
+        let to = after.get(field).unwrap_or(&Value::Null);
+        if from != to || resealed.contains(field) {
+            changes.insert(field.clone(), json!({ "from": from, "to": to }));
+        }
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ActorRef, EventMetadata};
+
+    fn event(stream_id: &str, event_type: &str, version: i64, data: Value) -> RecordedEvent {
+        RecordedEvent {
+            global_position: version,
+            transaction_id: 1,
+            stream_id: stream_id.into(),
+            stream_version: version,
+            event_id: Uuid::now_v7(),
+            event_type: event_type.into(),
+            schema_version: 1,
+            data,
+            metadata: sqlx::types::Json(EventMetadata {
+                actor: ActorRef {
+                    id: "u".into(),
+                    role: None,
+                },
+                organization_id: None,
+                request_id: "r".into(),
+                correlation_id: "r".into(),
+                causation_id: None,
+                client_ip: None,
+                user_agent: None,
+            }),
+            recorded_at: Utc::now(),
+        }
+    }
+
+    /// Folds `events` and returns each one's changes.
+    fn changes_of(events: &[RecordedEvent]) -> Vec<Map<String, Value>> {
+        let mut state = StreamState::for_stream(&events[0].stream_id).unwrap();
+        events
+            .iter()
+            .map(|e| {
+                let before = state.audited_fields(e);
+                state.apply(e).unwrap();
+                changes(&before, &state.audited_fields(e), e)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn changes_compare_the_states_around_each_event_and_redact_write_only_values() {
+        let id = Uuid::now_v7();
+        let org = Uuid::now_v7();
+        let stream = format!("model-{id}");
+        let created = json!({ "id": id, "organizationId": org, "name": "GPT", "description": null,
+                              "modelUrl": "https://m.test/v1", "secrets": { "token": "v1.sealed" } });
+        let all = changes_of(&[
+            event(&stream, "model.created", 1, created),
+            event(
+                &stream,
+                "model.updated",
+                2,
+                json!({ "secrets": { "token": "v1.again" } }),
+            ),
+            event(
+                &stream,
+                "model.updated",
+                3,
+                json!({ "name": "GPT-4", "secrets": { "token": null } }),
+            ),
+            event(&stream, "model.deleted", 4, json!({})),
+        ]);
+        assert_eq!(
+            Value::Object(all[0].clone()),
+            json!({
+                "modelUrl": { "from": null, "to": "https://m.test/v1" },
+                "name": { "from": null, "to": "GPT" },
+                "organizationId": { "from": null, "to": org },
+                "token": { "from": null, "to": REDACTED },
+            })
+        );
+        assert_eq!(
+            Value::Object(all[1].clone()),
+            json!({ "token": { "from": REDACTED, "to": REDACTED } })
+        );
+        assert_eq!(
+            Value::Object(all[2].clone()),
+            json!({ "name": { "from": "GPT", "to": "GPT-4" }, "token": { "from": REDACTED, "to": null } })
+        );
+        assert_eq!(all[3]["name"], json!({ "from": "GPT-4", "to": null }));
+        assert!(!all
+            .iter()
+            .any(|c| Value::Object(c.clone()).to_string().contains("v1.")));
+    }
+
+    #[test]
+    fn a_membership_event_is_about_the_member_and_shows_its_role() {
+        let org = Uuid::now_v7();
+        let user = Uuid::now_v7();
+        let stream = format!("members-{org}");
+        let events = [
+            event(
+                &stream,
+                "member.added",
+                1,
+                json!({ "userId": user, "role": "admin" }),
+            ),
+            event(
+                &stream,
+                "member.role_changed",
+                2,
+                json!({ "userId": user, "role": "guest", "previousRole": "admin" }),
+            ),
+            event(&stream, "member.removed", 3, json!({ "userId": user })),
+        ];
+        let all = changes_of(&events);
+        assert_eq!(all[0]["role"], json!({ "from": null, "to": "admin" }));
+        assert_eq!(all[1]["role"], json!({ "from": "admin", "to": "guest" }));
+        assert_eq!(all[2]["role"], json!({ "from": "guest", "to": null }));
+        let about = subject(&events[1]);
+        assert_eq!(about.resource_type, MEMBER);
+        assert_eq!(about.resource_id, Some(user));
+        assert_eq!(about.organization_id, Some(org));
+    }
+}
