@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use chrono::SubsecRound;
 use command_api::sign_in::{SignIn, SignInConfig};
 use events::auth::{parse_subjects, AuthConfig, Authenticator};
 use events::secrets::Secrets;
 use events::token::TokenConfig;
-use events::PgEventStore;
+use events::{EventStore, PgEventStore};
 use issuer::{Issuer, SigningKey};
 use reqwest::Method;
 use serde_json::Value;
@@ -331,6 +332,39 @@ impl TestApp {
             .await;
         assert_eq!(status, 201, "adding {sub} as {role}: {body}");
         user_id
+    }
+
+    /// Appends a `member.role_changed` event as version 1 of its schema wrote it (no `previousRole`),
+    /// as a log written before version 2 holds it.
+    pub async fn append_role_change_v1(&self, organization_id: &str, user_id: &str, role: &str) {
+        let metadata = events::EventMetadata {
+            actor: events::ActorRef {
+                id: self.admin_id.clone(),
+                role: Some(events::Role::System),
+            },
+            organization_id: Some(organization_id.parse().expect("an organization id")),
+            request_id: "role-change-v1".into(),
+            correlation_id: "role-change-v1".into(),
+            causation_id: None,
+            client_ip: None,
+            user_agent: None,
+        };
+        let event = events::NewEvent {
+            event_id: uuid::Uuid::now_v7(),
+            event_type: "member.role_changed".into(),
+            schema_version: 1,
+            data: serde_json::json!({ "userId": user_id, "role": role }),
+            metadata,
+            recorded_at: chrono::Utc::now().trunc_subsecs(6),
+        };
+        self.store
+            .append(
+                &format!("members-{organization_id}"),
+                events::ExpectedVersion::Any,
+                vec![event],
+            )
+            .await
+            .expect("appending a version 1 role change");
     }
 
     pub async fn event_count(&self) -> i64 {
