@@ -134,7 +134,8 @@ pub async fn get(
             return Err(as_of::missing("Environment", id, at, &past.state));
         };
         let organization_stream = Organization::stream_id(organization);
-        let mut names = as_of::names(&state.pool, &[organization_stream.clone()], at).await?;
+        let mut names =
+            as_of::names(&state.pool, std::slice::from_ref(&organization_stream), at).await?;
         let organization_name = names.remove(&organization_stream).unwrap_or_default();
         return Ok(Json(EnvironmentView::new(env, organization_name)));
     }

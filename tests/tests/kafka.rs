@@ -191,7 +191,16 @@ async fn every_event_arrives_once_in_order_valid_and_without_secrets() {
     let app = &setup.app;
     let org = app.create_organization("Acme").await;
     let env = app.create_environment(&org, "Production").await;
-    app.add_member(&org, "alice", "user").await;
+    let alice = app.add_member(&org, "alice", "user").await;
+    // A role change as schema version 1 wrote it, then one of today's: both go out as version 2.
+    app.append_role_change_v1(&org, &alice, "guest").await;
+    let (status, body) = app
+        .put(
+            &format!("/api/organizations/{org}/members/{alice}"),
+            json!({"role": "user"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     let secrets: Vec<String> = (0..4).map(secret).collect();
     let (status, variable) = app
         .post(
@@ -246,6 +255,7 @@ async fn every_event_arrives_once_in_order_valid_and_without_secrets() {
     for expected in [
         "organization.created.v1",
         "member.added.v1",
+        "member.role_changed.v2",
         "variable.created.v1",
         "model.updated.v1",
         "prompt_template.deleted.v1",
@@ -257,6 +267,10 @@ async fn every_event_arrives_once_in_order_valid_and_without_secrets() {
             received.len()
         );
     }
+    assert!(
+        !types.contains("member.role_changed.v1"),
+        "rows of schema version 1 are published in today's shape"
+    );
     for message in &received {
         let text = format!("{:?} {}", message.headers, message.value);
         for secret in &secrets {

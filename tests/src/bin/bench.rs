@@ -9,7 +9,8 @@
 //! publisher draining the log (the 200,000 events of (c) and those before) against a raw producer
 //! sending the same messages to the same broker, and (g) latency from an API write to a consumer's
 //! receipt of its event at a steady 1,000 writes/s. (f) and (g) start a private `tansu` broker, as
-//! the tests do.
+//! the tests do. (h) is the audit trail over the events of (c): page latency of one organization's
+//! rows, and the rate of an NDJSON export of all of them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -86,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     app.stop_projector();
-    let (rebuild_rate, bulk_rate) =
+    let (rebuild_rate, bulk_rate, rebuilt_organization) =
         rebuild_against_bulk_insert(&app.db.pool, args.rebuild_events).await?;
     println!(
         "(c) rebuild of {} events: {:.0} events/s; raw bulk insert of as many rows: {:.0} rows/s; ratio {:.2} (target >= 0.60)",
@@ -123,6 +124,14 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "(g) POST /api/environments to consumer receipt at {}/s for {} s: p50 {:.2} ms, p99 {:.2} ms, {} not received (target p99 < 100 ms)",
         args.kafka_write_rate, args.seconds, latency.p50, latency.p99, latency.errors
+    );
+
+    let (pages, rows, export_rate) =
+        audit_latency(&app, rebuilt_organization, args.list_requests).await?;
+    println!(
+        "(h) GET /api/audit-events pages 1-100 of {rows} rows of one organization, 8 clients: p50 {:.2} ms, p99 {:.2} ms; \
+         NDJSON export of all {rows}: {export_rate:.0} rows/s",
+        pages.p50, pages.p99
     );
     Ok(())
 }
@@ -238,7 +247,11 @@ async fn http_creates(
 
 /// (c): appends `count` tenant events straight into the log, rebuilds the tenants projection over the
 /// whole log, and bulk-inserts as many rows into a table shaped like its read model.
-async fn rebuild_against_bulk_insert(pool: &PgPool, count: usize) -> anyhow::Result<(f64, f64)> {
+/// Returns the rebuild's and the bulk insert's rates, and the organization the events belong to.
+async fn rebuild_against_bulk_insert(
+    pool: &PgPool,
+    count: usize,
+) -> anyhow::Result<(f64, f64, Uuid)> {
     let org = Uuid::now_v7();
     let metadata = json!({ "actor": { "id": "bench", "role": "system" }, "organizationId": org, "requestId": "bench",
         "correlationId": "bench", "causationId": null, "clientIp": null, "userAgent": null });
@@ -306,7 +319,50 @@ async fn rebuild_against_bulk_insert(pool: &PgPool, count: usize) -> anyhow::Res
         .await?;
     }
     let bulk_rate = total as f64 / started.elapsed().as_secs_f64();
-    Ok((rebuild_rate, bulk_rate))
+    Ok((rebuild_rate, bulk_rate, org))
+}
+
+/// Audit-trail page latency over one organization's rows, once the `audit` projection has indexed
+/// them, and the rate of an NDJSON export of all of them: `(pages, rows, export rows/s)`.
+async fn audit_latency(
+    app: &TestApp,
+    organization: Uuid,
+    requests: usize,
+) -> anyhow::Result<(Measured, i64, f64)> {
+    loop {
+        let statuses = projector::status::statuses(&app.db.pool).await?;
+        if statuses
+            .iter()
+            .any(|s| s.name == events::read_models::AUDIT && s.behind == 0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pages = page_latency(
+        app,
+        format!(
+            "{}/api/audit-events?organizationId={organization}",
+            app.query_url
+        ),
+        requests,
+    )
+    .await?;
+    let started = Instant::now();
+    let export = app
+        .http
+        .get(format!(
+            "{}/api/audit-events?organizationId={organization}",
+            app.query_url
+        ))
+        .bearer_auth(&app.admin_token)
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await?
+        .text()
+        .await?;
+    let rows = export.lines().count() as i64;
+    Ok((pages, rows, rows as f64 / started.elapsed().as_secs_f64()))
 }
 
 async fn list_latency(app: &TestApp, rows: usize, requests: usize) -> anyhow::Result<Measured> {
