@@ -126,7 +126,7 @@ pub fn schemas() -> BTreeMap<String, Value> {
         add_variants(&mut schemas, root.to_value());
     }
     for (event_type, version, schema) in crate::upcast::superseded_schemas() {
-        insert(&mut schemas, event_type, version, schema.to_value());
+        insert_version(&mut schemas, event_type, version, schema.to_value());
     }
     for kind in kinds::ALL {
         add_catalog_kind(
@@ -153,7 +153,7 @@ fn add_variants(schemas: &mut BTreeMap<String, Value>, root: Value) {
         if let Some(definitions) = &definitions {
             data["$defs"] = definitions.clone();
         }
-        insert(schemas, event_type, current_version(event_type), data);
+        insert(schemas, event_type, data);
     }
 }
 
@@ -173,28 +173,34 @@ fn add_catalog_kind(schemas: &mut BTreeMap<String, Value>, type_name: &str, fiel
     let mut required = vec![json!("id")];
     required.extend(fields["required"].as_array().cloned().unwrap_or_default());
     created["required"] = Value::Array(required);
-    let insert_current = |schemas: &mut BTreeMap<String, Value>, event_type: String, data| {
-        let version = current_version(&event_type);
-        insert(schemas, &event_type, version, data)
-    };
-    insert_current(schemas, format!("{type_name}.created"), created);
+    insert(schemas, &format!("{type_name}.created"), created);
 
     let mut updated = fields;
     if let Value::Object(schema) = &mut updated {
         schema.remove("required");
     }
-    insert_current(schemas, format!("{type_name}.updated"), updated);
-    insert_current(
+    insert(schemas, &format!("{type_name}.updated"), updated);
+    insert(
         schemas,
-        format!("{type_name}.deleted"),
+        &format!("{type_name}.deleted"),
         json!({ "type": "object" }),
     );
+}
+
+/// Files the schema of the version of `event_type` written today.
+fn insert(schemas: &mut BTreeMap<String, Value>, event_type: &str, data: Value) {
+    insert_version(schemas, event_type, current_version(event_type), data)
 }
 
 /// Files the schema of one version of an event type: a closed object (a published value has exactly
 /// the fields its type declares, so a stray field such as a sealed value fails validation), titled with
 /// its `ce_type`.
-fn insert(schemas: &mut BTreeMap<String, Value>, event_type: &str, version: i32, data: Value) {
+fn insert_version(
+    schemas: &mut BTreeMap<String, Value>,
+    event_type: &str,
+    version: i32,
+    data: Value,
+) {
     let ce_type = ce_type(event_type, version);
     let mut schema = Map::new();
     schema.insert(

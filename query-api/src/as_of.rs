@@ -102,8 +102,9 @@ pub fn gone(label: &str, id: Uuid, at: DateTime<Utc>, deleted_at: DateTime<Utc>)
     }
 }
 
-/// The answer when a past state exists but neither live nor deleted (a state no event leads to).
-pub fn missing(label: &str, id: Uuid, at: DateTime<Utc>, state: &StreamState) -> ApiError {
+/// The answer for a resource that was not live at `at` although its stream had begun: deleted by then
+/// (`410`), or not there (`404`).
+pub fn not_live(label: &str, id: Uuid, at: DateTime<Utc>, state: &StreamState) -> ApiError {
     match state.deleted_at() {
         Some(deleted_at) => gone(label, id, at, deleted_at),
         None => not_found_then(label, id, at),

@@ -181,22 +181,15 @@ async fn audit_rows(pool: &PgPool, positions: &[i64]) -> Result<Vec<Value>, ApiE
         .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("reading the log")))?;
     let wanted: HashSet<i64> = positions.iter().copied().collect();
     let mut rows: HashMap<i64, Value> = HashMap::with_capacity(positions.len());
-    let mut state: Option<(String, Option<StreamState>)> = None;
+    // Histories come stream by stream, each in version order: fold one stream at a time.
+    let mut stream = "";
+    let mut folded: Option<StreamState> = None;
     for event in &histories {
-        // Histories come stream by stream, each in version order: fold one stream at a time.
-        if state
-            .as_ref()
-            .is_none_or(|(stream, _)| *stream != event.stream_id)
-        {
-            state = Some((
-                event.stream_id.clone(),
-                StreamState::for_stream(&event.stream_id),
-            ));
+        if event.stream_id != stream {
+            stream = &event.stream_id;
+            folded = StreamState::for_stream(stream);
         }
-        let Some((_, folded)) = &mut state else {
-            unreachable!("set just above")
-        };
-        let change = match folded {
+        let change = match &mut folded {
             Some(folded) => {
                 let before = folded.audited_fields(event);
                 folded.apply(event).map_err(|e| {

@@ -253,7 +253,7 @@ async fn get_as_of<K: Kind>(
         },
     ) = &past.state
     else {
-        return Err(as_of::missing(info.label, id, at, &past.state));
+        return Err(as_of::not_live(info.label, id, at, &past.state));
     };
     let organization = data.organization_id().map(Organization::stream_id);
     let environment = data.environment_id().map(Environment::stream_id);

@@ -131,7 +131,7 @@ pub async fn get(
             live: Some(env), ..
         }) = &past.state
         else {
-            return Err(as_of::missing("Environment", id, at, &past.state));
+            return Err(as_of::not_live("Environment", id, at, &past.state));
         };
         let organization_stream = Organization::stream_id(organization);
         let mut names =

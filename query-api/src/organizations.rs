@@ -107,7 +107,7 @@ pub async fn get(
             StreamState::Organization(Organization {
                 live: Some(org), ..
             }) => Ok(Json(org.into())),
-            other => Err(as_of::missing("Organization", id, at, other)),
+            other => Err(as_of::not_live("Organization", id, at, other)),
         };
     }
     state.consistency.wait(TENANTS, consistency).await?;
