@@ -11,6 +11,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use events::published::Message;
 use events::store::read_log;
+use events::EventStore;
 use events::LogPosition;
 use projector::projections;
 use projector::rebuild::rebuild;
@@ -281,6 +282,81 @@ async fn verify_log_finds_the_exact_event_whose_content_or_chain_was_altered_by_
         problem.problem.contains("version 1 is missing"),
         "{}",
         problem.problem
+    );
+}
+
+#[tokio::test]
+async fn the_hash_chain_holds_under_concurrent_writers_of_one_stream_and_multi_event_appends() {
+    let app = TestApp::spawn_with_pool_size(40).await;
+    let org = app.create_organization("Acme").await;
+    let env = app.create_environment(&org, "Production").await;
+    let (status, template) = app
+        .post(
+            "/api/prompt-templates",
+            json!({ "organizationId": org, "environmentId": env, "name": "Busy", "promptText": "v0" }),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let path = format!("/api/prompt-templates/{}", template["id"].as_str().unwrap());
+    let writes = (1..=32).map(|n| {
+        let path = path.clone();
+        let app = &app;
+        async move {
+            app.put(&path, json!({ "promptText": format!("v{n}") }))
+                .await
+                .0
+        }
+    });
+    let statuses = futures::future::join_all(writes).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+
+    // Several events in one append: each chained to the one inserted just before it.
+    let metadata = events::EventMetadata {
+        actor: events::ActorRef {
+            id: "tester".into(),
+            role: Some(events::Role::System),
+        },
+        organization_id: None,
+        request_id: "r".into(),
+        correlation_id: "r".into(),
+        causation_id: None,
+        client_ip: None,
+        user_agent: None,
+    };
+    let batch = || -> Vec<events::NewEvent> {
+        (0..5)
+            .map(|n| events::NewEvent {
+                event_id: uuid::Uuid::now_v7(),
+                event_type: "test.happened".into(),
+                schema_version: 1,
+                data: json!({ "n": n }),
+                metadata: metadata.clone(),
+                recorded_at: Utc::now(),
+            })
+            .collect()
+    };
+    for _ in 0..2 {
+        app.store
+            .append("test-0", events::ExpectedVersion::Any, batch())
+            .await
+            .unwrap();
+    }
+
+    let report = verify_log(&app.db.pool, |_, _| {}).await.unwrap();
+    assert_eq!(report.first_problem, None);
+    let chained: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events e JOIN events p ON p.stream_id = e.stream_id AND p.stream_version = e.stream_version - 1 \
+         WHERE e.stream_id = ANY($1) AND e.hash = event_hash(p.hash, e.global_position, e.stream_id, e.stream_version, \
+               e.event_id, e.event_type, e.schema_version, e.data, e.metadata, e.recorded_at)",
+    )
+    .bind(vec![format!("prompt_template-{}", template["id"].as_str().unwrap()), "test-0".to_owned()])
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        chained,
+        32 + 9,
+        "every event after the first of its stream is chained to its predecessor"
     );
 }
 
