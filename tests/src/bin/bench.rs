@@ -96,6 +96,12 @@ async fn main() -> anyhow::Result<()> {
         bulk_rate,
         rebuild_rate / bulk_rate
     );
+    // The other projections catch up on (c)'s events now, untimed, rather than during (d) to (h).
+    for projection in projector::projections() {
+        if projection.name() != events::read_models::TENANTS {
+            projector::rebuild::rebuild(&app.db.pool, projection.as_ref(), |_| {}).await?;
+        }
+    }
     app.start_projector();
 
     let list = list_latency(&app, args.list_rows, args.list_requests).await?;
