@@ -213,6 +213,41 @@ impl RecordedEvent {
     }
 }
 
+#[cfg(test)]
+impl RecordedEvent {
+    /// An event as a unit test reads it from the log.
+    pub(crate) fn fixture(
+        stream_id: &str,
+        event_type: &str,
+        stream_version: i64,
+        data: Value,
+    ) -> Self {
+        RecordedEvent {
+            global_position: 40 + stream_version,
+            transaction_id: 7,
+            stream_id: stream_id.into(),
+            stream_version,
+            event_id: Uuid::now_v7(),
+            event_type: event_type.into(),
+            schema_version: 1,
+            data,
+            metadata: sqlx::types::Json(EventMetadata {
+                actor: ActorRef {
+                    id: "u".into(),
+                    role: None,
+                },
+                organization_id: None,
+                request_id: "r".into(),
+                correlation_id: "r".into(),
+                causation_id: None,
+                client_ip: Some("10.0.0.1".into()),
+                user_agent: None,
+            }),
+            recorded_at: Utc::now(),
+        }
+    }
+}
+
 /// Domain event enums are serde "adjacently tagged" (`{"type": ..., "data": ...}`): the tag becomes the
 /// stored `event_type`, the content the stored `data`.
 fn split_tagged<E: Serialize>(event: &E) -> (String, Value) {

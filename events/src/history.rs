@@ -222,32 +222,9 @@ pub fn changes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ActorRef, EventMetadata};
 
     fn event(stream_id: &str, event_type: &str, version: i64, data: Value) -> RecordedEvent {
-        RecordedEvent {
-            global_position: version,
-            transaction_id: 1,
-            stream_id: stream_id.into(),
-            stream_version: version,
-            event_id: Uuid::now_v7(),
-            event_type: event_type.into(),
-            schema_version: 1,
-            data,
-            metadata: sqlx::types::Json(EventMetadata {
-                actor: ActorRef {
-                    id: "u".into(),
-                    role: None,
-                },
-                organization_id: None,
-                request_id: "r".into(),
-                correlation_id: "r".into(),
-                causation_id: None,
-                client_ip: None,
-                user_agent: None,
-            }),
-            recorded_at: Utc::now(),
-        }
+        RecordedEvent::fixture(stream_id, event_type, version, data)
     }
 
     /// Folds `events` and returns each one's changes.

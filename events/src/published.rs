@@ -224,41 +224,16 @@ fn insert_version(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ActorRef, EventMetadata, LogPosition};
+    use crate::LogPosition;
     use uuid::Uuid;
-
-    fn recorded(stream_id: &str, event_type: &str, data: Value) -> RecordedEvent {
-        RecordedEvent {
-            global_position: 42,
-            transaction_id: 7,
-            stream_id: stream_id.into(),
-            stream_version: 3,
-            event_id: Uuid::now_v7(),
-            event_type: event_type.into(),
-            schema_version: 1,
-            data,
-            metadata: sqlx::types::Json(EventMetadata {
-                actor: ActorRef {
-                    id: "u".into(),
-                    role: None,
-                },
-                organization_id: None,
-                request_id: "r".into(),
-                correlation_id: "r".into(),
-                causation_id: None,
-                client_ip: Some("10.0.0.1".into()),
-                user_agent: None,
-            }),
-            recorded_at: chrono::Utc::now(),
-        }
-    }
 
     #[test]
     fn a_message_carries_the_cloud_event_attributes_and_no_sealed_values() {
         let id = Uuid::now_v7();
-        let event = recorded(
+        let event = RecordedEvent::fixture(
             &format!("prompt_template-{id}"),
             "prompt_template.updated",
+            3,
             json!({ "name": "n", "secrets": { "token": "v1.abc" } }),
         );
         let message = Message::of(&event, "admin-platform");

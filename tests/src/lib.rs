@@ -337,18 +337,8 @@ impl TestApp {
     /// Appends a `member.role_changed` event as version 1 of its schema wrote it (no `previousRole`),
     /// as a log written before version 2 holds it.
     pub async fn append_role_change_v1(&self, organization_id: &str, user_id: &str, role: &str) {
-        let metadata = events::EventMetadata {
-            actor: events::ActorRef {
-                id: self.admin_id.clone(),
-                role: Some(events::Role::System),
-            },
-            organization_id: Some(organization_id.parse().expect("an organization id")),
-            request_id: "role-change-v1".into(),
-            correlation_id: "role-change-v1".into(),
-            causation_id: None,
-            client_ip: None,
-            user_agent: None,
-        };
+        let organization = organization_id.parse().expect("an organization id");
+        let metadata = metadata(&self.admin_id, Some(organization));
         let event = events::NewEvent {
             event_id: uuid::Uuid::now_v7(),
             event_type: "member.role_changed".into(),
@@ -378,6 +368,22 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.stop_projector();
+    }
+}
+
+/// What a System actor's event appended by a test records about its request.
+pub fn metadata(actor_id: &str, organization_id: Option<uuid::Uuid>) -> events::EventMetadata {
+    events::EventMetadata {
+        actor: events::ActorRef {
+            id: actor_id.into(),
+            role: Some(events::Role::System),
+        },
+        organization_id,
+        request_id: "test".into(),
+        correlation_id: "test".into(),
+        causation_id: None,
+        client_ip: None,
+        user_agent: None,
     }
 }
 

@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::Utc;
 use events::store::log_head;
-use events::{
-    ActorRef, EventMetadata, EventStore, ExpectedVersion, LogPosition, NewEvent, PgEventStore,
-    RecordedEvent, Role,
-};
+use events::{EventStore, ExpectedVersion, LogPosition, NewEvent, PgEventStore, RecordedEvent};
 use projector::rebuild::rebuild;
 use projector::worker::{self, WorkerConfig};
 use projector::Projection;
@@ -107,18 +104,7 @@ enum TestEvent {
 }
 
 async fn append_events(store: &PgEventStore, count: usize) {
-    let metadata = EventMetadata {
-        actor: ActorRef {
-            id: "tester".into(),
-            role: Some(Role::System),
-        },
-        organization_id: None,
-        request_id: "r".into(),
-        correlation_id: "r".into(),
-        causation_id: None,
-        client_ip: None,
-        user_agent: None,
-    };
+    let metadata = tests::metadata("tester", None);
     for n in 0..count {
         let event = NewEvent::new(&TestEvent::Happened { n }, metadata.clone(), Utc::now());
         store

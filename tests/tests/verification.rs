@@ -17,7 +17,7 @@ use projector::projections;
 use projector::rebuild::rebuild;
 use projector::replay::replay;
 use projector::scratch::Until;
-use projector::verify::{verify, verify_log};
+use projector::verify::{verify, verify_log, LogProblem};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 use tests::TestApp;
@@ -156,6 +156,14 @@ async fn verify_finds_the_rebuilt_read_models_equal_and_then_the_exact_row_alter
     assert_eq!(leftover, 0, "verify leaves no scratch schema behind");
 }
 
+/// The first problem `projector verify --log` finds, if any.
+async fn first_log_problem(app: &TestApp) -> Option<LogProblem> {
+    verify_log(&app.db.pool, |_, _| {})
+        .await
+        .expect("verifying the log")
+        .first_problem
+}
+
 async fn superuser(app: &TestApp) -> PgConnection {
     let mut conn = PgConnection::connect_with(&app.db.connect_options())
         .await
@@ -222,11 +230,7 @@ async fn verify_log_finds_the_exact_event_whose_content_or_chain_was_altered_by_
     .execute(&mut tamper)
     .await
     .unwrap();
-    let problem = verify_log(&app.db.pool, |_, _| {})
-        .await
-        .unwrap()
-        .first_problem
-        .unwrap();
+    let problem = first_log_problem(&app).await.unwrap();
     assert_eq!(
         (problem.stream_id.as_str(), problem.stream_version),
         (stream.as_str(), 2)
@@ -248,11 +252,7 @@ async fn verify_log_finds_the_exact_event_whose_content_or_chain_was_altered_by_
         .execute(&mut tamper)
         .await
         .unwrap();
-    let problem = verify_log(&app.db.pool, |_, _| {})
-        .await
-        .unwrap()
-        .first_problem
-        .unwrap();
+    let problem = first_log_problem(&app).await.unwrap();
     assert_eq!(
         (problem.stream_id.as_str(), problem.stream_version),
         (templates[1].as_str(), 1)
@@ -269,11 +269,7 @@ async fn verify_log_finds_the_exact_event_whose_content_or_chain_was_altered_by_
         .execute(&mut tamper)
         .await
         .unwrap();
-    let problem = verify_log(&app.db.pool, |_, _| {})
-        .await
-        .unwrap()
-        .first_problem
-        .unwrap();
+    let problem = first_log_problem(&app).await.unwrap();
     assert_eq!(
         (problem.stream_id.as_str(), problem.stream_version),
         (templates[0].as_str(), 2)
@@ -311,18 +307,7 @@ async fn the_hash_chain_holds_under_concurrent_writers_of_one_stream_and_multi_e
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 
     // Several events in one append: each chained to the one inserted just before it.
-    let metadata = events::EventMetadata {
-        actor: events::ActorRef {
-            id: "tester".into(),
-            role: Some(events::Role::System),
-        },
-        organization_id: None,
-        request_id: "r".into(),
-        correlation_id: "r".into(),
-        causation_id: None,
-        client_ip: None,
-        user_agent: None,
-    };
+    let metadata = tests::metadata("tester", None);
     let batch = || -> Vec<events::NewEvent> {
         (0..5)
             .map(|n| events::NewEvent {
