@@ -79,30 +79,8 @@ async fn verify_finds_the_rebuilt_read_models_equal_and_then_the_exact_row_alter
 
     // Writes go on while every projection is verified: each comparison is made at one checkpoint.
     let writing = Arc::new(AtomicBool::new(true));
-    let writer = {
-        let (http, url, token, org, writing) = (
-            app.http.clone(),
-            app.command_url.clone(),
-            app.admin_token.clone(),
-            org.clone(),
-            writing.clone(),
-        );
-        tokio::spawn(async move {
-            let mut n = 0;
-            while writing.load(Ordering::SeqCst) {
-                let response = http
-                    .post(format!("{url}/api/environments"))
-                    .bearer_auth(&token)
-                    .json(&json!({ "organizationId": org, "name": format!("Busy {n}") }))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 201);
-                n += 1;
-            }
-            n
-        })
-    };
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = create_environments_while(&app, &org, writing.clone(), written.clone());
     for projection in projections() {
         let report = verify(&app.db.pool, projection.as_ref(), |_| {})
             .await
@@ -111,7 +89,11 @@ async fn verify_finds_the_rebuilt_read_models_equal_and_then_the_exact_row_alter
         assert!(report.tables.iter().all(|t| t.live_rows == t.rebuilt_rows));
     }
     writing.store(false, Ordering::SeqCst);
-    assert!(writer.await.unwrap() > 0, "the writer wrote meanwhile");
+    writer.await.unwrap();
+    assert!(
+        written.load(Ordering::SeqCst) > 0,
+        "the writer wrote meanwhile"
+    );
 
     sqlx::query(
         "UPDATE read_models.catalog SET fields = jsonb_set(fields, '{name}', '\"Tampered\"') WHERE id = $1",
@@ -162,6 +144,37 @@ async fn first_log_problem(app: &TestApp) -> Option<LogProblem> {
         .await
         .expect("verifying the log")
         .first_problem
+}
+
+/// Creates environments in `org` one after another while `running`, counting each in `created` once
+/// its `201` has arrived.
+fn create_environments_while(
+    app: &TestApp,
+    org: &str,
+    running: Arc<AtomicBool>,
+    created: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    let (http, url, token, org) = (
+        app.http.clone(),
+        app.command_url.clone(),
+        app.admin_token.clone(),
+        org.to_owned(),
+    );
+    tokio::spawn(async move {
+        let mut n = 0;
+        while running.load(Ordering::SeqCst) {
+            let response = http
+                .post(format!("{url}/api/environments"))
+                .bearer_auth(&token)
+                .json(&json!({ "organizationId": org, "name": format!("Busy {n}") }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 201);
+            created.fetch_add(1, Ordering::SeqCst);
+            n += 1;
+        }
+    })
 }
 
 async fn superuser(app: &TestApp) -> PgConnection {
@@ -485,31 +498,7 @@ async fn reads_keep_answering_with_complete_data_while_every_projection_is_rebui
     }
     let created = Arc::new(AtomicUsize::new(200));
     let running = Arc::new(AtomicBool::new(true));
-    let writer = {
-        let (http, url, token, org, created, running) = (
-            app.http.clone(),
-            app.command_url.clone(),
-            app.admin_token.clone(),
-            org.clone(),
-            created.clone(),
-            running.clone(),
-        );
-        tokio::spawn(async move {
-            let mut n = 0;
-            while running.load(Ordering::SeqCst) {
-                let response = http
-                    .post(format!("{url}/api/environments"))
-                    .bearer_auth(&token)
-                    .json(&json!({ "organizationId": org, "name": format!("Live {n}") }))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 201);
-                created.fetch_add(1, Ordering::SeqCst);
-                n += 1;
-            }
-        })
-    };
+    let writer = create_environments_while(&app, &org, running.clone(), created.clone());
     let readers: Vec<_> = (0..3)
         .map(|reader| {
             let (http, url, token, org, created, running) = (
