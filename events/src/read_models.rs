@@ -42,5 +42,27 @@ pub fn catalog_environment_count(kind: &str, environment_id: Uuid) -> String {
     format!("{kind}:environment:{environment_id}")
 }
 
-/// The projection that keeps `audit_index`, what the audit trail filters on.
+/// The projection that keeps `audit_index` (what the audit trail filters on) and `audit_counts`.
 pub const AUDIT: &str = "audit";
+
+/// Whose rows of the audit trail a count covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditRows {
+    All,
+    /// Events of no organization (users, platform-wide resources).
+    Platform,
+    Organization(Uuid),
+}
+
+/// The `audit_counts` scope counting `rows`, of one resource type or of all.
+pub fn audit_count(rows: AuditRows, resource_type: Option<&str>) -> String {
+    let rows = match rows {
+        AuditRows::All => "all".to_owned(),
+        AuditRows::Platform => "platform".to_owned(),
+        AuditRows::Organization(id) => format!("organization:{id}"),
+    };
+    match resource_type {
+        Some(resource_type) => format!("{rows}:{resource_type}"),
+        None => rows,
+    }
+}

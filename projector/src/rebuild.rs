@@ -15,7 +15,9 @@ use sqlx::{Connection, PgConnection, PgPool};
 use crate::projection::{
     apply_next_batch, ensure_checkpoint, lock_checkpoint, save_checkpoint, Projection, LIVE_SCHEMA,
 };
-use crate::scratch::{create_copies, fill, lock_rebuilds, Progress, Until, BATCH_SIZE};
+use crate::scratch::{
+    analyze_copies, create_copies, fill, lock_rebuilds, Progress, Until, BATCH_SIZE,
+};
 
 pub async fn rebuild(
     pool: &PgPool,
@@ -34,6 +36,8 @@ pub async fn rebuild(
     // Fill the copies up to the log's end as it is now; the rest is applied under the checkpoint lock.
     let (mut position, mut progress) =
         fill(&mut conn, pool, &[projection], &scratch, Until::End, report).await?;
+    // Statistics before the swap, so that the first reads of the new tables are planned well.
+    analyze_copies(&mut conn, &[projection], &scratch).await?;
 
     let mut tx = conn.begin().await?;
     lock_checkpoint(&mut tx, name).await?;

@@ -8,7 +8,7 @@
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::projections;
-use crate::scratch::{check_schema_name, create_copies, fill, Progress, Until};
+use crate::scratch::{analyze_copies, check_schema_name, create_copies, fill, Progress, Until};
 
 pub async fn replay(
     pool: &PgPool,
@@ -32,6 +32,7 @@ pub async fn replay(
     let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
     create_copies(&mut conn, &chosen, schema, false).await?;
     let (_, progress) = fill(&mut conn, pool, &chosen, schema, until, report).await?;
+    analyze_copies(&mut conn, &chosen, schema).await?;
     let described = match until {
         Until::End => "the end of the log".to_owned(),
         Until::Position(position) => format!("log position {position}"),

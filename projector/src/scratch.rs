@@ -137,6 +137,22 @@ pub fn check_schema_name(schema: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Vacuums and analyzes the copies in `schema`: freshly filled tables have no planner statistics and
+/// no visibility map, and would be read with poor plans until autovacuum reached them.
+pub async fn analyze_copies(
+    conn: &mut PgConnection,
+    projections: &[&dyn Projection],
+    schema: &str,
+) -> anyhow::Result<()> {
+    for table in projections.iter().flat_map(|p| p.tables()) {
+        sqlx::raw_sql(&format!("VACUUM (ANALYZE) {schema}.{table}"))
+            .execute(&mut *conn)
+            .await
+            .with_context(|| format!("analyzing {schema}.{table}"))?;
+    }
+    Ok(())
+}
+
 /// Applies the events `until` takes, from the start of the log up to its end as it is now, to the
 /// copies in `schema`. Returns the position of the last event read: a live build continues after it.
 pub async fn fill(

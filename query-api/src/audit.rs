@@ -19,7 +19,7 @@ use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
 use events::auth::Authenticated;
 use events::history::{changes, resource_types, subject, StreamState};
-use events::read_models::AUDIT;
+use events::read_models::{audit_count, AuditRows, AUDIT};
 use events::store::read_histories;
 use events::{Action, RecordedEvent, Resource};
 use futures::SinkExt;
@@ -133,17 +133,40 @@ pub async fn list(
             .await
             .map_err(ApiError::from)
     };
-    let total = async {
-        let query = format!("SELECT count(*) FROM read_models.audit_index a WHERE {MATCHING}");
-        bind_filter(sqlx::query_as::<_, (i64,)>(&query), &filter)
-            .fetch_one(&state.pool)
-            .await
-            .map_err(ApiError::from)
-    };
-    let (positions, (total,)) = tokio::try_join!(positions, total)?;
+    let (positions, total) = tokio::try_join!(positions, total(&state.pool, &filter))?;
     let positions: Vec<i64> = positions.into_iter().map(|(p,)| p).collect();
     let rows = audit_rows(&state.pool, &positions).await?;
     Ok(Json(Page::<Value>::new(rows, page, total)).into_response())
+}
+
+/// The exact number of rows `filter` matches: from the kept counts where the filter is one of their
+/// scopes (organizations and resource type), counted otherwise.
+async fn total(pool: &PgPool, filter: &Filter) -> Result<i64, ApiError> {
+    let narrower = filter.resource_id.is_some()
+        || filter.actor.is_some()
+        || filter.from.is_some()
+        || filter.to.is_some();
+    if narrower {
+        let query = format!("SELECT count(*) FROM read_models.audit_index a WHERE {MATCHING}");
+        let (total,): (i64,) = bind_filter(sqlx::query_as(&query), filter)
+            .fetch_one(pool)
+            .await?;
+        return Ok(total);
+    }
+    let resource_type = filter.resource_type.as_deref();
+    let scopes: Vec<String> = match &filter.organizations {
+        None => vec![audit_count(AuditRows::All, resource_type)],
+        Some(organizations) => organizations
+            .iter()
+            .map(|id| audit_count(AuditRows::Organization(*id), resource_type))
+            .collect(),
+    };
+    Ok(sqlx::query_scalar(
+        "SELECT COALESCE(sum(count), 0)::bigint FROM read_models.audit_counts WHERE scope = ANY($1)",
+    )
+    .bind(&scopes)
+    .fetch_one(pool)
+    .await?)
 }
 
 fn resource_type(params: &Params) -> Result<Option<String>, ApiError> {

@@ -32,6 +32,11 @@ async fn system_users_read_the_whole_trail_admins_their_organizations_and_nobody
 
     let (status, all) = trail(&app, None, "limit=100").await;
     assert_eq!(status, 200, "{all}");
+    assert_eq!(
+        all["pagination"]["total"],
+        json!(app.event_count().await),
+        "one row per event of the log"
+    );
     let organizations: Vec<Value> = all["data"]
         .as_array()
         .unwrap()

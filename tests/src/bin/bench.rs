@@ -214,14 +214,16 @@ async fn raw_appends(
     Ok(run_for(clients, duration, move |client, n| {
         let (pool, data, metadata) = (pool.clone(), data.clone(), metadata.clone());
         async move {
+            // An event-sized row with its 32-byte hash, which the log's trigger computes instead.
             sqlx::query(
-                "INSERT INTO raw_appends (stream_id, stream_version, event_id, event_type, schema_version, data, metadata, recorded_at) \
-                 VALUES ($1, 1, $2, 'environment.created', 1, $3, $4, now())",
+                "INSERT INTO raw_appends (stream_id, stream_version, event_id, event_type, schema_version, data, metadata, recorded_at, hash) \
+                 VALUES ($1, 1, $2, 'environment.created', 1, $3, $4, now(), $5)",
             )
             .bind(format!("raw-{client}-{n}"))
             .bind(Uuid::now_v7())
             .bind(data)
             .bind(metadata)
+            .bind([*Uuid::new_v4().as_bytes(), *Uuid::new_v4().as_bytes()].concat())
             .execute(&pool)
             .await
             .is_ok()
