@@ -330,19 +330,24 @@ pub async fn read_stream_as_of<'e>(
 }
 
 /// The events at `positions` together with every earlier event of their streams, ordered by stream
-/// and version: what folding the state before and after each of them needs. One statement.
+/// and version: what folding the state before and after each of them needs. One statement; each
+/// stream is one range of the `(stream_id, stream_version)` index (`OFFSET 0` keeps the planner from
+/// flattening the lateral read into a join over the whole log when statistics are stale).
 pub async fn read_histories<'e>(
     executor: impl PgExecutor<'e>,
     positions: &[i64],
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     Ok(sqlx::query_as::<_, RecordedEvent>(&format!(
-        "WITH wanted AS ( \
+        "SELECT e.* FROM ( \
              SELECT stream_id, max(stream_version) AS upto FROM events \
              WHERE global_position = ANY($1) GROUP BY stream_id \
-         ) \
-         SELECT {} FROM events e JOIN wanted w ON e.stream_id = w.stream_id AND e.stream_version <= w.upto \
-         ORDER BY e.stream_id, e.stream_version",
-        qualified_columns("e")
+         ) wanted \
+         CROSS JOIN LATERAL ( \
+             SELECT {COLUMNS} FROM events \
+             WHERE stream_id = wanted.stream_id AND stream_version <= wanted.upto \
+             ORDER BY stream_version OFFSET 0 \
+         ) e \
+         ORDER BY e.stream_id, e.stream_version"
     ))
     .bind(positions)
     .fetch_all(executor)
@@ -406,15 +411,6 @@ pub async fn stream_heads<'e>(
 const COLUMNS: &str =
     "global_position, transaction_id, stream_id, stream_version, event_id, event_type, \
                        schema_version, data, metadata, recorded_at";
-
-/// [`COLUMNS`] of the table aliased `alias`.
-fn qualified_columns(alias: &str) -> String {
-    COLUMNS
-        .split(',')
-        .map(|column| format!("{alias}.{}", column.trim()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// Reads the log after `after` without ever skipping an event that commits later (module docs).
 /// Works on any connection, so that a projection can read and apply in one transaction.
