@@ -58,7 +58,7 @@ enum Command {
     Verify {
         #[arg(default_value = "all")]
         name: String,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "name")]
         log: bool,
     },
     /// Build every read model as of a point of the log into a new schema, for audits.

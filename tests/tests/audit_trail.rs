@@ -79,7 +79,7 @@ async fn each_filter_narrows_the_trail_and_bad_filters_are_refused_naming_the_pa
     let acme = app.create_organization("Acme").await;
     let alice = app.add_member(&acme, "alice", "admin").await;
     let production = app.create_environment(&acme, "Production").await;
-    let staging = app.create_environment(&acme, "Staging").await;
+    app.create_environment(&acme, "Staging").await;
     let before_rename = now();
     let (status, _) = send(
         app.as_user(
@@ -159,7 +159,6 @@ async fn each_filter_narrows_the_trail_and_bad_filters_are_refused_naming_the_pa
         "organization, member, two environments, rename"
     );
     assert_eq!(paged["pagination"]["totalPages"], 3);
-    let _ = staging;
 
     for (query, field) in [
         ("resourceType=widget", "resourceType"),
