@@ -207,15 +207,15 @@ impl Body {
         if self.bytes.trim_ascii_start().first() != Some(&b'{') {
             return Err(invalid("the body must be a JSON object".into()));
         }
-        // Workflow trees may be a hundred nodes deep, past serde_json's default recursion limit;
-        // the limit is lifted only for bodies whose nesting is known to be bounded.
-        if nesting_depth(&self.bytes) > MAX_NESTING {
-            return Err(invalid(format!(
-                "the body is nested more than {MAX_NESTING} levels deep"
-            )));
-        }
+        // Nesting and NUL characters are checked on the raw text first (see `events::json`), so
+        // nothing the log's readers could not read gets further, and parsing is bounded.
+        events::json::check(&self.bytes).map_err(|error| match error {
+            events::DomainError::Invalid { field, message } => {
+                invalid(format!("{field}: {message}"))
+            }
+            other => ApiError::from(other),
+        })?;
         let mut deserializer = serde_json::Deserializer::from_slice(&self.bytes);
-        deserializer.disable_recursion_limit();
         serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
@@ -228,36 +228,6 @@ impl Body {
     }
 }
 
-/// How deep a request body's arrays and objects may nest.
-const MAX_NESTING: usize = 256;
-
-/// The deepest nesting of arrays and objects in a JSON text (brackets inside strings do not count).
-fn nesting_depth(bytes: &[u8]) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for &b in bytes {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
-}
-
 fn hex(bytes: impl AsRef<[u8]>) -> String {
     bytes.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -266,16 +236,4 @@ fn hex(bytes: impl AsRef<[u8]>) -> String {
 pub fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::invalid("id", format!("{raw:?} is not a valid UUID")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::nesting_depth;
-
-    #[test]
-    fn nesting_ignores_brackets_inside_strings() {
-        assert_eq!(nesting_depth(br#"{"a": [1, {"b": "[[[{"}]}"#), 3);
-        assert_eq!(nesting_depth(br#"{"a": "\"[["}"#), 1);
-        assert_eq!(nesting_depth(b"[[[]]]"), 3);
-    }
 }

@@ -179,11 +179,10 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for RecordedEvent {
     fn from_row(row: &'r sqlx::postgres::PgRow) -> sqlx::Result<Self> {
         use sqlx::Row;
         let event_type: String = row.try_get("event_type")?;
-        let (schema_version, data) = crate::upcast::upcast(
-            &event_type,
-            row.try_get("schema_version")?,
-            row.try_get("data")?,
-        );
+        // Decoded past serde_json's default depth: see `crate::json`.
+        let crate::json::Stored(data) = row.try_get("data")?;
+        let (schema_version, data) =
+            crate::upcast::upcast(&event_type, row.try_get("schema_version")?, data);
         Ok(RecordedEvent {
             global_position: row.try_get("global_position")?,
             transaction_id: row.try_get("transaction_id")?,

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod envelope;
 pub mod environment;
 pub mod history;
+pub mod json;
 pub mod members;
 pub mod organization;
 pub mod published;

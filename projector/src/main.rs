@@ -182,11 +182,15 @@ async fn main() -> anyhow::Result<()> {
                 "{:<20} {:>14} {:>14} {:>10} {:>10}",
                 "projection", "transaction", "position", "behind", "lag (s)"
             );
-            for s in statuses(&pool).await? {
+            let statuses = statuses(&pool).await?;
+            for s in &statuses {
                 println!(
                     "{:<20} {:>14} {:>14} {:>10} {:>10.1}",
                     s.name, s.transaction_id, s.global_position, s.behind, s.lag_seconds
                 );
+            }
+            for failure in statuses.iter().filter_map(|s| s.failure()) {
+                println!("FAILING: {failure}");
             }
         }
         Command::Tail { group } => {

@@ -95,8 +95,10 @@ pub async fn save_checkpoint(
     name: &str,
     position: LogPosition,
 ) -> sqlx::Result<()> {
+    // Applying a batch also ends any failure recorded at this place (see `record_failure`).
     sqlx::query(
-        "UPDATE projection_checkpoints SET transaction_id = $2, global_position = $3, updated_at = now() \
+        "UPDATE projection_checkpoints SET transaction_id = $2, global_position = $3, updated_at = now(), \
+           failing_since = NULL, failed_attempts = 0, failed_position = NULL, last_error = NULL \
          WHERE name = $1",
     )
     .bind(name)
@@ -110,4 +112,38 @@ pub async fn save_checkpoint(
         .execute(&mut *tx)
         .await?;
     Ok(())
+}
+
+/// Records that the runner of `name` failed to go past its checkpoint, and tells waiting readers, so
+/// that reads depending on it stop waiting for it (query-api) and operators see it (`status`,
+/// `/readyz`, `/metrics`). `isolated`: the failure is the event right after the checkpoint, applied
+/// on its own; its position is then recorded too.
+pub async fn record_failure(
+    pool: &sqlx::PgPool,
+    name: &str,
+    isolated: bool,
+    error: &str,
+) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "UPDATE projection_checkpoints c SET failing_since = COALESCE(c.failing_since, now()), \
+           failed_attempts = c.failed_attempts + 1, last_error = $3, \
+           failed_position = CASE WHEN $2 THEN ( \
+               SELECT e.global_position FROM events e \
+               WHERE (e.transaction_id, e.global_position) > (c.transaction_id, c.global_position) \
+               ORDER BY e.transaction_id, e.global_position LIMIT 1 \
+           ) ELSE c.failed_position END \
+         WHERE c.name = $1",
+    )
+    .bind(name)
+    .bind(isolated)
+    .bind(error)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHECKPOINT_CHANNEL)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
 }

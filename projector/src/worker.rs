@@ -13,7 +13,8 @@ use anyhow::Context;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::projection::{
-    apply_next_batch, ensure_checkpoint, lock_checkpoint, save_checkpoint, Projection, LIVE_SCHEMA,
+    apply_next_batch, ensure_checkpoint, lock_checkpoint, record_failure, save_checkpoint,
+    Projection, LIVE_SCHEMA,
 };
 use events::store::listen_for_appends;
 
@@ -36,19 +37,49 @@ impl Default for WorkerConfig {
     }
 }
 
-/// Runs the projection until the task is dropped, retrying after any failure.
+/// Runs the projection until the task is dropped, retrying after any failure. A failure is recorded
+/// on the projection's checkpoint row (see [`record_failure`]), so it is seen where operators and
+/// waiting readers look, and the next batch applied clears it.
 pub async fn run(pool: PgPool, projection: Arc<dyn Projection>, config: WorkerConfig) {
+    let name = projection.name();
     loop {
-        if let Err(error) = hold_and_follow(&pool, projection.as_ref(), &config).await {
+        if let Err(failure) = hold_and_follow(&pool, projection.as_ref(), &config).await {
+            let error = format!("{:#}", failure.error);
             tracing::error!(
-                projection = projection.name(),
-                error = format!("{error:#}"),
+                projection = name,
+                error,
+                isolated = failure.isolated,
                 "projection stopped; retrying"
             );
-            metrics::counter!("projection_failures_total", "projection" => projection.name())
-                .increment(1);
+            metrics::counter!("projection_failures_total", "projection" => name).increment(1);
+            if let Err(error) = record_failure(&pool, name, failure.isolated, &error).await {
+                tracing::warn!(projection = name, %error, "could not record the failure");
+            }
         }
         tokio::time::sleep(config.retry_delay).await;
+    }
+}
+
+/// Why a runner stopped following the log.
+struct Failure {
+    /// Whether the event right after the checkpoint, applied on its own, is what failed (rather than
+    /// a batch, a connection or a lock).
+    isolated: bool,
+    error: anyhow::Error,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure {
+            isolated: false,
+            error,
+        }
+    }
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(error: sqlx::Error) -> Self {
+        anyhow::Error::from(error).into()
     }
 }
 
@@ -79,7 +110,7 @@ async fn hold_and_follow(
     pool: &PgPool,
     projection: &dyn Projection,
     config: &WorkerConfig,
-) -> anyhow::Result<()> {
+) -> Result<(), Failure> {
     let name = projection.name();
     let mut conn = PgConnection::connect_with(&pool.connect_options())
         .await
@@ -90,10 +121,38 @@ async fn hold_and_follow(
     let mut listener = listen_for_appends(pool)
         .await
         .context("listening for appends")?;
+    // After a batch fails, its events are applied one at a time: either they all go through (the
+    // failure was passing), or the one that fails is known exactly and the checkpoint stays just
+    // before it.
+    let mut one_at_a_time: i64 = 0;
     loop {
-        let applied = run_batch(&mut conn, projection, config.batch_size).await?;
-        if applied as i64 == config.batch_size {
-            continue;
+        let limit = if one_at_a_time > 0 {
+            1
+        } else {
+            config.batch_size
+        };
+        match run_batch(&mut conn, projection, limit).await {
+            Ok(applied) => {
+                one_at_a_time = (one_at_a_time - applied as i64).max(0);
+                if applied as i64 == limit {
+                    continue;
+                }
+            }
+            Err(error) if limit > 1 => {
+                tracing::warn!(
+                    projection = name,
+                    error = format!("{error:#}"),
+                    "a batch failed; applying its events one at a time"
+                );
+                one_at_a_time = limit;
+                continue;
+            }
+            Err(error) => {
+                return Err(Failure {
+                    isolated: true,
+                    error,
+                })
+            }
         }
         tokio::select! {
             notification = listener.recv() => { notification.context("waiting for appends")?; }
@@ -114,7 +173,12 @@ pub async fn run_batch(
     let checkpoint = lock_checkpoint(&mut tx, name).await?;
     let Some(batch) = apply_next_batch(&mut tx, projection, LIVE_SCHEMA, checkpoint, limit)
         .await
-        .with_context(|| format!("applying events after {checkpoint:?} to {name}"))?
+        .with_context(|| {
+            format!(
+                "applying the events after global position {} to {name}",
+                checkpoint.global_position
+            )
+        })?
     else {
         return Ok(0);
     };

@@ -40,7 +40,7 @@ use crate::AppState;
 struct Row {
     id: Uuid,
     organization_id: Option<Uuid>,
-    fields: Value,
+    fields: events::json::Stored,
     secrets: sqlx::types::Json<Vec<String>>,
     version: i64,
     created_at: DateTime<Utc>,
@@ -54,7 +54,7 @@ impl Row {
     fn view(self, info: &KindInfo) -> Value {
         let data = DocumentData {
             id: self.id,
-            fields: match self.fields {
+            fields: match self.fields.0 {
                 Value::Object(fields) => fields,
                 _ => Map::new(),
             },

@@ -24,6 +24,9 @@ pub enum ApiError {
     Gone { error: String, details: String },
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// Too many requests are waiting already; the client may retry after the given seconds.
+    #[error("busy: {details}")]
+    Busy { retry_after: u64, details: String },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -96,6 +99,7 @@ impl From<sqlx::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let mut retry_after = None;
         let (status, error, details) = match self {
             ApiError::BadRequest { error, details } => (StatusCode::BAD_REQUEST, error, details),
             ApiError::Unauthorized(details) => {
@@ -109,6 +113,17 @@ impl IntoResponse for ApiError {
                 "Service Unavailable".into(),
                 details,
             ),
+            ApiError::Busy {
+                retry_after: seconds,
+                details,
+            } => {
+                retry_after = Some(seconds);
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Service Unavailable".into(),
+                    details,
+                )
+            }
             ApiError::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "request failed");
                 (
@@ -123,6 +138,12 @@ impl IntoResponse for ApiError {
         } else {
             json!({ "error": error, "details": details })
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use events::auth::{AuthConfig, Authenticator};
 use events::PgEventStore;
-use query_api::consistency::Consistency;
+use query_api::consistency::{Consistency, ConsistencyConfig};
 use query_api::{router, AppState};
 use sqlx::postgres::PgPoolOptions;
 
@@ -28,7 +28,7 @@ async fn main() -> anyhow::Result<()> {
         .context("applying migrations")?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let state = AppState {
-        consistency: Consistency::start(pool.clone()),
+        consistency: Consistency::start(pool.clone(), ConsistencyConfig::default()),
         auth: Arc::new(Authenticator::new(
             AuthConfig::from_env()?,
             PgEventStore::new(pool.clone()),

@@ -16,6 +16,7 @@ use events::secrets::Secrets;
 use events::token::TokenConfig;
 use events::{EventStore, PgEventStore};
 use issuer::{Issuer, SigningKey};
+use query_api::consistency::{Consistency, ConsistencyConfig};
 use reqwest::Method;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -155,6 +156,8 @@ pub struct TestApp {
     pub admin_id: String,
     /// The key command-api seals write-only values with.
     pub secrets: Secrets,
+    /// query-api's read-your-writes waits.
+    pub consistency: Consistency,
     projector: Vec<JoinHandle<()>>,
 }
 
@@ -164,6 +167,12 @@ impl TestApp {
     }
 
     pub async fn spawn_with_pool_size(max_connections: u32) -> Self {
+        Self::spawn_with(max_connections, ConsistencyConfig::default()).await
+    }
+
+    /// The system with a pool of `max_connections` per service and query-api's waits as `consistency`
+    /// says.
+    pub async fn spawn_with(max_connections: u32, consistency: ConsistencyConfig) -> Self {
         let db = TestDb::create_with_pool_size(max_connections)
             .await
             .expect("creating the test database");
@@ -209,10 +218,11 @@ impl TestApp {
                 secrets: secrets.clone(),
             }),
         );
+        let consistency = Consistency::start(db.pool.clone(), consistency);
         let query = serve(query_api::router(query_api::AppState {
             pool: db.pool.clone(),
             auth,
-            consistency: query_api::consistency::Consistency::start(db.pool.clone()),
+            consistency: consistency.clone(),
             metrics,
         }))
         .await;
@@ -227,6 +237,7 @@ impl TestApp {
             admin_token,
             admin_id: String::new(),
             secrets,
+            consistency,
             projector: Vec::new(),
         };
         app.start_projector();

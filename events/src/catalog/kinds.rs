@@ -15,7 +15,11 @@ use crate::values::{Description, Name};
 /// Prompt text, prompt content and entity scripts.
 pub const TEXT_MAX_CHARS: usize = 100_000;
 pub const WORKFLOW_MAX_NODES: usize = 10_000;
-pub const WORKFLOW_MAX_DEPTH: usize = 100;
+/// How deep workflow nodes may nest: as deep as a request body may (`crate::json::MAX_DEPTH`) with
+/// every node drawn as the seed draws them. A node at depth d is an object at level 2d + 1 of the body
+/// (body, `workflowData`, `root`, then `children` and a node per level), and its `children` array and
+/// `presentation` (with a `position` inside) reach two levels further.
+pub const WORKFLOW_MAX_DEPTH: usize = (crate::json::MAX_DEPTH - 3) / 2;
 pub const CONDITION_MAX_DEPTH: usize = 32;
 pub const CONDITION_MAX_NODES: usize = 1_000;
 pub const URL_MAX_CHARS: usize = 2_000;
@@ -890,6 +894,16 @@ mod tests {
         let org = Uuid::now_v7();
         let workflow = |root: Value| json!({"organizationId": org, "name": "w", "workflowData": {"root": root}});
         assert!(parse::<Workflow>(workflow(chain(WORKFLOW_MAX_DEPTH))).is_ok());
+        // The deepest tree fits the body limit with the seed's presentation on every node.
+        let mut drawn = json!({"name": "leaf", "entityType": "event", "children": [],
+            "presentation": {"type": "circle", "position": {"x": 1, "y": 2}}});
+        for _ in 1..WORKFLOW_MAX_DEPTH {
+            drawn = json!({"name": "n", "entityType": "event", "children": [drawn],
+                "presentation": {"type": "circle", "position": {"x": 1, "y": 2}}});
+        }
+        let body = serde_json::to_vec(&workflow(drawn)).unwrap();
+        assert!(crate::json::depth(&body) <= crate::json::MAX_DEPTH);
+        assert!(crate::json::check(&body).is_ok());
         assert!(
             invalid_field::<Workflow>(workflow(chain(WORKFLOW_MAX_DEPTH + 1)))
                 .starts_with("workflowData.root.children[0]")
