@@ -130,6 +130,8 @@ async fn compare_with_rebuild(
         .await?;
     let live_at = checkpoint(&mut *tx, name).await?;
     catch_up(conn, projection, scratch, started_at, live_at).await?;
+    // The copies are now exactly at `live_at` and nothing writes them any more: their rows are read on
+    // `conn`, outside any transaction, beside the live rows read in `tx`.
     let mut tables = Vec::new();
     for &table in projection.tables() {
         report(VerifyProgress::Comparing { table, rows: 0 });
