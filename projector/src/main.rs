@@ -13,7 +13,7 @@ use projector::replay::replay;
 use projector::scratch::{Progress, Until};
 use projector::status::statuses;
 use projector::tail::tail;
-use projector::verify::{verify, verify_log, ProjectionReport};
+use projector::verify::{verify, verify_log, ProjectionReport, VerifyProgress};
 use projector::{projections, spawn_workers};
 use sqlx::postgres::PgPoolOptions;
 
@@ -153,8 +153,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Verify { name, log: false } => {
             let mut all_match = true;
             for projection in chosen(&name)? {
-                let report = verify(&pool, projection.as_ref(), |p| {
-                    print_progress(&format!("verify {}", projection.name()), p)
+                let what = format!("verify {}", projection.name());
+                let report = verify(&pool, projection.as_ref(), |p| match p {
+                    VerifyProgress::Building(p) => print_progress(&what, p),
+                    VerifyProgress::Comparing { table, rows } => {
+                        println!("{what}: comparing {table}, {rows} rows compared")
+                    }
                 })
                 .await
                 .with_context(|| format!("verifying {}", projection.name()))?;

@@ -3,35 +3,52 @@
 //!
 //! Read models ([`verify`]): a projection is rebuilt from the start of the log into a scratch schema
 //! up to where the live one stands, and every table is compared with its live twin: a checksum each,
-//! and the rows that only one side has. The comparison runs in one REPEATABLE READ transaction that
-//! first reads the live checkpoint and brings the copies up to it, so the live tables it sees are
-//! exactly those of that checkpoint while the live runner goes on meanwhile.
+//! and the rows that only one side has.
+//!
+//! The live side is read in one `REPEATABLE READ READ ONLY` transaction, which first reads the live
+//! checkpoint: the live tables it sees are exactly those of that checkpoint, while the live runner goes
+//! on meanwhile. That transaction never writes, so it is never given a transaction id, and the log
+//! readers (which take only events older than the oldest transaction id in flight, see
+//! `events::store`) are not held back by it however long the comparison takes. The copies are brought
+//! to that same checkpoint on another connection, in short transactions of their own. Each table is
+//! then compared by streaming both sides ordered by their rows' hashes and merging the two streams
+//! here, so neither side's rows are held in memory.
 //!
 //! The log ([`verify_log`]): every event stores a hash over its content and the previous event's hash
 //! in its stream (`event_hash` in `schemas/migrations/0007_history.sql`). Walking each stream in version
 //! order and recomputing them finds the first event whose content, hash or place in the chain does not
 //! match, a version missing from a stream, and a stream whose recorded version is not its last event's.
 
+use std::cmp::Ordering;
+
 use anyhow::Context;
 use events::store::read_log;
-use events::LogPosition;
+use events::{LogPosition, RecordedEvent};
+use futures::stream::BoxStream;
+use futures::TryStreamExt;
+use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::projection::{apply_batch, ensure_checkpoint, Projection, LIVE_SCHEMA};
 use crate::scratch::{create_copies, fill, lock_rebuilds, Progress, Until, BATCH_SIZE};
 
 /// How many differing rows a table report lists per side.
-const ROWS_SHOWN: i64 = 20;
+const ROWS_SHOWN: usize = 20;
+
+/// A comparison reports its progress every this many rows (of both sides together).
+const ROWS_PER_REPORT: u64 = 50_000;
 
 #[derive(Debug, Clone)]
 pub struct TableReport {
     pub table: String,
     pub live_rows: i64,
     pub rebuilt_rows: i64,
-    /// MD5 over the MD5s of the rows' text forms, in order.
+    /// SHA-256 (hex) over the MD5s (hex) of the rows' text forms, in the order of those MD5s: equal
+    /// for two tables holding the same rows, however they are stored.
     pub live_checksum: String,
     pub rebuilt_checksum: String,
-    /// Rows (in PostgreSQL's row text form) only the live table has, and only the rebuilt one has.
+    /// Rows (in PostgreSQL's row text form) only the live table has, and only the rebuilt one has, in
+    /// the order of their MD5s; at most 20 each.
     pub only_live: Vec<String>,
     pub only_rebuilt: Vec<String>,
 }
@@ -56,10 +73,20 @@ impl ProjectionReport {
     }
 }
 
+/// How far a verification has got.
+#[derive(Debug, Clone, Copy)]
+pub enum VerifyProgress {
+    /// Rebuilding the projection into the scratch schema.
+    Building(Progress),
+    /// Comparing `table` with its live twin: `rows` rows of both sides taken so far. Reported with 0
+    /// when the table's comparison starts, then every 50 000 rows.
+    Comparing { table: &'static str, rows: u64 },
+}
+
 pub async fn verify(
     pool: &PgPool,
     projection: &dyn Projection,
-    report: impl FnMut(Progress),
+    report: impl FnMut(VerifyProgress),
 ) -> anyhow::Result<ProjectionReport> {
     let name = projection.name();
     let scratch = format!("verify_{name}");
@@ -79,7 +106,7 @@ async fn compare_with_rebuild(
     pool: &PgPool,
     projection: &dyn Projection,
     scratch: &str,
-    report: impl FnMut(Progress),
+    mut report: impl FnMut(VerifyProgress),
 ) -> anyhow::Result<ProjectionReport> {
     let name = projection.name();
     create_copies(conn, &[projection], scratch, true).await?;
@@ -90,41 +117,61 @@ async fn compare_with_rebuild(
         &[projection],
         scratch,
         Until::Position(started_at),
-        report,
+        |p| report(VerifyProgress::Building(p)),
     )
     .await?;
     // The copies now hold every event up to `started_at`, a prefix of the log.
-    let mut position = started_at;
 
-    let mut tx = conn.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    // Read only, so that it never gets a transaction id: see the module docs.
+    let mut live = PgConnection::connect_with(&pool.connect_options()).await?;
+    let mut tx = live.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
     let live_at = checkpoint(&mut *tx, name).await?;
-    // Every event up to the live checkpoint is committed and visible in this snapshot.
-    loop {
-        let mut events = read_log(&mut *tx, position, BATCH_SIZE).await?;
-        events.retain(|e| e.position() <= live_at);
-        let Some(last) = events.last().map(|e| e.position()) else {
-            break;
-        };
-        apply_batch(&mut tx, projection, scratch, &events).await?;
-        position = last;
-    }
+    catch_up(conn, projection, scratch, started_at, live_at).await?;
+    // The copies are now exactly at `live_at` and nothing writes them any more: their rows are read on
+    // `conn`, outside any transaction, beside the live rows read in `tx`.
     let mut tables = Vec::new();
-    for table in projection.tables() {
+    for &table in projection.tables() {
+        report(VerifyProgress::Comparing { table, rows: 0 });
         tables.push(
-            compare_table(&mut tx, table, scratch)
+            compare_table(&mut tx, conn, table, scratch, &mut report)
                 .await
                 .with_context(|| format!("comparing {table}"))?,
         );
     }
     tx.rollback().await?;
+    live.close().await?;
     Ok(ProjectionReport {
         projection: name,
         position: live_at,
         tables,
     })
+}
+
+/// Applies the events after `from` up to and including `to` to the copies in `scratch`, each batch in
+/// a short transaction of its own. Every one of them is committed and readable: the live checkpoint
+/// `to` was reached by reading them.
+async fn catch_up(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    scratch: &str,
+    from: LogPosition,
+    to: LogPosition,
+) -> anyhow::Result<()> {
+    let mut position = from;
+    loop {
+        let mut events = read_log(&mut *conn, position, BATCH_SIZE).await?;
+        events.retain(|e| e.position() <= to);
+        let Some(last) = events.last().map(RecordedEvent::position) else {
+            return Ok(());
+        };
+        let mut tx = conn.begin().await?;
+        apply_batch(&mut tx, projection, scratch, &events).await?;
+        tx.commit().await?;
+        position = last;
+    }
 }
 
 async fn checkpoint<'e>(
@@ -143,48 +190,102 @@ async fn checkpoint<'e>(
     })
 }
 
+/// One side of a table comparison: its rows as (MD5, text) in that order, the row taken next, and
+/// what the rows taken so far add up to.
+struct Side<'c> {
+    rows: BoxStream<'c, sqlx::Result<(String, String)>>,
+    next: Option<(String, String)>,
+    count: i64,
+    checksum: Sha256,
+    only: Vec<String>,
+}
+
+impl<'c> Side<'c> {
+    async fn open(conn: &'c mut PgConnection, query: &'c str) -> sqlx::Result<Side<'c>> {
+        let mut rows = sqlx::query_as(query).fetch(conn);
+        let next = rows.try_next().await?;
+        Ok(Side {
+            rows,
+            next,
+            count: 0,
+            checksum: Sha256::new(),
+            only: Vec::new(),
+        })
+    }
+
+    /// Counts the row taken next, keeping its text if `only_here` (the other side lacks it), and
+    /// moves on to the following one.
+    async fn take(&mut self, only_here: bool) -> sqlx::Result<()> {
+        if let Some((hash, text)) = self.next.take() {
+            self.count += 1;
+            self.checksum.update(hash.as_bytes());
+            if only_here && self.only.len() < ROWS_SHOWN {
+                self.only.push(text);
+            }
+        }
+        self.next = self.rows.try_next().await?;
+        Ok(())
+    }
+
+    fn checksum(self) -> String {
+        format!("{:x}", self.checksum.finalize())
+    }
+}
+
+/// Compares the live `table`, read in `live`, with its rebuilt copy in `scratch`, read on `rebuilt`.
 async fn compare_table(
-    conn: &mut PgConnection,
-    table: &str,
+    live: &mut PgConnection,
+    rebuilt: &mut PgConnection,
+    table: &'static str,
     scratch: &str,
+    report: &mut impl FnMut(VerifyProgress),
 ) -> anyhow::Result<TableReport> {
-    // Table and schema names are the projector's own identifiers.
-    let live = format!("{LIVE_SCHEMA}.{table}");
-    let rebuilt = format!("{scratch}.{table}");
-    let summary = |relation: &str| {
+    // Table and schema names are the projector's own identifiers. The "C" collation orders the
+    // hashes and texts bytewise, as the merge below compares them.
+    let rows = |relation: &str| {
         format!(
-            "SELECT count(*), COALESCE(md5(string_agg(h, '' ORDER BY h)), md5('')) \
-             FROM (SELECT md5(r::text) AS h FROM {relation} r) rows"
+            "SELECT md5(r::text) COLLATE \"C\" AS h, r::text COLLATE \"C\" AS t \
+             FROM {relation} r ORDER BY h, t"
         )
     };
-    let (live_rows, live_checksum): (i64, String) = sqlx::query_as(&summary(&live))
-        .fetch_one(&mut *conn)
-        .await?;
-    let (rebuilt_rows, rebuilt_checksum): (i64, String) = sqlx::query_as(&summary(&rebuilt))
-        .fetch_one(&mut *conn)
-        .await?;
-    let only = |first: &str, second: &str| {
-        format!(
-            "SELECT r::text FROM {first} r EXCEPT ALL SELECT r::text FROM {second} r ORDER BY 1 LIMIT {ROWS_SHOWN}"
-        )
-    };
-    let (mut only_live, mut only_rebuilt) = (Vec::new(), Vec::new());
-    if live_checksum != rebuilt_checksum {
-        only_live = sqlx::query_scalar(&only(&live, &rebuilt))
-            .fetch_all(&mut *conn)
-            .await?;
-        only_rebuilt = sqlx::query_scalar(&only(&rebuilt, &live))
-            .fetch_all(&mut *conn)
-            .await?;
+    let (live_query, rebuilt_query) = (
+        rows(&format!("{LIVE_SCHEMA}.{table}")),
+        rows(&format!("{scratch}.{table}")),
+    );
+    let mut live = Side::open(live, &live_query).await?;
+    let mut rebuilt = Side::open(rebuilt, &rebuilt_query).await?;
+    // A merge of the two sorted streams: equal rows are taken from both sides at once, any other is
+    // one that only its side has (as many times as it has it more).
+    let mut taken = 0;
+    loop {
+        let order = match (&live.next, &rebuilt.next) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(l), Some(r)) => l.cmp(r),
+        };
+        match order {
+            Ordering::Less => live.take(true).await?,
+            Ordering::Greater => rebuilt.take(true).await?,
+            Ordering::Equal => {
+                live.take(false).await?;
+                rebuilt.take(false).await?;
+            }
+        }
+        let before = taken;
+        taken += if order == Ordering::Equal { 2 } else { 1 };
+        if taken / ROWS_PER_REPORT > before / ROWS_PER_REPORT {
+            report(VerifyProgress::Comparing { table, rows: taken });
+        }
     }
     Ok(TableReport {
         table: table.to_owned(),
-        live_rows,
-        rebuilt_rows,
-        live_checksum,
-        rebuilt_checksum,
-        only_live,
-        only_rebuilt,
+        live_rows: live.count,
+        rebuilt_rows: rebuilt.count,
+        only_live: std::mem::take(&mut live.only),
+        only_rebuilt: std::mem::take(&mut rebuilt.only),
+        live_checksum: live.checksum(),
+        rebuilt_checksum: rebuilt.checksum(),
     })
 }
 

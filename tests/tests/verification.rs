@@ -1,9 +1,9 @@
 //! What the system promises auditors, checked against a real PostgreSQL: the read models are a
-//! function of the log (`projector verify` finds any row that is not), the log is what was written
-//! (`projector verify --log` finds the first event altered by hand), the read models of any past
-//! point can be rebuilt beside the live ones (`projector replay`), rebuilds never take data away from
-//! readers, and events written by an older schema version are still read, folded, audited and
-//! published in today's shape.
+//! function of the log (`projector verify` finds any row that is not, and holds back no live
+//! projection while it compares), the log is what was written (`projector verify --log` finds the
+//! first event altered by hand), the read models of any past point can be rebuilt beside the live
+//! ones (`projector replay`), rebuilds never take data away from readers, and events written by an
+//! older schema version are still read, folded, audited and published in today's shape.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,7 +17,8 @@ use projector::projections;
 use projector::rebuild::rebuild;
 use projector::replay::replay;
 use projector::scratch::Until;
-use projector::verify::{verify, verify_log, LogProblem};
+use projector::verify::{verify, verify_log, LogProblem, VerifyProgress};
+use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 use tests::TestApp;
@@ -138,6 +139,84 @@ async fn verify_finds_the_rebuilt_read_models_equal_and_then_the_exact_row_alter
     assert_eq!(leftover, 0, "verify leaves no scratch schema behind");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_holds_back_no_projection_while_it_compares_a_read_model_under_writes_and_reads() {
+    let app = TestApp::spawn_with_pool_size(30).await;
+    let org = app.create_organization("Acme").await;
+    seed_environments(&app, &org, 3_000).await;
+    let (status, page) = app
+        .get(&format!("/api/environments?organizationId={org}&limit=1"))
+        .await;
+    assert_eq!((status, &page["pagination"]["total"]), (200, &json!(3_000)));
+
+    let writing = Arc::new(AtomicBool::new(true));
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = create_environments_while(&app, &org, writing.clone(), written.clone());
+
+    // Verify runs on a thread of its own, so that its progress callback can hold it inside the
+    // comparison (its live snapshot open) for as long as the test needs.
+    let (comparing, compared_started) = tokio::sync::oneshot::channel();
+    let (go_on, paused) = std::sync::mpsc::channel::<()>();
+    let (pool, runtime) = (app.db.pool.clone(), tokio::runtime::Handle::current());
+    let verifying = tokio::task::spawn_blocking(move || {
+        let mut comparing = Some(comparing);
+        runtime.block_on(verify(&pool, &projector::tenants::Tenants, |p| {
+            if let VerifyProgress::Comparing { table, .. } = p {
+                if let Some(started) = comparing.take() {
+                    let _ = started.send(table);
+                    // Either a go-ahead or the test gone: both end the pause.
+                    let _ = paused.recv();
+                }
+            }
+        }))
+    });
+    let table = compared_started
+        .await
+        .expect("verify reaches the comparison");
+
+    // Paused inside the comparison: a write, then a read that waits for the tenants projection to
+    // reach it.
+    let response = app
+        .admin(Method::POST, "/api/environments")
+        .json(&json!({ "organizationId": org, "name": "During the comparison" }))
+        .send()
+        .await
+        .unwrap();
+    let (status, written_at, body) = with_token(response).await;
+    assert_eq!(status, 201, "{body}");
+    let read = app
+        .admin(
+            Method::GET,
+            &format!("/api/environments/{}", body["id"].as_str().unwrap()),
+        )
+        .header("x-consistency-token", &written_at)
+        .send()
+        .await
+        .unwrap();
+    let (read_status, read_body) = (read.status().as_u16(), read.text().await.unwrap());
+    let _ = go_on.send(());
+    assert_eq!(
+        read_status, 200,
+        "a read of a write made while verify compared {table}: {read_body}"
+    );
+
+    let report = verifying.await.unwrap().unwrap();
+    writing.store(false, Ordering::SeqCst);
+    writer.await.unwrap();
+    assert!(
+        written.load(Ordering::SeqCst) > 0,
+        "the writer wrote and read back meanwhile"
+    );
+    assert!(report.matches(), "{report:#?}");
+    let environments = report
+        .tables
+        .iter()
+        .find(|t| t.table == "environments")
+        .unwrap();
+    assert!(environments.live_rows > 3_000, "{environments:#?}");
+    assert_eq!(environments.live_rows, environments.rebuilt_rows);
+}
+
 /// The first problem `projector verify --log` finds, if any.
 async fn first_log_problem(app: &TestApp) -> Option<LogProblem> {
     verify_log(&app.db.pool, |_, _| {})
@@ -146,17 +225,19 @@ async fn first_log_problem(app: &TestApp) -> Option<LogProblem> {
         .first_problem
 }
 
-/// Creates environments in `org` one after another while `running`, counting each in `created` once
-/// its `201` has arrived.
+/// Creates environments in `org` one after another while `running`, reading each back with its write's
+/// consistency token (a read that waits for the tenants projection to reach it, and answers `503`
+/// after 5 s if it does not), and counts each in `created` once both have answered.
 fn create_environments_while(
     app: &TestApp,
     org: &str,
     running: Arc<AtomicBool>,
     created: Arc<AtomicUsize>,
 ) -> tokio::task::JoinHandle<()> {
-    let (http, url, token, org) = (
+    let (http, command_url, query_url, token, org) = (
         app.http.clone(),
         app.command_url.clone(),
+        app.query_url.clone(),
         app.admin_token.clone(),
         org.to_owned(),
     );
@@ -164,17 +245,63 @@ fn create_environments_while(
         let mut n = 0;
         while running.load(Ordering::SeqCst) {
             let response = http
-                .post(format!("{url}/api/environments"))
+                .post(format!("{command_url}/api/environments"))
                 .bearer_auth(&token)
                 .json(&json!({ "organizationId": org, "name": format!("Busy {n}") }))
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(response.status(), 201);
+            let (status, written, body) = with_token(response).await;
+            assert_eq!(status, 201, "write {n}: {body}");
+            let read = http
+                .get(format!(
+                    "{query_url}/api/environments/{}",
+                    body["id"].as_str().unwrap()
+                ))
+                .bearer_auth(&token)
+                .header("x-consistency-token", written)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(read.status(), 200, "read of write {n} with its token");
             created.fetch_add(1, Ordering::SeqCst);
             n += 1;
         }
     })
+}
+
+/// A write's status, consistency token and body.
+async fn with_token(response: reqwest::Response) -> (u16, String, Value) {
+    let status = response.status().as_u16();
+    let token = response
+        .headers()
+        .get("x-consistency-token")
+        .map(|t| t.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, token, response.json().await.unwrap())
+}
+
+/// Appends `count` environments of `org` straight into the log, in one statement: what thousands of
+/// creates through the API would write, in a fraction of the time.
+async fn seed_environments(app: &TestApp, org: &str, count: i64) {
+    let org: uuid::Uuid = org.parse().unwrap();
+    let metadata = serde_json::to_value(tests::metadata(&app.admin_id, Some(org))).unwrap();
+    sqlx::query(
+        "WITH seeded AS ( \
+             INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, data, metadata, recorded_at) \
+             SELECT 'environment-' || id, 1, gen_random_uuid(), 'environment.created', 1, \
+                    jsonb_build_object('id', id, 'organizationId', $1::uuid, 'name', 'Seed ' || n, 'description', NULL), \
+                    $3, now() \
+             FROM (SELECT n, gen_random_uuid() AS id FROM generate_series(1, $2) n) e \
+             RETURNING stream_id) \
+         INSERT INTO streams (stream_id, version) SELECT stream_id, 1 FROM seeded",
+    )
+    .bind(org)
+    .bind(count)
+    .bind(metadata)
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
 }
 
 async fn superuser(app: &TestApp) -> PgConnection {
