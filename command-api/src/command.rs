@@ -2,8 +2,10 @@
 //! every write answers with (status, body, `ETag`, `Location`, `X-Consistency-Token`).
 //!
 //! A command is an async function that loads what it needs, decides, and commits its events with
-//! [`Outcome::commit`]. It is called again when another writer got to a stream first, unless the client
-//! pinned a version with `If-Match`; then the lost race is a `412`.
+//! [`Outcome::commit`]. It is called again when another writer got to a stream first: the resource
+//! itself, or a stream the write only depends on (its organization, say). With `If-Match`, the next
+//! run's own check answers `412` when the resource itself moved; a dependency that moved is retried
+//! like any lost race, since the client pinned only the resource.
 
 use std::future::Future;
 use std::time::Duration;
@@ -114,17 +116,6 @@ where
     let mut outcome = loop {
         attempt += 1;
         match command().await {
-            Err(ApiError::VersionConflict) if write.if_match.is_some() => {
-                // A twin request with the same idempotency key may be the writer that moved the
-                // version; then its response is ours.
-                return match replay(state, write).await? {
-                    Some(replayed) => Ok(replayed),
-                    None => Err(ApiError::PreconditionFailed {
-                        details: "If-Match: the resource changed while this request was applied"
-                            .into(),
-                    }),
-                };
-            }
             Err(ApiError::VersionConflict) if attempt < ATTEMPTS => {
                 // The same idempotency key may just have committed; if so, that is our answer.
                 if let Some(replayed) = replay(state, write).await? {

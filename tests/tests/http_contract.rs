@@ -316,6 +316,77 @@ async fn concurrent_retries_with_if_match_and_one_key_all_get_the_one_update() {
     assert_eq!(app.event_count().await, events + 1);
 }
 
+/// `If-Match` pins the resource, not what the write depends on: a member's role change that finds its
+/// organization renamed at commit is retried and applied, not refused with `412`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn if_match_retries_when_only_a_stream_the_write_depends_on_moved() {
+    let app = TestApp::spawn().await;
+    let org = app.create_organization("Acme").await;
+    let uma = app.add_member(&org, "uma", "user").await;
+    let organization_stream = format!("organization-{org}");
+
+    // Holding the organization's stream lock (as its deletion would) stops the member write at
+    // commit, after it loaded the organization; the rename does not take that lock.
+    let mut holder = app.db.pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+        .bind(&organization_stream)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let change = tokio::spawn(send(
+        app.admin(
+            Method::PUT,
+            &format!("/api/organizations/{org}/members/{uma}"),
+        )
+        .header("if-match", "\"1\"")
+        .json(&json!({ "role": "guest" })),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the member write never reached commit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, body) = app
+        .put(
+            &format!("/api/organizations/{org}"),
+            json!({ "name": "Acme 2" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+        .bind(&organization_stream)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let (status, body) = change.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["role"], "guest");
+    // The resource itself moving still answers 412.
+    let (status, body) = send(
+        app.admin(
+            Method::PUT,
+            &format!("/api/organizations/{org}/members/{uma}"),
+        )
+        .header("if-match", "\"1\"")
+        .json(&json!({ "role": "user" })),
+    )
+    .await;
+    assert_eq!(status, 412, "{body}");
+}
+
 #[tokio::test]
 async fn if_match_with_a_stale_version_is_refused_and_changes_nothing() {
     let app = TestApp::spawn().await;
