@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use events::store::{log_head, StoredResponse, WriteSet};
-use events::LogPosition;
+use events::{LogPosition, Permission};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -65,12 +65,14 @@ impl Outcome {
     }
 
     /// Commits the command's writes, with this response kept under the request's idempotency key in
-    /// the same statement, so that a retried request gets exactly this answer and appends nothing.
+    /// the same statement, so that a retried request gets exactly this answer and appends nothing, as
+    /// long as its caller still holds `permission` (the one the command was authorised by).
     pub async fn commit(
         mut self,
         state: &AppState,
         changes: WriteSet,
         write: &Write,
+        permission: Permission,
     ) -> Result<Outcome, ApiError> {
         let changes = match &write.idempotency_key {
             Some(key) => changes.remember_response(StoredResponse {
@@ -80,6 +82,7 @@ impl Outcome {
                 status: self.status.as_u16() as i16,
                 headers: serde_json::to_value(self.headers()).expect("header pairs serialise"),
                 body: self.body.to_string(),
+                permission,
             }),
             None => changes,
         };
@@ -153,18 +156,22 @@ struct KeptResponse {
     status: i16,
     headers: sqlx::types::Json<Vec<(String, String)>>,
     body: String,
+    /// `None` for responses kept before permissions were recorded with them.
+    permission: Option<sqlx::types::Json<Permission>>,
     transaction_id: i64,
     global_position: i64,
 }
 
 /// The stored response for a repeated idempotency key, or `409` when the key was used for another
-/// request.
+/// request. A caller who no longer holds the permission the write was made with gets what a fresh
+/// request would get (`403`, or `404` for an organization it can no longer see), not the response.
 async fn replay(state: &AppState, write: &Write) -> Result<Option<Response>, ApiError> {
     let Some(key) = &write.idempotency_key else {
         return Ok(None);
     };
     let stored: Option<KeptResponse> = sqlx::query_as(
-        "SELECT request_hash, status, headers, body, transaction_id, global_position FROM idempotency_keys \
+        "SELECT request_hash, status, headers, body, permission, transaction_id, global_position \
+         FROM idempotency_keys \
          WHERE caller = $1 AND key = $2 AND created_at > now() - interval '24 hours'",
     )
     .bind(write.actor.user_id.to_string())
@@ -179,6 +186,15 @@ async fn replay(state: &AppState, write: &Write) -> Result<Option<Response>, Api
             error: "Idempotency key reused".into(),
             details: "Idempotency-Key: this key was already used for a different request".into(),
         });
+    }
+    if let Some(sqlx::types::Json(permission)) = kept.permission {
+        write
+            .actor
+            .authorize(&permission)
+            .map_err(|error| match permission.organization {
+                Some(organization) => ApiError::denied("Organization", organization)(error),
+                None => error.into(),
+            })?;
     }
     let status = StatusCode::from_u16(kept.status as u16).map_err(anyhow::Error::from)?;
     let position = LogPosition {

@@ -35,6 +35,7 @@ use sqlx::PgExecutor;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::access::Permission;
 use crate::aggregate::{Aggregate, Loaded};
 use crate::envelope::{EventMetadata, LogPosition, NewEvent, RecordedEvent};
 
@@ -550,6 +551,8 @@ pub struct StoredResponse {
     pub status: i16,
     pub headers: Value,
     pub body: String,
+    /// What the write was allowed to do; a replay asks it again before answering.
+    pub permission: Permission,
 }
 
 impl WriteSet {

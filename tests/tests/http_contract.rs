@@ -262,6 +262,54 @@ async fn an_idempotency_key_replays_the_first_response_and_refuses_a_different_b
     assert_eq!((status, replayed), (200, body));
 }
 
+#[tokio::test]
+async fn an_idempotency_key_replays_nothing_to_a_caller_who_has_lost_access() {
+    let app = TestApp::spawn().await;
+    let org = app.create_organization("Acme").await;
+    let elsewhere = app.create_organization("Elsewhere").await;
+    let alice = app.add_member(&org, "alice", "admin").await;
+    app.add_member(&org, "bob", "admin").await;
+    // Still an admin somewhere, so the early checks before the environment is loaded let her through.
+    app.add_member(&elsewhere, "alice", "admin").await;
+    let renamed = app.create_environment(&org, "Staging").await;
+    let deleted = app.create_environment(&org, "Old").await;
+    let rename = || {
+        app.as_user(
+            "alice",
+            Method::PUT,
+            &format!("/api/environments/{renamed}"),
+        )
+        .header("idempotency-key", "rename")
+        .json(&json!({ "name": "QA" }))
+    };
+    let delete = || {
+        app.as_user(
+            "alice",
+            Method::DELETE,
+            &format!("/api/environments/{deleted}"),
+        )
+        .header("idempotency-key", "delete")
+    };
+    assert_eq!(send(rename()).await.0, 200);
+    assert_eq!(send(delete()).await.0, 200);
+    let again = rename().send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+
+    // Demoted to guest: the same request is forbidden, as a fresh one would be.
+    let member = format!("/api/organizations/{org}/members/{alice}");
+    assert_eq!(app.put(&member, json!({ "role": "guest" })).await.0, 200);
+    let (status, body) = send(rename()).await;
+    assert_eq!(status, 403, "{body}");
+    // Removed: the organization is hidden from her, and so is what she did in it.
+    assert_eq!(app.delete(&member).await.0, 200);
+    let refused = delete().send().await.unwrap();
+    assert_eq!(refused.status(), 404);
+    assert!(refused.headers().get("idempotent-replayed").is_none());
+    let body: Value = refused.json().await.unwrap();
+    assert!(body.get("success").is_none(), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_with_one_idempotency_key_create_one_resource() {
     let app = TestApp::spawn().await;
