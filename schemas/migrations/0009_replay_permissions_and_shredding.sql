@@ -2,6 +2,9 @@
 -- or none for a platform-wide write, and the resource and action: events::access::Permission), so that a
 -- replay asks the permission table again with the caller's current roles before answering. Rows kept
 -- before this migration have none and replay as before; they expire within 24 hours.
+--
+-- A write may also destroy an owner's data key (`destroy_data_key`: deleting an organization
+-- crypto-shreds its write-only values), in the same transaction as its events.
 ALTER TABLE idempotency_keys ADD COLUMN permission jsonb;
 
 CREATE OR REPLACE FUNCTION append_write(w jsonb)
@@ -64,6 +67,11 @@ BEGIN
     )
     SELECT max(a.stream_version), max(a.transaction_id), max(a.global_position)
     INTO version, transaction_id, global_position FROM appended a;
+
+    -- An owner's data key goes with the write that deletes the owner (events::secrets).
+    IF w->>'destroy_data_key' IS NOT NULL THEN
+        DELETE FROM data_keys WHERE owner = (w->>'destroy_data_key')::uuid;
+    END IF;
 
     IF w->'response' IS NOT NULL AND w->'response' <> 'null'::jsonb THEN
         INSERT INTO idempotency_keys AS k (caller, key, request_hash, status, headers, body, permission, transaction_id, global_position)
