@@ -19,7 +19,7 @@ use events::catalog::{
     Nested, Reference, Scope,
 };
 use events::store::{stream_heads, StreamHead, WriteSet};
-use events::{Action, Actor, Aggregate, Loaded, Role};
+use events::{Action, Actor, Aggregate, Loaded, Permission};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -45,12 +45,14 @@ pub async fn create<K: Kind>(
     let values = take_write_only::<K>(&mut input, true)?;
     let (typed, fields) = parse_fields::<K>(input)?;
     let organization_id = organization_of(&fields);
-    let role = authorize::<K>(&write.actor, organization_id, Action::Create).map_err(|e| {
-        match organization_id {
+    let permission = permission::<K>(organization_id, Action::Create);
+    let role = write
+        .actor
+        .authorize(&permission)
+        .map_err(|e| match organization_id {
             Some(id) => ApiError::denied("Organization", id)(e),
             None => e.into(),
-        }
-    })?;
+        })?;
     let write = write.with_body(&body.digest);
     let id = Uuid::now_v7();
     let stream = Document::<K>::stream_id(id);
@@ -94,7 +96,7 @@ pub async fn create<K: Kind>(
         let body = render(&doc, &heads)?;
         Outcome::new(StatusCode::CREATED, body, changes.version_after())
             .located(format!("/api/{}/{id}", K::INFO.path))
-            .commit(state, changes, write)
+            .commit(state, changes, write, permission)
             .await
             .map_err(name_taken(K::INFO.label, name_of::<K>(fields), within))
     })
@@ -116,7 +118,10 @@ pub async fn update<K: Kind>(
     execute(state, write, move || async move {
         let (mut doc, live) = load::<K>(state, id).await?;
         let organization_id = organization_of(&live.fields);
-        let role = authorize::<K>(&write.actor, organization_id, Action::Update)
+        let permission = permission::<K>(organization_id, Action::Update);
+        let role = write
+            .actor
+            .authorize(&permission)
             .map_err(ApiError::denied(K::INFO.label, id))?;
         write.check_if_match(doc.version)?;
         let expected = doc.version;
@@ -166,7 +171,7 @@ pub async fn update<K: Kind>(
         let within = claim.as_ref().map_or("", |(scope, _)| scope.within);
         let body = render(&doc, &heads)?;
         Outcome::new(StatusCode::OK, body, changes.version_after())
-            .commit(state, changes, write)
+            .commit(state, changes, write, permission)
             .await
             .map_err(name_taken(K::INFO.label, name_of::<K>(&fields), within))
     })
@@ -184,7 +189,10 @@ pub async fn delete<K: Kind>(
     execute(state, write, move || async move {
         let (mut doc, live) = load::<K>(state, id).await?;
         let organization_id = organization_of(&live.fields);
-        let role = authorize::<K>(&write.actor, organization_id, Action::Delete)
+        let permission = permission::<K>(organization_id, Action::Delete);
+        let role = write
+            .actor
+            .authorize(&permission)
             .map_err(ApiError::denied(K::INFO.label, id))?;
         write.check_if_match(doc.version)?;
         let expected = doc.version;
@@ -200,7 +208,7 @@ pub async fn delete<K: Kind>(
             changes = changes.release_name(&scope.scope, &name_key::<K>(&live.fields));
         }
         Outcome::deleted(id, changes.version_after())
-            .commit(state, changes, write)
+            .commit(state, changes, write, permission)
             .await
     })
     .await
@@ -216,15 +224,12 @@ fn authorize_early<K: Kind>(actor: &Actor, action: Action) -> Result<(), ApiErro
     .map_err(Into::into)
 }
 
-/// May the actor do `action` on a resource of this kind in `organization_id` (`None`: platform-wide)?
-fn authorize<K: Kind>(
-    actor: &Actor,
-    organization_id: Option<Uuid>,
-    action: Action,
-) -> Result<Role, events::AccessError> {
-    match organization_id {
-        Some(organization_id) => actor.authorize_in(organization_id, K::INFO.resource, action),
-        None => actor.authorize_platform(K::INFO.resource, action),
+/// What `action` on a resource of this kind in `organization_id` (`None`: platform-wide) needs.
+fn permission<K: Kind>(organization_id: Option<Uuid>, action: Action) -> Permission {
+    Permission {
+        organization: organization_id,
+        resource: K::INFO.resource,
+        action,
     }
 }
 

@@ -2,8 +2,10 @@
 //! every write answers with (status, body, `ETag`, `Location`, `X-Consistency-Token`).
 //!
 //! A command is an async function that loads what it needs, decides, and commits its events with
-//! [`Outcome::commit`]. It is called again when another writer got to a stream first, unless the client
-//! pinned a version with `If-Match`; then the lost race is a `412`.
+//! [`Outcome::commit`]. It is called again when another writer got to a stream first: the resource
+//! itself, or a stream the write only depends on (its organization, say). With `If-Match`, the next
+//! run's own check answers `412` when the resource itself moved; a dependency that moved is retried
+//! like any lost race, since the client pinned only the resource.
 
 use std::future::Future;
 use std::time::Duration;
@@ -11,7 +13,7 @@ use std::time::Duration;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use events::store::{log_head, StoredResponse, WriteSet};
-use events::LogPosition;
+use events::{LogPosition, Permission};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -63,12 +65,14 @@ impl Outcome {
     }
 
     /// Commits the command's writes, with this response kept under the request's idempotency key in
-    /// the same statement, so that a retried request gets exactly this answer and appends nothing.
+    /// the same statement, so that a retried request gets exactly this answer and appends nothing, as
+    /// long as its caller still holds `permission` (the one the command was authorised by).
     pub async fn commit(
         mut self,
         state: &AppState,
         changes: WriteSet,
         write: &Write,
+        permission: Permission,
     ) -> Result<Outcome, ApiError> {
         let changes = match &write.idempotency_key {
             Some(key) => changes.remember_response(StoredResponse {
@@ -78,6 +82,7 @@ impl Outcome {
                 status: self.status.as_u16() as i16,
                 headers: serde_json::to_value(self.headers()).expect("header pairs serialise"),
                 body: self.body.to_string(),
+                permission,
             }),
             None => changes,
         };
@@ -114,17 +119,6 @@ where
     let mut outcome = loop {
         attempt += 1;
         match command().await {
-            Err(ApiError::VersionConflict) if write.if_match.is_some() => {
-                // A twin request with the same idempotency key may be the writer that moved the
-                // version; then its response is ours.
-                return match replay(state, write).await? {
-                    Some(replayed) => Ok(replayed),
-                    None => Err(ApiError::PreconditionFailed {
-                        details: "If-Match: the resource changed while this request was applied"
-                            .into(),
-                    }),
-                };
-            }
             Err(ApiError::VersionConflict) if attempt < ATTEMPTS => {
                 // The same idempotency key may just have committed; if so, that is our answer.
                 if let Some(replayed) = replay(state, write).await? {
@@ -162,18 +156,22 @@ struct KeptResponse {
     status: i16,
     headers: sqlx::types::Json<Vec<(String, String)>>,
     body: String,
+    /// `None` for responses kept before permissions were recorded with them.
+    permission: Option<sqlx::types::Json<Permission>>,
     transaction_id: i64,
     global_position: i64,
 }
 
 /// The stored response for a repeated idempotency key, or `409` when the key was used for another
-/// request.
+/// request. A caller who no longer holds the permission the write was made with gets what a fresh
+/// request would get (`403`, or `404` for an organization it can no longer see), not the response.
 async fn replay(state: &AppState, write: &Write) -> Result<Option<Response>, ApiError> {
     let Some(key) = &write.idempotency_key else {
         return Ok(None);
     };
     let stored: Option<KeptResponse> = sqlx::query_as(
-        "SELECT request_hash, status, headers, body, transaction_id, global_position FROM idempotency_keys \
+        "SELECT request_hash, status, headers, body, permission, transaction_id, global_position \
+         FROM idempotency_keys \
          WHERE caller = $1 AND key = $2 AND created_at > now() - interval '24 hours'",
     )
     .bind(write.actor.user_id.to_string())
@@ -188,6 +186,15 @@ async fn replay(state: &AppState, write: &Write) -> Result<Option<Response>, Api
             error: "Idempotency key reused".into(),
             details: "Idempotency-Key: this key was already used for a different request".into(),
         });
+    }
+    if let Some(sqlx::types::Json(permission)) = kept.permission {
+        write
+            .actor
+            .authorize(&permission)
+            .map_err(|error| match permission.organization {
+                Some(organization) => ApiError::denied("Organization", organization)(error),
+                None => error.into(),
+            })?;
     }
     let status = StatusCode::from_u16(kept.status as u16).map_err(anyhow::Error::from)?;
     let position = LogPosition {

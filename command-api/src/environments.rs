@@ -9,7 +9,7 @@ use events::organization::Organization;
 use events::store::WriteSet;
 use events::values::{double_option, Description, Name};
 use events::views::EnvironmentView;
-use events::{Action, Aggregate, Loaded, Resource, Role};
+use events::{Action, Aggregate, Loaded, Permission, Resource, Role};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -56,9 +56,10 @@ pub async fn create(
         .authorize_anywhere(Resource::Environments, Action::Create)?;
     let input: CreateEnvironment = body.parse()?;
     let organization_id = input.organization_id;
+    let permission = Permission::within(organization_id, Resource::Environments, Action::Create);
     let role = write
         .actor
-        .authorize_in(organization_id, Resource::Environments, Action::Create)
+        .authorize(&permission)
         .map_err(ApiError::denied("Organization", organization_id))?;
     let write = write.with_body(&body.digest);
     let name = required_name(&input.name)?;
@@ -68,7 +69,7 @@ pub async fn create(
         create_once(
             &state,
             &write,
-            role,
+            (role, permission),
             id,
             organization_id,
             &name,
@@ -81,7 +82,7 @@ pub async fn create(
 async fn create_once(
     state: &AppState,
     write: &Write,
-    role: Role,
+    (role, permission): (Role, Permission),
     id: Uuid,
     organization_id: Uuid,
     name: &Name,
@@ -119,7 +120,7 @@ async fn create_once(
         changes.version_after(),
     )
     .located(format!("/api/environments/{id}"))
-    .commit(state, changes, write)
+    .commit(state, changes, write, permission)
     .await
     .map_err(name_taken("Environment", name.as_str(), WITHIN))
 }
@@ -150,9 +151,10 @@ async fn update_once(
     changes: &EnvironmentChanges,
 ) -> Result<Outcome, ApiError> {
     let (mut env, organization_id) = load(state, id).await?;
+    let permission = Permission::within(organization_id, Resource::Environments, Action::Update);
     let role = write
         .actor
-        .authorize_in(organization_id, Resource::Environments, Action::Update)
+        .authorize(&permission)
         .map_err(ApiError::denied("Environment", id))?;
     write.check_if_match(env.version)?;
     let expected = env.version;
@@ -185,10 +187,10 @@ async fn update_once(
     let outcome = Outcome::new(StatusCode::OK, body, write_set.version_after());
     match &changes.name {
         Some(name) => outcome
-            .commit(state, write_set, write)
+            .commit(state, write_set, write, permission)
             .await
             .map_err(name_taken("Environment", name.as_str(), WITHIN)),
-        None => outcome.commit(state, write_set, write).await,
+        None => outcome.commit(state, write_set, write, permission).await,
     }
 }
 
@@ -206,9 +208,10 @@ pub async fn delete(
 
 async fn delete_once(state: &AppState, write: &Write, id: Uuid) -> Result<Outcome, ApiError> {
     let (mut env, organization_id) = load(state, id).await?;
+    let permission = Permission::within(organization_id, Resource::Environments, Action::Delete);
     let role = write
         .actor
-        .authorize_in(organization_id, Resource::Environments, Action::Delete)
+        .authorize(&permission)
         .map_err(ApiError::denied("Environment", id))?;
     write.check_if_match(env.version)?;
     let expected = env.version;
@@ -226,7 +229,7 @@ async fn delete_once(state: &AppState, write: &Write, id: Uuid) -> Result<Outcom
         .release_name(&name_scope(organization_id), &name.to_lowercase())
         .remove_reference(&org_stream);
     Outcome::deleted(id, changes.version_after())
-        .commit(state, changes, write)
+        .commit(state, changes, write, permission)
         .await
 }
 

@@ -13,7 +13,7 @@ use events::organization::Organization;
 use events::store::WriteSet;
 use events::user::{User, UserData};
 use events::views::MemberView;
-use events::{Action, Aggregate, DomainError, Loaded, Resource, Role};
+use events::{Action, Aggregate, DomainError, Loaded, Permission, Resource, Role};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -45,7 +45,7 @@ pub async fn add(
     body: Body,
 ) -> Result<Response, ApiError> {
     let organization_id = parse_id(&organization_id)?;
-    let role = authorize(&write, organization_id, Action::Create)?;
+    let (role, permission) = authorize(&write, organization_id, Action::Create)?;
     let write = write.with_body(&body.digest);
     let input: AddMember = body.parse()?;
     let member_role = assignable_role(&input.role)?;
@@ -78,7 +78,7 @@ pub async fn add(
         .located(format!(
             "/api/organizations/{organization_id}/members/{user_id}"
         ))
-        .commit(state, changes, write)
+        .commit(state, changes, write, permission)
         .await
     })
     .await
@@ -92,7 +92,7 @@ pub async fn change_role(
 ) -> Result<Response, ApiError> {
     let organization_id = parse_id(&organization_id)?;
     let user_id = parse_id(&user_id)?;
-    let role = authorize(&write, organization_id, Action::Update)?;
+    let (role, permission) = authorize(&write, organization_id, Action::Update)?;
     let write = write.with_body(&body.digest);
     let input: ChangeRole = body.parse()?;
     let member_role = assignable_role(&input.role)?;
@@ -109,7 +109,7 @@ pub async fn change_role(
             None => Ok(Outcome::new(StatusCode::OK, body, members.version)),
             Some(changes) => {
                 Outcome::new(StatusCode::OK, body, changes.version_after())
-                    .commit(state, changes, write)
+                    .commit(state, changes, write, permission)
                     .await
             }
         }
@@ -124,14 +124,14 @@ pub async fn remove(
 ) -> Result<Response, ApiError> {
     let organization_id = parse_id(&organization_id)?;
     let user_id = parse_id(&user_id)?;
-    let role = authorize(&write, organization_id, Action::Delete)?;
+    let (role, permission) = authorize(&write, organization_id, Action::Delete)?;
     let (state, write) = (&state, &write);
     execute(state, write, move || async move {
         let command = MembersCommand::Remove { user_id };
         let (_, changes) = decide(state, write, role, organization_id, command).await?;
         let changes = changes.expect("removing a member always appends");
         Outcome::deleted(user_id, changes.version_after())
-            .commit(state, changes, write)
+            .commit(state, changes, write, permission)
             .await
     })
     .await
@@ -176,11 +176,18 @@ async fn decide(
     Ok((members, Some(changes)))
 }
 
-fn authorize(write: &Write, organization_id: Uuid, action: Action) -> Result<Role, ApiError> {
-    write
+/// The caller's role for `action` on the organization's members, and the permission that granted it.
+fn authorize(
+    write: &Write,
+    organization_id: Uuid,
+    action: Action,
+) -> Result<(Role, Permission), ApiError> {
+    let permission = Permission::within(organization_id, Resource::Members, action);
+    let role = write
         .actor
-        .authorize_in(organization_id, Resource::Members, action)
-        .map_err(ApiError::denied("Organization", organization_id))
+        .authorize(&permission)
+        .map_err(ApiError::denied("Organization", organization_id))?;
+    Ok((role, permission))
 }
 
 /// `admin`, `user` or `guest`; System is granted platform-wide, not through a membership.

@@ -8,7 +8,7 @@ use events::organization::{Organization, OrganizationChanges, OrganizationComman
 use events::store::WriteSet;
 use events::values::{double_option, Description, Name};
 use events::views::OrganizationView;
-use events::{Action, Aggregate, Loaded, Resource, Role};
+use events::{Action, Aggregate, Loaded, Permission, Resource, Role};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -45,16 +45,15 @@ pub async fn create(
     write: Write,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let role = write
-        .actor
-        .authorize_platform(Resource::Organizations, Action::Create)?;
+    let permission = Permission::platform(Resource::Organizations, Action::Create);
+    let role = write.actor.authorize(&permission)?;
     let write = write.with_body(&body.digest);
     let input: CreateOrganization = body.parse()?;
     let name = required_name(&input.name)?;
     let description = optional_description(input.description.as_deref())?;
     let id = Uuid::now_v7();
     execute(&state, &write, || {
-        create_once(&state, &write, role, id, &name, &description)
+        create_once(&state, &write, (role, permission), id, &name, &description)
     })
     .await
 }
@@ -62,7 +61,7 @@ pub async fn create(
 async fn create_once(
     state: &AppState,
     write: &Write,
-    role: Role,
+    (role, permission): (Role, Permission),
     id: Uuid,
     name: &Name,
     description: &Option<Description>,
@@ -78,7 +77,7 @@ async fn create_once(
     let changes = WriteSet::append(&stream, 0, events).claim_name(NAME_SCOPE, &name.unique_key());
     Outcome::new(StatusCode::CREATED, view(&org)?, changes.version_after())
         .located(format!("/api/organizations/{id}"))
-        .commit(state, changes, write)
+        .commit(state, changes, write, permission)
         .await
         .map_err(name_taken("Organization", name.as_str(), ""))
 }
@@ -90,9 +89,10 @@ pub async fn update(
     body: Body,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
+    let permission = Permission::within(id, Resource::Organizations, Action::Update);
     let role = write
         .actor
-        .authorize_in(id, Resource::Organizations, Action::Update)
+        .authorize(&permission)
         .map_err(ApiError::denied("Organization", id))?;
     let write = write.with_body(&body.digest);
     let input: UpdateOrganization = body.parse()?;
@@ -101,7 +101,7 @@ pub async fn update(
         description: update_description(input.description.as_ref())?,
     };
     execute(&state, &write, || {
-        update_once(&state, &write, role, id, &changes)
+        update_once(&state, &write, (role, permission), id, &changes)
     })
     .await
 }
@@ -109,7 +109,7 @@ pub async fn update(
 async fn update_once(
     state: &AppState,
     write: &Write,
-    role: Role,
+    (role, permission): (Role, Permission),
     id: Uuid,
     changes: &OrganizationChanges,
 ) -> Result<Outcome, ApiError> {
@@ -135,10 +135,10 @@ async fn update_once(
     let outcome = Outcome::new(StatusCode::OK, body, write_set.version_after());
     match &changes.name {
         Some(name) => outcome
-            .commit(state, write_set, write)
+            .commit(state, write_set, write, permission)
             .await
             .map_err(name_taken("Organization", name.as_str(), "")),
-        None => outcome.commit(state, write_set, write).await,
+        None => outcome.commit(state, write_set, write, permission).await,
     }
 }
 
@@ -148,17 +148,21 @@ pub async fn delete(
     write: Write,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
+    let permission = Permission::within(id, Resource::Organizations, Action::Delete);
     let role = write
         .actor
-        .authorize_in(id, Resource::Organizations, Action::Delete)
+        .authorize(&permission)
         .map_err(ApiError::denied("Organization", id))?;
-    execute(&state, &write, || delete_once(&state, &write, role, id)).await
+    execute(&state, &write, || {
+        delete_once(&state, &write, (role, permission), id)
+    })
+    .await
 }
 
 async fn delete_once(
     state: &AppState,
     write: &Write,
-    role: Role,
+    (role, permission): (Role, Permission),
     id: Uuid,
 ) -> Result<Outcome, ApiError> {
     let mut org = load(state, id).await?;
@@ -168,11 +172,14 @@ async fn delete_once(
     let events = org.state.decide(OrganizationCommand::Delete)?;
     let events = org.record(events, &write.metadata(role, Some(id)), Utc::now());
     let stream = Organization::stream_id(id);
+    // Its write-only values go with it: they were sealed under its data key, which the deletion
+    // destroys. History still shows that they were set, never what they were.
     let changes = WriteSet::append(&stream, expected, events)
         .refuse_if_referenced()
-        .release_name(NAME_SCOPE, &name.to_lowercase());
+        .release_name(NAME_SCOPE, &name.to_lowercase())
+        .destroy_data_key(id);
     Outcome::deleted(id, changes.version_after())
-        .commit(state, changes, write)
+        .commit(state, changes, write, permission)
         .await
 }
 

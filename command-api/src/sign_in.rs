@@ -255,6 +255,10 @@ pub async fn callback(
     .fetch_optional(state.store.pool())
     .await?
     .ok_or_else(|| refused("state: unknown, expired or already used; sign in again"))?;
+    // Everything the answer needs that can fail is built before a session exists, so that a failure
+    // cannot leave a session behind that no browser holds.
+    let return_to = header_value(&attempt.return_to)?;
+    let clear_sign_in = cookie(SIGN_IN_COOKIE, "", 0)?;
     let failed = |details: String| ApiError::Unauthorized(format!("sign-in failed: {details}"));
     if let Some(error) = params.get("error") {
         let description = params.get("error_description").map_or("", String::as_str);
@@ -322,7 +326,7 @@ pub async fn callback(
 
     let mut response = StatusCode::SEE_OTHER.into_response();
     let headers = response.headers_mut();
-    headers.insert(LOCATION, header_value(&attempt.return_to)?);
+    headers.insert(LOCATION, return_to);
     headers.append(
         SET_COOKIE,
         cookie(
@@ -331,7 +335,7 @@ pub async fn callback(
             sign_in.config.session_ttl.num_seconds(),
         )?,
     );
-    headers.append(SET_COOKIE, cookie(SIGN_IN_COOKIE, "", 0)?);
+    headers.append(SET_COOKIE, clear_sign_in);
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
@@ -393,14 +397,23 @@ async fn record(
 }
 
 /// A path on this site to return to after sign-in; anything else could send the browser elsewhere.
+/// Bytes that may not stand in a `Location` header as they are (non-ASCII, spaces) are percent-encoded,
+/// as a browser would send them, so that the path stored is the one the callback can redirect to.
 fn local_path(path: &str) -> Result<String, ApiError> {
+    let encoded: String = path
+        .bytes()
+        .map(|b| match b {
+            b'!'..=b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
     let local = path.starts_with('/')
         && !path.starts_with("//")
         && !path.contains('\\')
         && !path.chars().any(char::is_control)
-        && path.len() <= RETURN_TO_MAX;
+        && encoded.len() <= RETURN_TO_MAX;
     if local {
-        Ok(path.to_owned())
+        Ok(encoded)
     } else {
         Err(ApiError::invalid(
             "returnTo",

@@ -7,7 +7,7 @@ use axum::response::Response;
 use chrono::Utc;
 use events::user::{User, UserCommand};
 use events::views::UserView;
-use events::{Action, Aggregate, Resource};
+use events::{Action, Aggregate, Permission, Resource};
 
 use crate::command::{execute, Outcome};
 use crate::error::ApiError;
@@ -38,9 +38,8 @@ async fn change_system_role(
     command: fn() -> UserCommand,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let role = write
-        .actor
-        .authorize_platform(Resource::Users, Action::Update)?;
+    let permission = Permission::platform(Resource::Users, Action::Update);
+    let role = write.actor.authorize(&permission)?;
     let (state, write) = (&state, &write);
     execute(state, write, move || async move {
         let mut user = load_user(state, id).await?;
@@ -58,7 +57,7 @@ async fn change_system_role(
         let events = user.record(events, &write.metadata(role, None), Utc::now());
         let changes = events::store::WriteSet::append(&User::stream_id(id), expected, events);
         Outcome::new(StatusCode::OK, view(&user)?, changes.version_after())
-            .commit(state, changes, write)
+            .commit(state, changes, write, permission)
             .await
     })
     .await

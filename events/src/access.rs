@@ -59,7 +59,8 @@ impl Role {
 }
 
 /// What a permission is about. Displayed as the word used in `403` messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Resource {
     Organizations,
     Environments,
@@ -93,7 +94,8 @@ impl fmt::Display for Resource {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Action {
     Read,
     Create,
@@ -130,6 +132,34 @@ pub fn role_allows(role: Role, resource: Resource, action: Action) -> bool {
         (Role::Admin, AuditEvents) => action == Read,
         (Role::Admin | Role::User | Role::Guest, Users | SystemModels) => false,
         (Role::User | Role::Guest, AuditEvents) => false,
+    }
+}
+
+/// One question to the permission table: `action` on `resource` inside `organization`, or
+/// platform-wide (`None`). A write keeps the one it passed with the response stored under its
+/// idempotency key, so that a replay asks it again of the caller's current roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Permission {
+    pub organization: Option<Uuid>,
+    pub resource: Resource,
+    pub action: Action,
+}
+
+impl Permission {
+    pub fn within(organization: Uuid, resource: Resource, action: Action) -> Self {
+        Permission {
+            organization: Some(organization),
+            resource,
+            action,
+        }
+    }
+
+    pub fn platform(resource: Resource, action: Action) -> Self {
+        Permission {
+            organization: None,
+            resource,
+            action,
+        }
     }
 }
 
@@ -172,6 +202,16 @@ impl Actor {
             Some(role) if role_allows(role, resource, action) => Ok(role),
             Some(_) => Err(AccessError::Forbidden { action, resource }),
             None => Err(AccessError::Hidden),
+        }
+    }
+
+    /// [`Actor::authorize_in`] or [`Actor::authorize_platform`], as `permission` says.
+    pub fn authorize(&self, permission: &Permission) -> Result<Role, AccessError> {
+        match permission.organization {
+            Some(organization) => {
+                self.authorize_in(organization, permission.resource, permission.action)
+            }
+            None => self.authorize_platform(permission.resource, permission.action),
         }
     }
 

@@ -24,7 +24,7 @@ pub mod user;
 pub mod values;
 pub mod views;
 
-pub use access::{AccessError, Action, Actor, Resource, Role};
+pub use access::{AccessError, Action, Actor, Permission, Resource, Role};
 pub use aggregate::{Aggregate, DomainError, Loaded};
 pub use envelope::{ActorRef, EventMetadata, LogPosition, NewEvent, RecordedEvent, RequestContext};
 pub use store::{Appended, EventStore, ExpectedVersion, PgEventStore, StoreError};

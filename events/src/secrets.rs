@@ -5,7 +5,8 @@
 //! own random data key, stored in `data_keys` wrapped by the master key (`SECRETS_KEY`). Values are
 //! sealed with AES-256-GCM under the owner's data key, bound to where they belong (the stream and the
 //! field) as associated data, so a ciphertext copied into another resource does not open. Destroying an
-//! owner's data key makes all of its values unreadable at once.
+//! owner's data key makes all of its values unreadable at once: deleting an organization does, in the
+//! transaction that records the deletion (`WriteSet::destroy_data_key` in `store`).
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
@@ -114,15 +115,6 @@ impl Secrets {
             )
             .map_err(|_| SecretsError::Undecryptable)?;
         String::from_utf8(plaintext).map_err(|_| SecretsError::Undecryptable)
-    }
-
-    /// Destroys `owner`'s data key: every value sealed for it becomes unreadable (crypto-shredding).
-    pub async fn destroy(&self, pool: &PgPool, owner: Uuid) -> Result<(), SecretsError> {
-        sqlx::query("DELETE FROM data_keys WHERE owner = $1")
-            .bind(owner)
-            .execute(pool)
-            .await?;
-        Ok(())
     }
 
     /// The owner's data key, created on first use. Two writers creating it at once keep the first one

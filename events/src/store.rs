@@ -35,6 +35,7 @@ use sqlx::PgExecutor;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::access::Permission;
 use crate::aggregate::{Aggregate, Loaded};
 use crate::envelope::{EventMetadata, LogPosition, NewEvent, RecordedEvent};
 
@@ -509,6 +510,8 @@ pub struct WriteSet {
     references_removed: Vec<Reference>,
     /// A stream that must have no references left (the one being deleted).
     unreferenced: Option<String>,
+    /// An owner whose data key goes with this write (see [`WriteSet::destroy_data_key`]).
+    destroy_data_key: Option<Uuid>,
     response: Option<StoredResponse>,
 }
 
@@ -550,6 +553,8 @@ pub struct StoredResponse {
     pub status: i16,
     pub headers: Value,
     pub body: String,
+    /// What the write was allowed to do; a replay asks it again before answering.
+    pub permission: Permission,
 }
 
 impl WriteSet {
@@ -577,6 +582,7 @@ impl WriteSet {
             references_added: Vec::new(),
             references_removed: Vec::new(),
             unreferenced: None,
+            destroy_data_key: None,
             response: None,
         }
     }
@@ -639,6 +645,13 @@ impl WriteSet {
     /// Refuses the write ([`StoreError::Referenced`]) while other streams still refer to this one.
     pub fn refuse_if_referenced(mut self) -> Self {
         self.unreferenced = Some(self.stream.clone());
+        self
+    }
+
+    /// Destroys `owner`'s data key (`crate::secrets`) with the write, so that every value sealed for
+    /// it becomes unreadable exactly when the write commits: a crash cannot leave the key behind.
+    pub fn destroy_data_key(mut self, owner: Uuid) -> Self {
+        self.destroy_data_key = Some(owner);
         self
     }
 

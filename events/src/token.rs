@@ -28,22 +28,23 @@ pub struct Claims {
     pub sub: String,
     pub email: Option<String>,
     pub name: Option<String>,
-    /// `false` when the provider has not verified that the user owns `email`.
+    /// `true` when the provider has verified that the user owns `email`; absent says nothing.
     pub email_verified: Option<bool>,
     /// Present in ID tokens: the value the sign-in that asked for the token sent.
     pub nonce: Option<String>,
 }
 
 impl Claims {
-    /// Who the token is about. An email the provider says it has not verified is left out: members
-    /// are added by email, and an unverified one could be anybody's.
+    /// Who the token is about. An email the provider does not say it has verified (`email_verified`
+    /// false or absent) is left out: members are added by email, and an unverified one could be
+    /// anybody's.
     pub fn identity(&self) -> crate::user::Identity {
         crate::user::Identity {
             subject: self.sub.clone(),
             email: self
                 .email
                 .clone()
-                .filter(|_| self.email_verified != Some(false)),
+                .filter(|_| self.email_verified == Some(true)),
             name: self.name.clone(),
         }
     }

@@ -638,6 +638,53 @@ async fn members_are_added_by_id_or_email_and_listed_with_their_profile() {
 }
 
 #[tokio::test]
+async fn an_email_the_token_does_not_say_is_verified_adds_nobody() {
+    let app = TestApp::spawn().await;
+    let org = app.create_organization("Acme").await;
+    let members = format!("/api/organizations/{org}/members");
+    // Without `email_verified` the provider vouches for nothing: the email could be anybody's.
+    let mut claims = app.issuer.claims("mallory");
+    claims["email"] = json!("victim@example.test");
+    claims.as_object_mut().unwrap().remove("email_verified");
+    let token = app.issuer.signing_key().sign(&claims);
+    let (status, session) = send(
+        app.request(Method::GET, "/api/auth/session")
+            .bearer_auth(token),
+    )
+    .await;
+    assert_eq!(
+        (status, session["user"]["email"].clone()),
+        (200, Value::Null)
+    );
+    let (status, body) = app
+        .post(
+            &members,
+            json!({ "email": "victim@example.test", "role": "admin" }),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+
+    // The same email, verified, is recorded and adds its user.
+    let mut claims = app.issuer.claims("victim");
+    claims["email"] = json!("victim@example.test");
+    let token = app.issuer.signing_key().sign(&claims);
+    let (status, session) = send(
+        app.request(Method::GET, "/api/auth/session")
+            .bearer_auth(token),
+    )
+    .await;
+    assert_eq!(status, 200, "{session}");
+    let (status, body) = app
+        .post(
+            &members,
+            json!({ "email": "victim@example.test", "role": "user" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["userId"], session["user"]["id"]);
+}
+
+#[tokio::test]
 async fn roles_have_stable_ids_and_the_session_lists_memberships() {
     let app = TestApp::spawn().await;
     let (status, first) = send(app.as_user("erin", Method::GET, "/api/roles")).await;

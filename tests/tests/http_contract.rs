@@ -262,6 +262,54 @@ async fn an_idempotency_key_replays_the_first_response_and_refuses_a_different_b
     assert_eq!((status, replayed), (200, body));
 }
 
+#[tokio::test]
+async fn an_idempotency_key_replays_nothing_to_a_caller_who_has_lost_access() {
+    let app = TestApp::spawn().await;
+    let org = app.create_organization("Acme").await;
+    let elsewhere = app.create_organization("Elsewhere").await;
+    let alice = app.add_member(&org, "alice", "admin").await;
+    app.add_member(&org, "bob", "admin").await;
+    // Still an admin somewhere, so the early checks before the environment is loaded let her through.
+    app.add_member(&elsewhere, "alice", "admin").await;
+    let renamed = app.create_environment(&org, "Staging").await;
+    let deleted = app.create_environment(&org, "Old").await;
+    let rename = || {
+        app.as_user(
+            "alice",
+            Method::PUT,
+            &format!("/api/environments/{renamed}"),
+        )
+        .header("idempotency-key", "rename")
+        .json(&json!({ "name": "QA" }))
+    };
+    let delete = || {
+        app.as_user(
+            "alice",
+            Method::DELETE,
+            &format!("/api/environments/{deleted}"),
+        )
+        .header("idempotency-key", "delete")
+    };
+    assert_eq!(send(rename()).await.0, 200);
+    assert_eq!(send(delete()).await.0, 200);
+    let again = rename().send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+
+    // Demoted to guest: the same request is forbidden, as a fresh one would be.
+    let member = format!("/api/organizations/{org}/members/{alice}");
+    assert_eq!(app.put(&member, json!({ "role": "guest" })).await.0, 200);
+    let (status, body) = send(rename()).await;
+    assert_eq!(status, 403, "{body}");
+    // Removed: the organization is hidden from her, and so is what she did in it.
+    assert_eq!(app.delete(&member).await.0, 200);
+    let refused = delete().send().await.unwrap();
+    assert_eq!(refused.status(), 404);
+    assert!(refused.headers().get("idempotent-replayed").is_none());
+    let body: Value = refused.json().await.unwrap();
+    assert!(body.get("success").is_none(), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_with_one_idempotency_key_create_one_resource() {
     let app = TestApp::spawn().await;
@@ -314,6 +362,77 @@ async fn concurrent_retries_with_if_match_and_one_key_all_get_the_one_update() {
         assert_eq!((status, etag.as_str()), (200, "\"2\""));
     }
     assert_eq!(app.event_count().await, events + 1);
+}
+
+/// `If-Match` pins the resource, not what the write depends on: a member's role change that finds its
+/// organization renamed at commit is retried and applied, not refused with `412`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn if_match_retries_when_only_a_stream_the_write_depends_on_moved() {
+    let app = TestApp::spawn().await;
+    let org = app.create_organization("Acme").await;
+    let uma = app.add_member(&org, "uma", "user").await;
+    let organization_stream = format!("organization-{org}");
+
+    // Holding the organization's stream lock (as its deletion would) stops the member write at
+    // commit, after it loaded the organization; the rename does not take that lock.
+    let mut holder = app.db.pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+        .bind(&organization_stream)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let change = tokio::spawn(send(
+        app.admin(
+            Method::PUT,
+            &format!("/api/organizations/{org}/members/{uma}"),
+        )
+        .header("if-match", "\"1\"")
+        .json(&json!({ "role": "guest" })),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the member write never reached commit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, body) = app
+        .put(
+            &format!("/api/organizations/{org}"),
+            json!({ "name": "Acme 2" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+        .bind(&organization_stream)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let (status, body) = change.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["role"], "guest");
+    // The resource itself moving still answers 412.
+    let (status, body) = send(
+        app.admin(
+            Method::PUT,
+            &format!("/api/organizations/{org}/members/{uma}"),
+        )
+        .header("if-match", "\"1\"")
+        .json(&json!({ "role": "user" })),
+    )
+    .await;
+    assert_eq!(status, 412, "{body}");
 }
 
 #[tokio::test]

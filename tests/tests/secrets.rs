@@ -1,14 +1,13 @@
 //! Write-only values (variable values, model credentials) never leave the system: not in any HTTP
 //! response, not in stored events outside their sealed field, not in read models, not in the services'
 //! logs. What is stored opens only with the owner's data key, for the field it was written to, and not
-//! at all once that key is destroyed.
+//! at all once that key is destroyed with the organization; history still reads without it.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use reqwest::Method;
 use serde_json::{json, Value};
-use tests::{send, TestApp};
+use tests::TestApp;
 
 /// Everything every service logs while the tests of this file run.
 #[derive(Clone, Default)]
@@ -175,7 +174,7 @@ async fn written_secrets_never_leave_in_responses_events_read_models_or_logs() {
 }
 
 #[tokio::test]
-async fn sealed_values_open_only_for_their_owner_and_field_until_the_key_is_destroyed() {
+async fn sealed_values_open_only_for_their_owner_and_field() {
     captured_logs();
     let app = TestApp::spawn().await;
     let org = app.create_organization("Acme Corp").await;
@@ -214,13 +213,91 @@ async fn sealed_values_open_only_for_their_owner_and_field_until_the_key_is_dest
     let other_key =
         events::secrets::Secrets::from_base64(&events::secrets::Secrets::generate_key()).unwrap();
     assert!(other_key.open(pool, org, &context, &sealed).await.is_err());
+}
 
-    app.secrets.destroy(pool, org).await.unwrap();
-    assert!(matches!(
-        app.secrets.open(pool, org, &context, &sealed).await,
-        Err(events::secrets::SecretsError::Destroyed(_))
-    ));
-    // Reads still answer, with nothing to reveal.
-    let (status, read) = send(app.admin(Method::GET, &format!("/api/models/{id}"))).await;
-    assert_eq!((status, read["hasToken"].clone()), (200, json!(true)));
+#[tokio::test]
+async fn deleting_an_organization_destroys_its_data_key_and_its_history_still_reads() {
+    captured_logs();
+    let app = TestApp::spawn().await;
+    let org = app.create_organization("Acme Corp").await;
+    let env = app.create_environment(&org, "Production").await;
+    let (status, variable) = app
+        .post(
+            "/api/variables",
+            json!({"organizationId": org, "environmentId": env, "name": "KEY", "value": secret(1)}),
+        )
+        .await;
+    assert_eq!(status, 201, "{variable}");
+    let (status, model) = app
+        .post("/api/models", json!({"organizationId": org, "name": "M", "modelUrl": "https://m.example", "token": secret(2)}))
+        .await;
+    assert_eq!(status, 201, "{model}");
+    let variable = format!("/api/variables/{}", variable["id"].as_str().unwrap());
+    let model = format!("/api/models/{}", model["id"].as_str().unwrap());
+    let before_deletion = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    for path in [
+        variable.clone(),
+        model.clone(),
+        format!("/api/environments/{env}"),
+        format!("/api/organizations/{org}"),
+    ] {
+        let (status, body) = app.delete(&path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+
+    let owner: uuid::Uuid = org.parse().unwrap();
+    let pool = &app.db.pool;
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM data_keys WHERE owner = $1")
+        .bind(owner)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, 0, "the organization's data key outlived it");
+    let sealed: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT e.stream_id, s.key, s.value FROM events e, jsonb_each_text(e.data->'secrets') s \
+         WHERE e.metadata->>'organizationId' = $1",
+    )
+    .bind(&org)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(sealed.len(), 2, "{sealed:?}");
+    for (stream, field, value) in &sealed {
+        assert!(matches!(
+            app.secrets
+                .open(pool, owner, &format!("{stream}/{field}"), value)
+                .await,
+            Err(events::secrets::SecretsError::Destroyed(_))
+        ));
+    }
+
+    // History needs none of the values: it shows that they were set, never what they were.
+    for (path, flag) in [(&variable, "hasValue"), (&model, "hasToken")] {
+        let (status, then) = app.get(&format!("{path}?asOf={before_deletion}")).await;
+        assert_eq!((status, then[flag].clone()), (200, json!(true)), "{then}");
+    }
+    let (status, trail) = app
+        .get(&format!("/api/audit-events?organizationId={org}&limit=100"))
+        .await;
+    assert_eq!(status, 200, "{trail}");
+    let changes_of = |event_type: &str| {
+        trail["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["type"] == event_type)
+            .map(|row| row["changes"].clone())
+            .unwrap_or_else(|| panic!("no {event_type} row in {trail}"))
+    };
+    assert_eq!(changes_of("variable.created")["value"]["to"], "[redacted]");
+    assert_eq!(changes_of("model.created")["token"]["to"], "[redacted]");
+    let progress = projector::replay::replay(
+        pool,
+        projector::scratch::Until::End,
+        "after_shredding",
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(progress.applied as i64, app.event_count().await);
 }

@@ -310,3 +310,24 @@ async fn login_only_returns_to_paths_on_this_site() {
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{target}");
     }
 }
+
+#[tokio::test]
+async fn a_return_path_with_non_ascii_characters_comes_back_percent_encoded() {
+    let app = TestApp::spawn().await;
+    let started = start_sign_in(&app, "carol", "/organizations/café?tab=über alles").await;
+    let signed_in = finish(&started).await;
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        location(&signed_in),
+        "/organizations/caf%C3%A9?tab=%C3%BCber%20alles"
+    );
+    let (token, _) = set_cookie(&signed_in, "__Host-session").expect("a session cookie");
+    let (status, session) = session_of(&app, &format!("__Host-session={token}")).await;
+    assert_eq!(status, 200, "{session}");
+    // The one session is the one the browser holds: none was left behind by a failed answer.
+    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(sessions, 1);
+}
