@@ -3,8 +3,8 @@
 # deploy/test.sh — runs the whole test suite.
 #
 # It owns the test run: it makes sure the Rust toolchain, the build dependencies, a local
-# PostgreSQL (127.0.0.1:5432, see deploy/lib.sh) and the tansu Kafka broker are there, then runs
-# `cargo test --workspace --locked` with TEST_DATABASE_URL pointing at that server's `postgres`
+# PostgreSQL (127.0.0.1:5432, see deploy/lib.sh) and the tansu Kafka broker are there, builds the
+# binaries, then runs `cargo test --workspace --locked` with TEST_DATABASE_URL pointing at that server's `postgres`
 # database. Tests create (and drop) their own randomly named databases from it, so nothing
 # needs to be running beforehand and the local stack's database is not touched.
 #
@@ -26,6 +26,11 @@ ensure_postgres
 ensure_tansu
 
 export TEST_DATABASE_URL="$PG_ADMIN_URL"
+
+# The tests that start the real binaries (signals, exit statuses, the gateway) find them next to the
+# test executables; cargo test does not build other packages' binaries for them.
+log "cargo build --workspace --bins --locked"
+cargo build --workspace --bins --locked
 
 log "cargo test --workspace --locked $*"
 status=0

@@ -1,4 +1,5 @@
-//! The command-api process: configuration from the environment (API.md §1), migrations, then serve.
+//! The command-api process: configuration from the environment (API.md §1), migrations, then serve until
+//! SIGTERM or SIGINT (see [`events::shutdown`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,12 +9,14 @@ use command_api::sign_in::{SignIn, SignInConfig};
 use command_api::{router, AppState};
 use events::auth::{AuthConfig, Authenticator};
 use events::secrets::Secrets;
+use events::shutdown::Shutdown;
 use events::PgEventStore;
 use sqlx::postgres::PgPoolOptions;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     events::telemetry::init();
+    let shutdown = Shutdown::on_signal().context("installing the signal handlers")?;
     let database_url = std::env::var("DATABASE_URL").context("DATABASE_URL is not set")?;
     let addr: SocketAddr = std::env::var("COMMAND_API_ADDR")
         .unwrap_or_else(|_| "127.0.0.1:8081".into())
@@ -42,10 +45,18 @@ async fn main() -> anyhow::Result<()> {
     };
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "command-api listening");
-    axum::serve(
+    // Stops accepting on the signal and lets the requests in flight finish, within the grace period.
+    let server = axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .await?;
+    .with_graceful_shutdown({
+        let shutdown = shutdown.clone();
+        async move { shutdown.requested().await }
+    });
+    if let Some(served) = shutdown.within_grace(server).await {
+        served?;
+    }
+    tracing::info!("command-api stopped");
     Ok(())
 }

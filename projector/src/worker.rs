@@ -5,6 +5,9 @@
 //! either keeps both or neither. Single runner: the advisory lock is taken on the very connection that
 //! runs the batches. If that connection dies, PostgreSQL releases the lock and aborts any open batch,
 //! so a standby that takes over can never overlap with a batch of the old holder.
+//!
+//! Shutdown: the runner looks at its [`Shutdown`] only between batches, so a batch under way commits
+//! (or, if the process is gone first, rolls back) as a whole, and the checkpoint stays with the tables.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +18,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use crate::projection::{
     apply_next_batch, ensure_checkpoint, lock_checkpoint, save_checkpoint, Projection, LIVE_SCHEMA,
 };
+use events::shutdown::Shutdown;
 use events::store::listen_for_appends;
 
 #[derive(Debug, Clone)]
@@ -24,6 +28,8 @@ pub struct WorkerConfig {
     pub poll_interval: Duration,
     /// How long to wait before retrying after a failure.
     pub retry_delay: Duration,
+    /// Stops the runner between batches.
+    pub shutdown: Shutdown,
 }
 
 impl Default for WorkerConfig {
@@ -32,13 +38,15 @@ impl Default for WorkerConfig {
             batch_size: 500,
             poll_interval: Duration::from_millis(250),
             retry_delay: Duration::from_secs(1),
+            shutdown: Shutdown::default(),
         }
     }
 }
 
-/// Runs the projection until the task is dropped, retrying after any failure.
+/// Runs the projection until shutdown is requested or the task is dropped, retrying after any
+/// failure.
 pub async fn run(pool: PgPool, projection: Arc<dyn Projection>, config: WorkerConfig) {
-    loop {
+    while !config.shutdown.is_requested() {
         if let Err(error) = hold_and_follow(&pool, projection.as_ref(), &config).await {
             tracing::error!(
                 projection = projection.name(),
@@ -48,8 +56,12 @@ pub async fn run(pool: PgPool, projection: Arc<dyn Projection>, config: WorkerCo
             metrics::counter!("projection_failures_total", "projection" => projection.name())
                 .increment(1);
         }
-        tokio::time::sleep(config.retry_delay).await;
+        tokio::select! {
+            _ = tokio::time::sleep(config.retry_delay) => {}
+            _ = config.shutdown.requested() => {}
+        }
     }
+    tracing::info!(projection = projection.name(), "stopped");
 }
 
 /// Key of the advisory lock that makes one process the runner of a projection.
@@ -85,12 +97,16 @@ async fn hold_and_follow(
         .await
         .context("connecting")?;
     ensure_checkpoint(&mut conn, name).await?;
-    become_runner(&mut conn, name, config.poll_interval).await?;
+    tokio::select! {
+        became = become_runner(&mut conn, name, config.poll_interval) => became?,
+        // A standby holds nothing: it can stop at once.
+        _ = config.shutdown.requested() => return Ok(()),
+    }
     tracing::info!(projection = name, "running");
     let mut listener = listen_for_appends(pool)
         .await
         .context("listening for appends")?;
-    loop {
+    while !config.shutdown.is_requested() {
         let applied = run_batch(&mut conn, projection, config.batch_size).await?;
         if applied as i64 == config.batch_size {
             continue;
@@ -98,8 +114,10 @@ async fn hold_and_follow(
         tokio::select! {
             notification = listener.recv() => { notification.context("waiting for appends")?; }
             _ = tokio::time::sleep(config.poll_interval) => {}
+            _ = config.shutdown.requested() => {}
         }
     }
+    Ok(())
 }
 
 /// Applies the next batch after the live checkpoint; returns how many events it applied.

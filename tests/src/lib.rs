@@ -3,6 +3,7 @@
 
 pub mod issuer;
 pub mod kafka;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,6 +75,13 @@ impl TestDb {
             .connect_with(server.clone().database(&name))
             .await?;
         Ok(TestDb { pool, name, server })
+    }
+
+    /// The database's URL, for processes configured by `DATABASE_URL`.
+    pub fn url(&self) -> String {
+        let server = server_url();
+        let (base, _) = server.rsplit_once('/').unwrap_or((&server, ""));
+        format!("{base}/{}", self.name)
     }
 
     pub fn connect_options(&self) -> PgConnectOptions {
