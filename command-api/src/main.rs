@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use command_api::sign_in::{SignIn, SignInConfig};
-use command_api::{router, AppState};
+use command_api::{ops, router, AppState};
 use events::auth::{AuthConfig, Authenticator};
 use events::secrets::Secrets;
 use events::shutdown::Shutdown;
@@ -41,6 +41,10 @@ async fn main() -> anyhow::Result<()> {
         sign_in: Arc::new(SignIn::new(SignInConfig::from_env()?)),
         store,
         metrics,
+        request_timeout: events::settings::seconds(
+            "REQUEST_TIMEOUT_SECS",
+            ops::DEFAULT_REQUEST_TIMEOUT.as_secs(),
+        )?,
         secrets,
     };
     let listener = tokio::net::TcpListener::bind(addr).await?;

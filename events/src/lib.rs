@@ -15,6 +15,7 @@ pub mod published;
 pub mod read_models;
 pub mod secrets;
 pub mod sessions;
+pub mod settings;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

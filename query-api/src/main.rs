@@ -9,7 +9,7 @@ use events::auth::{AuthConfig, Authenticator};
 use events::shutdown::Shutdown;
 use events::PgEventStore;
 use query_api::consistency::Consistency;
-use query_api::{router, AppState};
+use query_api::{ops, router, AppState};
 use sqlx::postgres::PgPoolOptions;
 
 #[tokio::main]
@@ -38,6 +38,10 @@ async fn main() -> anyhow::Result<()> {
         )),
         pool,
         metrics,
+        request_timeout: events::settings::seconds(
+            "REQUEST_TIMEOUT_SECS",
+            ops::DEFAULT_REQUEST_TIMEOUT.as_secs(),
+        )?,
     };
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "query-api listening");

@@ -215,6 +215,7 @@ impl TestApp {
                 metrics: metrics.clone(),
                 sign_in,
                 secrets: secrets.clone(),
+                request_timeout: command_api::ops::DEFAULT_REQUEST_TIMEOUT,
             }),
         );
         let query = serve(query_api::router(query_api::AppState {
@@ -222,6 +223,7 @@ impl TestApp {
             auth,
             consistency: query_api::consistency::Consistency::start(db.pool.clone()),
             metrics,
+            request_timeout: query_api::ops::DEFAULT_REQUEST_TIMEOUT,
         }))
         .await;
         let admin_token = issuer.token(SYSTEM_ADMIN);
