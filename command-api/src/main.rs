@@ -8,10 +8,10 @@ use anyhow::Context;
 use command_api::sign_in::{SignIn, SignInConfig};
 use command_api::{ops, router, AppState};
 use events::auth::{AuthConfig, Authenticator};
+use events::database::Limits;
 use events::secrets::Secrets;
 use events::shutdown::Shutdown;
 use events::PgEventStore;
-use sqlx::postgres::PgPoolOptions;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -22,14 +22,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| "127.0.0.1:8081".into())
         .parse()
         .context("COMMAND_API_ADDR")?;
-    let pool = PgPoolOptions::new()
-        .max_connections(40)
-        .connect(&database_url)
-        .await
-        .context("connecting to PostgreSQL")?;
-    events::store::migrate(&pool)
-        .await
-        .context("applying migrations")?;
+    let pool = events::database::connect(&database_url, 40, Limits::from_env()?).await?;
     let secrets = Secrets::from_base64(
         &std::env::var("SECRETS_KEY").context("SECRETS_KEY is not set (base64 of 32 bytes)")?,
     )

@@ -6,6 +6,7 @@ pub mod access;
 pub mod aggregate;
 pub mod auth;
 pub mod catalog;
+pub mod database;
 pub mod envelope;
 pub mod environment;
 pub mod history;

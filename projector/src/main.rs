@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use events::database::Limits;
 use events::shutdown::Shutdown;
 use projector::publisher::{self, PublisherConfig};
 use projector::rebuild::rebuild;
@@ -18,7 +19,6 @@ use projector::tail::tail;
 use projector::verify::{verify, verify_log, ProjectionReport};
 use projector::worker::WorkerConfig;
 use projector::{projections, spawn_workers};
-use sqlx::postgres::PgPoolOptions;
 
 #[derive(Parser)]
 #[command(about = "Projection workers and the operator commands around them")]
@@ -86,16 +86,16 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     events::telemetry::init();
     let cli = Cli::parse();
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .connect(&cli.database_url)
-        .await
-        .context("connecting to PostgreSQL")?;
-    events::store::migrate(&pool)
-        .await
-        .context("applying migrations")?;
+    let command = cli.command.unwrap_or(Command::Run);
+    // The request-sized statement limit is for the live workers; the operator's commands run long
+    // statements over the whole log (and `status` and `tail` are the operator's too).
+    let limits = match command {
+        Command::Run => Limits::from_env()?,
+        _ => Limits::from_env()?.without_statement_timeout(),
+    };
+    let pool = events::database::connect(&cli.database_url, 8, limits).await?;
 
-    match cli.command.unwrap_or(Command::Run) {
+    match command {
         Command::Run => {
             // Only the long-running workers handle signals: the operator's commands keep the
             // default, so Ctrl-C stops them at once (each of their writes is one transaction).

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use events::auth::{AuthConfig, Authenticator};
+use events::database::Limits;
 use events::shutdown::Shutdown;
 use events::PgEventStore;
 use query_api::consistency::Consistency;
 use query_api::{ops, router, AppState};
-use sqlx::postgres::PgPoolOptions;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -21,14 +21,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| "127.0.0.1:8082".into())
         .parse()
         .context("QUERY_API_ADDR")?;
-    let pool = PgPoolOptions::new()
-        .max_connections(40)
-        .connect(&database_url)
-        .await
-        .context("connecting to PostgreSQL")?;
-    events::store::migrate(&pool)
-        .await
-        .context("applying migrations")?;
+    let pool = events::database::connect(&database_url, 40, Limits::from_env()?).await?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let state = AppState {
         consistency: Consistency::start(pool.clone()),

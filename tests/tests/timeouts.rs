@@ -1,10 +1,13 @@
 //! Time limits, against the real binaries: a request that has not produced its response head within
 //! `REQUEST_TIMEOUT_SECS` answers `503` with the error body, while a response that streams after its
-//! head (the NDJSON audit export) is not cut off.
+//! head (the NDJSON audit export) is not cut off; the services' pools limit every statement and idle
+//! transaction themselves, except for the projector's operator commands.
 
 use std::time::{Duration, Instant};
 
+use events::database::Limits;
 use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
 use tests::process::Stack;
 use tests::{start_issuer, TestDb, SYSTEM_ADMIN};
 
@@ -113,5 +116,97 @@ async fn requests_answer_503_at_the_time_limit_but_exports_stream_on() {
         body.lines()
             .any(|line| line.contains("organization.created")),
         "{body}"
+    );
+}
+
+#[tokio::test]
+async fn every_pool_connection_carries_the_limits() {
+    let db = TestDb::create().await.expect("a test database");
+    let limits = Limits {
+        statement: Some(Duration::from_secs(7)),
+        idle_in_transaction: Duration::from_secs(11),
+    };
+    let url = db.url();
+    let show = |limits: Limits| {
+        let url = url.clone();
+        async move {
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(limits.connect_options(&url).expect("options"))
+                .await
+                .expect("connecting");
+            let statement: String = sqlx::query_scalar("SHOW statement_timeout")
+                .fetch_one(&pool)
+                .await
+                .expect("SHOW");
+            let idle: String = sqlx::query_scalar("SHOW idle_in_transaction_session_timeout")
+                .fetch_one(&pool)
+                .await
+                .expect("SHOW");
+            (statement, idle)
+        }
+    };
+    assert_eq!(show(limits).await, ("7s".into(), "11s".into()));
+    assert_eq!(
+        show(limits.without_statement_timeout()).await,
+        ("0".into(), "11s".into())
+    );
+}
+
+#[tokio::test]
+async fn statements_of_requests_are_limited_and_the_operators_commands_are_not() {
+    let db = TestDb::create().await.expect("a test database");
+    let issuer = start_issuer().await;
+    let mut stack = Stack::new(&db, &issuer);
+    stack.set("STATEMENT_TIMEOUT_SECS", "1");
+    let command = stack.command_api().await;
+    let token = issuer.token(SYSTEM_ADMIN);
+    let http = reqwest::Client::new();
+    let create = |name: &str| {
+        http.post(format!("{}/api/organizations", command.url))
+            .bearer_auth(&token)
+            .json(&json!({ "name": name }))
+            .send()
+    };
+    assert_eq!(create("first").await.expect("creating").status(), 201);
+
+    // The server cancels a write's statement that waits for a lock longer than the limit.
+    let mut blocker = db.pool.begin().await.expect("a transaction");
+    sqlx::query("LOCK TABLE events IN SHARE MODE")
+        .execute(&mut *blocker)
+        .await
+        .expect("locking the log");
+    let started = Instant::now();
+    let refused = tokio::time::timeout(Duration::from_secs(10), create("waiting"))
+        .await
+        .expect("an answer before the lock was released")
+        .expect("an answer");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(refused.status().is_server_error(), "{}", refused.status());
+    let body: serde_json::Value = refused.json().await.expect("a JSON body");
+    assert!(body["error"].is_string(), "{body}");
+    blocker.rollback().await.expect("releasing the log");
+
+    // A rebuild whose swap waits longer than that for the live runner's checkpoint lock succeeds.
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name) VALUES ('tenants') ON CONFLICT DO NOTHING",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("a checkpoint");
+    let mut blocker = db.pool.begin().await.expect("a transaction");
+    sqlx::query("SELECT 1 FROM projection_checkpoints WHERE name = 'tenants' FOR UPDATE")
+        .execute(&mut *blocker)
+        .await
+        .expect("locking the checkpoint");
+    let (rebuilt, ()) = tokio::join!(stack.projector_command(&["rebuild", "tenants"]), async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        blocker.rollback().await.expect("releasing the checkpoint");
+    });
+    assert!(
+        rebuilt.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&rebuilt.stdout),
+        String::from_utf8_lossy(&rebuilt.stderr)
     );
 }
