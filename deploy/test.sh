@@ -21,6 +21,8 @@ cd "$REPO_ROOT"
 
 ensure_rust
 ensure_packages curl pkg-config cmake build-essential ca-certificates libcurl4-openssl-dev
+# The gateway test runs real nginx on the rendered template.
+ensure_packages nginx gettext-base
 ensure_postgres
 # The Kafka tests start their own tansu brokers (each on its own port and database).
 ensure_tansu
