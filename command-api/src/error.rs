@@ -1,7 +1,8 @@
 //! The one error type of command-api: every failure becomes a status code and an `{error, details}`
 //! body here and nowhere else.
 
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use events::auth::AuthError;
@@ -36,6 +37,12 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    /// Over a cap; the client may try again after that many seconds.
+    #[error("too many requests")]
+    TooManyRequests {
+        details: String,
+        retry_after_seconds: u64,
+    },
     #[error("service unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -168,6 +175,13 @@ impl From<sqlx::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry_after = match &self {
+            ApiError::TooManyRequests {
+                retry_after_seconds,
+                ..
+            } => Some(*retry_after_seconds),
+            _ => None,
+        };
         let (status, error, details) = match self {
             ApiError::BadRequest { error, details } => (StatusCode::BAD_REQUEST, error, details),
             ApiError::Unauthorized(details) => {
@@ -209,6 +223,11 @@ impl IntoResponse for ApiError {
                 "Unsupported Media Type".into(),
                 "Content-Type must be application/json".into(),
             ),
+            ApiError::TooManyRequests { details, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too Many Requests".into(),
+                details,
+            ),
             ApiError::Unavailable(details) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service Unavailable".into(),
@@ -228,6 +247,12 @@ impl IntoResponse for ApiError {
         } else {
             json!({ "error": error, "details": details })
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }

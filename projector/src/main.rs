@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use events::database::Limits;
 use events::shutdown::Shutdown;
+use projector::housekeeping;
 use projector::publisher::{self, PublisherConfig};
 use projector::rebuild::rebuild;
 use projector::replay::replay;
@@ -121,6 +122,11 @@ async fn main() -> anyhow::Result<()> {
                 }
                 None => tracing::info!("KAFKA_BROKERS is not set: not publishing to Kafka"),
             }
+            tasks.push(tokio::spawn(housekeeping::run(
+                pool.clone(),
+                events::settings::seconds("HOUSEKEEPING_INTERVAL_SECS", 300)?,
+                shutdown.clone(),
+            )));
             let listener = tokio::net::TcpListener::bind(cli.addr).await?;
             tracing::info!(addr = %cli.addr, "projector running");
             let server = axum::serve(listener, projector::ops::router(pool, metrics))

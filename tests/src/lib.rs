@@ -206,6 +206,8 @@ impl TestApp {
             client_secret: Some(issuer::CLIENT_SECRET.into()),
             public_url: command_url.clone(),
             session_ttl: chrono::Duration::hours(1),
+            max_attempts_per_ip: command_api::sign_in::DEFAULT_MAX_ATTEMPTS_PER_IP,
+            max_attempts: command_api::sign_in::DEFAULT_MAX_ATTEMPTS,
         }));
         serve_on(
             command_listener,
