@@ -1,12 +1,14 @@
 //! Graceful shutdown of the real binaries: on SIGTERM, requests in flight finish and nothing is left
 //! half-written, the projector stops between batches with its checkpoint and read models in step,
-//! and every process exits 0.
+//! the Kafka publisher with its checkpoint behind what the broker holds, and every process exits 0.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
+use events::published::{aggregate_types, topic};
 use serde_json::json;
 use sqlx::PgPool;
+use tests::kafka::{publisher_checkpoint, Broker, GroupMember};
 use tests::process::{Service, Stack};
 use tests::{start_issuer, TestDb, SYSTEM_ADMIN};
 use tokio::task::JoinSet;
@@ -169,12 +171,8 @@ async fn query_api_answers_the_reads_in_flight_then_exits_0() {
     assert!(status.success(), "query-api exited with {status}");
 }
 
-#[tokio::test]
-async fn projector_stops_between_batches_then_exits_0() {
-    let db = TestDb::create().await.expect("a test database");
-    let issuer = start_issuer().await;
-    let stack = Stack::new(&db, &issuer);
-    // A backlog of one organization and many environments, straight into the log.
+/// Appends one organization and `environments` environments straight into the log.
+async fn append_backlog(pool: &PgPool, environments: i64) {
     let org = uuid::Uuid::now_v7();
     let metadata = json!({ "actor": { "id": "test", "role": "system" }, "organizationId": org,
         "requestId": "test", "correlationId": "test", "causationId": null, "clientIp": null, "userAgent": null });
@@ -185,7 +183,7 @@ async fn projector_stops_between_batches_then_exits_0() {
     .bind(format!("organization-{org}"))
     .bind(json!({ "id": org, "name": "Backlog Corp", "description": null }))
     .bind(&metadata)
-    .execute(&db.pool)
+    .execute(pool)
     .await
     .expect("appending the organization");
     sqlx::query(
@@ -193,13 +191,22 @@ async fn projector_stops_between_batches_then_exits_0() {
          SELECT 'environment-' || md5('env' || g)::uuid, 1, gen_random_uuid(), 'environment.created', 1, \
                 jsonb_build_object('id', md5('env' || g)::uuid, 'organizationId', $1::uuid, 'name', 'env ' || g, 'description', NULL), \
                 $2, now() \
-         FROM generate_series(1, 40000) g",
+         FROM generate_series(1, $3) g",
     )
     .bind(org)
     .bind(&metadata)
-    .execute(&db.pool)
+    .bind(environments)
+    .execute(pool)
     .await
     .expect("appending the backlog");
+}
+
+#[tokio::test]
+async fn projector_stops_between_batches_then_exits_0() {
+    let db = TestDb::create().await.expect("a test database");
+    let issuer = start_issuer().await;
+    let stack = Stack::new(&db, &issuer);
+    append_backlog(&db.pool, 40_000).await;
 
     let mut projector = stack.projector().await;
     let position = || async {
@@ -239,4 +246,58 @@ async fn projector_stops_between_batches_then_exits_0() {
     .expect("counting events");
     assert_eq!(projected, logged, "checkpoint {checkpoint}");
     println!("stopped at position {checkpoint} of 40001");
+}
+
+#[tokio::test]
+async fn the_publisher_stops_with_its_checkpoint_behind_what_the_broker_holds() {
+    let db = TestDb::create().await.expect("a test database");
+    let issuer = start_issuer().await;
+    let broker = Broker::start().await;
+    let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+    let mut stack = Stack::new(&db, &issuer);
+    stack.set("KAFKA_BROKERS", broker.address());
+    stack.set("KAFKA_TOPIC_PREFIX", &prefix);
+    append_backlog(&db.pool, 5_000).await;
+
+    let mut projector = stack.projector().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while publisher_checkpoint(&db.pool).await.global_position == 0 {
+        assert!(Instant::now() < deadline, "the publisher did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    projector.signal("TERM");
+    let status = projector.exit_status(Duration::from_secs(30)).await;
+    assert!(
+        status.success(),
+        "projector exited with {status}:\n{}",
+        projector.output()
+    );
+
+    // Every event up to the checkpoint is on its topic.
+    let checkpoint = publisher_checkpoint(&db.pool).await;
+    let published: HashSet<String> =
+        sqlx::query_scalar("SELECT event_id::text FROM events WHERE global_position <= $1")
+            .bind(checkpoint.global_position)
+            .fetch_all(&db.pool)
+            .await
+            .expect("reading the log")
+            .into_iter()
+            .collect();
+    let topics: Vec<String> = aggregate_types()
+        .iter()
+        .map(|t| topic(&prefix, t))
+        .collect();
+    let consumer = GroupMember::join(&broker.address(), "shutdown-test", &topics);
+    let received = consumer
+        .take_all(Duration::from_secs(90), published.clone())
+        .await;
+    let received: HashSet<&str> = received.iter().map(|r| r.header("ce_id")).collect();
+    let missing = published
+        .iter()
+        .filter(|id| !received.contains(id.as_str()))
+        .count();
+    assert_eq!(
+        missing, 0,
+        "events up to checkpoint {checkpoint} are not on Kafka"
+    );
 }
