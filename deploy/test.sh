@@ -2,11 +2,11 @@
 #
 # deploy/test.sh — runs the whole test suite.
 #
-# It owns the test run: it makes sure the Rust toolchain, the build dependencies, a local
+# It owns the test run: it makes sure the Rust toolchain, the build dependencies, nginx, a local
 # PostgreSQL (127.0.0.1:5432, see deploy/lib.sh) and the tansu Kafka broker are there, builds the
-# binaries, then runs `cargo test --workspace --locked` with TEST_DATABASE_URL pointing at that server's `postgres`
-# database. Tests create (and drop) their own randomly named databases from it, so nothing
-# needs to be running beforehand and the local stack's database is not touched.
+# binaries, then runs `cargo test --workspace --locked` with TEST_DATABASE_URL pointing at that
+# server's `postgres` database. Tests create (and drop) their own randomly named databases from it,
+# so nothing needs to be running beforehand and the local stack's database is not touched.
 #
 # Extra arguments go to cargo test, e.g.:
 #   deploy/test.sh -p command-api

@@ -77,15 +77,15 @@ impl Stack {
     }
 
     pub async fn command_api(&self) -> Service {
-        Service::start(self, "command-api", &[], self.command_addr).await
+        Service::start(self, "command-api", self.command_addr).await
     }
 
     pub async fn query_api(&self) -> Service {
-        Service::start(self, "query-api", &[], self.query_addr).await
+        Service::start(self, "query-api", self.query_addr).await
     }
 
     pub async fn projector(&self) -> Service {
-        Service::start(self, "projector", &[], self.projector_addr).await
+        Service::start(self, "projector", self.projector_addr).await
     }
 
     /// Runs `projector <args>` to its end; its status and output.
@@ -107,11 +107,10 @@ pub struct Service {
 
 impl Service {
     /// Starts the binary and waits until its `/healthz` answers.
-    pub async fn start(stack: &Stack, name: &'static str, args: &[&str], addr: SocketAddr) -> Self {
+    pub async fn start(stack: &Stack, name: &'static str, addr: SocketAddr) -> Self {
         let log = std::env::temp_dir().join(format!("{name}-{}.log", uuid::Uuid::new_v4()));
         let output = std::fs::File::create(&log).expect("creating the log file");
         let child = Command::new(binary(name))
-            .args(args)
             .env_remove("KAFKA_BROKERS")
             .envs(stack.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
