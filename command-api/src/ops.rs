@@ -70,8 +70,9 @@ async fn record_metrics(request: Request, next: Next) -> Response {
 
 /// Answers `503` when a request has not produced its response head within the limit. Only the head
 /// is timed: a body that streams afterwards (the NDJSON audit export) runs as long as it needs.
-/// Dropping the handler rolls back a transaction it has open; a write whose commit was already under
-/// way may still land, which is what a retry with the same `Idempotency-Key` is for.
+/// Dropping the handler does not stop a statement the database is already running: a write cut off
+/// this way may still be recorded (within `STATEMENT_TIMEOUT_SECS`), which is what a retry with the
+/// same `Idempotency-Key` is for.
 async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
