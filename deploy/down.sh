@@ -13,8 +13,9 @@ set -euo pipefail
 # shellcheck source=deploy/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# Seconds a process gets to exit after a polite signal before it is killed.
-STOP_TIMEOUT=15
+# Seconds a process gets to exit after a polite signal before it is killed: more than the 30 s
+# the services give the work in flight when they receive SIGTERM.
+STOP_TIMEOUT=35
 
 [ -d "$RUN_DIR" ] || exit 0
 

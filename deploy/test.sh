@@ -2,11 +2,11 @@
 #
 # deploy/test.sh — runs the whole test suite.
 #
-# It owns the test run: it makes sure the Rust toolchain, the build dependencies, a local
-# PostgreSQL (127.0.0.1:5432, see deploy/lib.sh) and the tansu Kafka broker are there, then runs
-# `cargo test --workspace --locked` with TEST_DATABASE_URL pointing at that server's `postgres`
-# database. Tests create (and drop) their own randomly named databases from it, so nothing
-# needs to be running beforehand and the local stack's database is not touched.
+# It owns the test run: it makes sure the Rust toolchain, the build dependencies, nginx, a local
+# PostgreSQL (127.0.0.1:5432, see deploy/lib.sh) and the tansu Kafka broker are there, builds the
+# binaries, then runs `cargo test --workspace --locked` with TEST_DATABASE_URL pointing at that
+# server's `postgres` database. Tests create (and drop) their own randomly named databases from it,
+# so nothing needs to be running beforehand and the local stack's database is not touched.
 #
 # Extra arguments go to cargo test, e.g.:
 #   deploy/test.sh -p command-api
@@ -21,11 +21,18 @@ cd "$REPO_ROOT"
 
 ensure_rust
 ensure_packages curl pkg-config cmake build-essential ca-certificates libcurl4-openssl-dev
+# The gateway test runs real nginx on the rendered template.
+ensure_packages nginx gettext-base
 ensure_postgres
 # The Kafka tests start their own tansu brokers (each on its own port and database).
 ensure_tansu
 
 export TEST_DATABASE_URL="$PG_ADMIN_URL"
+
+# The tests that start the real binaries (signals, exit statuses, the gateway) find them next to the
+# test executables; cargo test does not build other packages' binaries for them.
+log "cargo build --workspace --bins --locked"
+cargo build --workspace --bins --locked
 
 log "cargo test --workspace --locked $*"
 status=0

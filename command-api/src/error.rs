@@ -1,7 +1,8 @@
 //! The one error type of command-api: every failure becomes a status code and an `{error, details}`
 //! body here and nowhere else.
 
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use events::auth::AuthError;
@@ -36,6 +37,12 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    /// Over a cap; the client may try again after that many seconds.
+    #[error("too many requests")]
+    TooManyRequests {
+        details: String,
+        retry_after_seconds: u64,
+    },
     #[error("service unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -168,6 +175,13 @@ impl From<sqlx::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry_after = match &self {
+            ApiError::TooManyRequests {
+                retry_after_seconds,
+                ..
+            } => Some(*retry_after_seconds),
+            _ => None,
+        };
         let (status, error, details) = match self {
             ApiError::BadRequest { error, details } => (StatusCode::BAD_REQUEST, error, details),
             ApiError::Unauthorized(details) => {
@@ -209,11 +223,24 @@ impl IntoResponse for ApiError {
                 "Unsupported Media Type".into(),
                 "Content-Type must be application/json".into(),
             ),
+            ApiError::TooManyRequests { details, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too Many Requests".into(),
+                details,
+            ),
             ApiError::Unavailable(details) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service Unavailable".into(),
                 details,
             ),
+            ApiError::Internal(error) if statement_timed_out(&error) => {
+                tracing::warn!(error = format!("{error:#}"), "statement timed out");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Service Unavailable".into(),
+                    "the database did not answer in time; retry later".into(),
+                )
+            }
             ApiError::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "request failed");
                 (
@@ -228,6 +255,25 @@ impl IntoResponse for ApiError {
         } else {
             json!({ "error": error, "details": details })
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
+}
+
+/// A statement the server cancelled (SQLSTATE 57014), as `STATEMENT_TIMEOUT_SECS` does: the database
+/// was too busy to answer in time, which a retry may overcome.
+fn statement_timed_out(error: &anyhow::Error) -> bool {
+    // sqlx reports a database's error as the boxed `DatabaseError` under its own, and the store's
+    // errors pass that on as their source.
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<Box<dyn sqlx::error::DatabaseError>>()
+            .and_then(|e| e.code())
+            .is_some_and(|code| code == "57014")
+    })
 }

@@ -34,6 +34,8 @@ pub struct AppState {
     pub store: PgEventStore,
     pub auth: Arc<Authenticator>,
     pub metrics: PrometheusHandle,
+    /// How long a request may take to produce its response head (`REQUEST_TIMEOUT_SECS`).
+    pub request_timeout: std::time::Duration,
     pub sign_in: Arc<sign_in::SignIn>,
     /// Seals write-only values before they enter an event.
     pub secrets: Secrets,
@@ -100,7 +102,8 @@ pub fn api_routes() -> Routes {
 
 pub fn router(state: AppState) -> Router {
     let api = api_routes().router;
-    ops::layered(api.merge(ops::routes()).with_state(state))
+    let request_timeout = state.request_timeout;
+    ops::layered(api.merge(ops::routes()).with_state(state), request_timeout)
 }
 
 /// The API's routes with the method and path of each, so that tests can hold them against

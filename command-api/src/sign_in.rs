@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use events::sessions::{self, random_token, token_hash, SESSION_COOKIE};
+use events::sessions::{self, random_token, token_hash, SESSION_COOKIE, SIGN_IN_SECONDS};
 use events::user::{User, UserCommand};
 use events::{Aggregate, EventStore, ExpectedVersion, RequestContext};
 use serde::Deserialize;
@@ -34,9 +34,10 @@ use crate::AppState;
 
 /// Binds a sign-in to the browser that started it.
 const SIGN_IN_COOKIE: &str = "__Host-sign-in";
-/// How long a started sign-in may take to come back.
-const SIGN_IN_SECONDS: i64 = 600;
 const RETURN_TO_MAX: usize = 2_000;
+/// `SIGN_IN_ATTEMPTS_PER_IP` and `SIGN_IN_ATTEMPTS_MAX` when unset.
+pub const DEFAULT_MAX_ATTEMPTS_PER_IP: i64 = 20;
+pub const DEFAULT_MAX_ATTEMPTS: i64 = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct SignInConfig {
@@ -50,6 +51,10 @@ pub struct SignInConfig {
     pub public_url: String,
     /// `SESSION_TTL_HOURS`: how long a browser session lasts.
     pub session_ttl: chrono::Duration,
+    /// `SIGN_IN_ATTEMPTS_PER_IP`: most sign-ins under way from one client address.
+    pub max_attempts_per_ip: i64,
+    /// `SIGN_IN_ATTEMPTS_MAX`: most sign-ins under way in all.
+    pub max_attempts: i64,
 }
 
 impl SignInConfig {
@@ -69,6 +74,14 @@ impl SignInConfig {
                 .trim_end_matches('/')
                 .to_owned(),
             session_ttl: chrono::Duration::hours(hours),
+            max_attempts_per_ip: events::settings::number(
+                "SIGN_IN_ATTEMPTS_PER_IP",
+                DEFAULT_MAX_ATTEMPTS_PER_IP as u64,
+            )? as i64,
+            max_attempts: events::settings::number(
+                "SIGN_IN_ATTEMPTS_MAX",
+                DEFAULT_MAX_ATTEMPTS as u64,
+            )? as i64,
         })
     }
 }
@@ -155,6 +168,7 @@ fn unavailable(error: reqwest::Error) -> ApiError {
 /// `GET /api/auth/login?returnTo=/path`: sends the browser to the issuer.
 pub async fn login(
     State(state): State<AppState>,
+    Context(context): Context,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let sign_in = &state.sign_in;
@@ -165,22 +179,14 @@ pub async fn login(
     };
     let discovery = sign_in.discovery().await?;
     let (sign_in_state, nonce, verifier) = (random_token(), random_token(), random_token());
-    let pool = state.store.pool();
-    sqlx::query(
-        "DELETE FROM sign_in_attempts WHERE created_at < now() - make_interval(secs => $1)",
-    )
-    .bind(SIGN_IN_SECONDS as f64)
-    .execute(pool)
-    .await?;
-    sqlx::query(
-        "INSERT INTO sign_in_attempts (state_hash, nonce, code_verifier, return_to) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(token_hash(&sign_in_state))
-    .bind(&nonce)
-    .bind(&verifier)
-    .bind(&return_to)
-    .execute(pool)
-    .await?;
+    let attempt = NewAttempt {
+        state_hash: token_hash(&sign_in_state),
+        nonce: &nonce,
+        code_verifier: &verifier,
+        return_to: &return_to,
+        client_ip: context.client_ip.as_deref(),
+    };
+    record_attempt(&state, attempt).await?;
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
     let mut authorize = reqwest::Url::parse(&discovery.authorization_endpoint)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("authorization_endpoint: {e}")))?;
@@ -204,6 +210,69 @@ pub async fn login(
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
+
+struct NewAttempt<'a> {
+    state_hash: Vec<u8>,
+    nonce: &'a str,
+    code_verifier: &'a str,
+    return_to: &'a str,
+    client_ip: Option<&'a str>,
+}
+
+/// Stores a sign-in attempt, unless the live ones (not yet expired) from its client address, or in
+/// all, are at their cap: anonymous requests must not fill the table. Expired ones are deleted by
+/// the projector's housekeeping.
+async fn record_attempt(state: &AppState, attempt: NewAttempt<'_>) -> Result<(), ApiError> {
+    let config = &state.sign_in.config;
+    let mut tx = state.store.pool().begin().await?;
+    // Serializes sign-in starts, so that concurrent ones cannot all pass on the same count.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(SIGN_IN_CAP_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let (live, from_ip, all_free_in, ip_free_in): (i64, i64, Option<i64>, Option<i64>) =
+        sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE client_ip = $2), \
+                    ceil(extract(epoch FROM min(created_at) - (now() - make_interval(secs => $1))))::bigint, \
+                    ceil(extract(epoch FROM min(created_at) FILTER (WHERE client_ip = $2) \
+                                 - (now() - make_interval(secs => $1))))::bigint \
+             FROM sign_in_attempts WHERE created_at > now() - make_interval(secs => $1)",
+        )
+        .bind(SIGN_IN_SECONDS as f64)
+        .bind(attempt.client_ip)
+        .fetch_one(&mut *tx)
+        .await?;
+    // Retry once the oldest attempt that counts against the cap has expired.
+    let refused = if from_ip >= config.max_attempts_per_ip {
+        Some(("from this address", ip_free_in))
+    } else if live >= config.max_attempts {
+        Some(("in all", all_free_in))
+    } else {
+        None
+    };
+    if let Some((scope, free_in)) = refused {
+        return Err(ApiError::TooManyRequests {
+            details: format!("too many sign-ins under way {scope}; try again later"),
+            retry_after_seconds: free_in.unwrap_or(SIGN_IN_SECONDS).max(1) as u64,
+        });
+    }
+    sqlx::query(
+        "INSERT INTO sign_in_attempts (state_hash, nonce, code_verifier, return_to, client_ip) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(attempt.state_hash)
+    .bind(attempt.nonce)
+    .bind(attempt.code_verifier)
+    .bind(attempt.return_to)
+    .bind(attempt.client_ip)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Key of the advisory lock that serializes sign-in starts.
+const SIGN_IN_CAP_LOCK: i64 = 0x5349_474e;
 
 #[derive(sqlx::FromRow)]
 struct Attempt {

@@ -14,6 +14,9 @@ use uuid::Uuid;
 /// other host (a sibling subdomain, a plain-HTTP page) can set or shadow it.
 pub const SESSION_COOKIE: &str = "__Host-session";
 
+/// How long a started browser sign-in may take to come back; older attempts are expired.
+pub const SIGN_IN_SECONDS: i64 = 600;
+
 /// A live session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Session {
@@ -62,10 +65,7 @@ pub async fn create(
         user_id,
     };
     let expires_at = Utc::now() + ttl;
-    // Expired sessions are cleared here, where sessions are made, rather than by a separate job.
-    sqlx::query("DELETE FROM sessions WHERE expires_at < now()")
-        .execute(pool)
-        .await?;
+    // Expired sessions are deleted by the projector's housekeeping.
     sqlx::query(
         "INSERT INTO sessions (id, token_hash, user_id, expires_at) VALUES ($1, $2, $3, $4)",
     )

@@ -1,12 +1,16 @@
 //! The projector process: `projector` runs every projection (and the Kafka publisher when
 //! `KAFKA_BROKERS` is set); `projector rebuild <name|all>`, `projector verify [--log]`,
 //! `projector replay --until … --into …` and `projector status` are the operator's commands;
-//! `projector tail` prints the domain events from Kafka.
+//! `projector tail` prints the domain events from Kafka. Running, it stops on SIGTERM or SIGINT
+//! (see [`events::shutdown`]).
 
 use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use events::database::Limits;
+use events::shutdown::Shutdown;
+use projector::housekeeping;
 use projector::publisher::{self, PublisherConfig};
 use projector::rebuild::rebuild;
 use projector::replay::replay;
@@ -14,8 +18,8 @@ use projector::scratch::{Progress, Until};
 use projector::status::statuses;
 use projector::tail::tail;
 use projector::verify::{verify, verify_log, ProjectionReport, VerifyProgress};
+use projector::worker::WorkerConfig;
 use projector::{projections, spawn_workers};
-use sqlx::postgres::PgPoolOptions;
 
 #[derive(Parser)]
 #[command(about = "Projection workers and the operator commands around them")]
@@ -83,37 +87,68 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     events::telemetry::init();
     let cli = Cli::parse();
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .connect(&cli.database_url)
-        .await
-        .context("connecting to PostgreSQL")?;
-    events::store::migrate(&pool)
-        .await
-        .context("applying migrations")?;
+    let command = cli.command.unwrap_or(Command::Run);
+    // The request-sized statement limit is for the live workers; the operator's commands run long
+    // statements over the whole log (and `status` and `tail` are the operator's too).
+    let limits = match command {
+        Command::Run => Limits::from_env()?,
+        _ => Limits::from_env()?.without_statement_timeout(),
+    };
+    let pool = events::database::connect(&cli.database_url, 8, limits).await?;
 
-    match cli.command.unwrap_or(Command::Run) {
+    match command {
         Command::Run => {
+            // Only the long-running workers handle signals: the operator's commands keep the
+            // default, so Ctrl-C stops them at once (each of their writes is one transaction).
+            let shutdown = Shutdown::on_signal().context("installing the signal handlers")?;
             let metrics =
                 metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-            let _workers = spawn_workers(&pool, Default::default());
-            let _publisher = match &cli.kafka.kafka_brokers {
+            let mut tasks = spawn_workers(
+                &pool,
+                WorkerConfig {
+                    shutdown: shutdown.clone(),
+                    ..Default::default()
+                },
+            );
+            match &cli.kafka.kafka_brokers {
                 Some(brokers) => {
                     let config = PublisherConfig {
                         partitions: cli.kafka.kafka_topic_partitions,
                         replication: cli.kafka.kafka_topic_replication,
+                        shutdown: shutdown.clone(),
                         ..PublisherConfig::new(brokers, &cli.kafka.kafka_topic_prefix)
                     };
-                    Some(tokio::spawn(publisher::run(pool.clone(), config)))
+                    tasks.push(tokio::spawn(publisher::run(pool.clone(), config)));
                 }
-                None => {
-                    tracing::info!("KAFKA_BROKERS is not set: not publishing to Kafka");
-                    None
-                }
-            };
+                None => tracing::info!("KAFKA_BROKERS is not set: not publishing to Kafka"),
+            }
+            tasks.push(tokio::spawn(housekeeping::run(
+                pool.clone(),
+                events::settings::seconds("HOUSEKEEPING_INTERVAL_SECS", 300)?,
+                shutdown.clone(),
+            )));
             let listener = tokio::net::TcpListener::bind(cli.addr).await?;
             tracing::info!(addr = %cli.addr, "projector running");
-            axum::serve(listener, projector::ops::router(pool, metrics)).await?;
+            let server = axum::serve(listener, projector::ops::router(pool, metrics))
+                .with_graceful_shutdown({
+                    let shutdown = shutdown.clone();
+                    async move { shutdown.requested().await }
+                });
+            // Everything stops on the signal: the server after its requests, each worker after its
+            // batch, the publisher once its messages in flight are acknowledged.
+            let stopped = shutdown
+                .within_grace(async {
+                    let served = server.await;
+                    for task in tasks {
+                        let _ = task.await;
+                    }
+                    served
+                })
+                .await;
+            if let Some(served) = stopped {
+                served?;
+            }
+            tracing::info!("projector stopped");
         }
         Command::Rebuild { name } => {
             for projection in chosen(&name)? {

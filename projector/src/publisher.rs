@@ -12,6 +12,10 @@
 //!   version order;
 //! - any delivery error ends the run: the producer is dropped and a new one starts again from the
 //!   checkpoint, so a message is never published after a later one of its stream that failed.
+//!
+//! Shutdown: it stops reading the log, waits for the messages in flight to be acknowledged and moves
+//! the checkpoint to the last of them, then returns. Cut short (a broker outage outlasting the grace
+//! period), the checkpoint stays where it was and those messages are published again next time.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -31,6 +35,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use crate::projection::{ensure_checkpoint, save_checkpoint};
 use crate::worker::become_runner;
 use events::published::{aggregate_types, topic, Message};
+use events::shutdown::Shutdown;
 use events::store::{listen_for_appends, read_log};
 use events::LogPosition;
 
@@ -58,6 +63,8 @@ pub struct PublisherConfig {
     /// How often to look for events when no notification arrives.
     pub poll_interval: Duration,
     pub retry_delay: Duration,
+    /// Stops the publisher between batches, once what is in flight is acknowledged.
+    pub shutdown: Shutdown,
 }
 
 impl PublisherConfig {
@@ -72,19 +79,25 @@ impl PublisherConfig {
             checkpoint_interval: Duration::from_millis(100),
             poll_interval: Duration::from_millis(250),
             retry_delay: Duration::from_secs(1),
+            shutdown: Shutdown::default(),
         }
     }
 }
 
-/// Publishes until the task is dropped, starting again from the checkpoint after any failure.
+/// Publishes until shutdown is requested or the task is dropped, starting again from the checkpoint
+/// after any failure.
 pub async fn run(pool: PgPool, config: PublisherConfig) {
-    loop {
+    while !config.shutdown.is_requested() {
         if let Err(error) = publish(&pool, &config).await {
             tracing::error!(error = format!("{error:#}"), "publisher stopped; retrying");
             metrics::counter!("projection_failures_total", "projection" => NAME).increment(1);
         }
-        tokio::time::sleep(config.retry_delay).await;
+        tokio::select! {
+            _ = tokio::time::sleep(config.retry_delay) => {}
+            _ = config.shutdown.requested() => {}
+        }
     }
+    tracing::info!("publisher stopped");
 }
 
 async fn publish(pool: &PgPool, config: &PublisherConfig) -> anyhow::Result<()> {
@@ -92,7 +105,10 @@ async fn publish(pool: &PgPool, config: &PublisherConfig) -> anyhow::Result<()> 
         .await
         .context("connecting")?;
     ensure_checkpoint(&mut conn, NAME).await?;
-    become_runner(&mut conn, NAME, config.poll_interval).await?;
+    tokio::select! {
+        became = become_runner(&mut conn, NAME, config.poll_interval) => became?,
+        _ = config.shutdown.requested() => return Ok(()),
+    }
     let mut topics = Topics::connect(config)?;
     topics.ensure(&aggregate_types()).await?;
     let producer: FutureProducer = ClientConfig::new()
@@ -119,6 +135,15 @@ async fn publish(pool: &PgPool, config: &PublisherConfig) -> anyhow::Result<()> 
     let mut caught_up = false;
     tracing::info!(position = %produced, brokers = config.brokers, "publishing");
     loop {
+        if config.shutdown.is_requested() {
+            while let Some(ack) = in_flight.next().await {
+                acknowledged = ack?;
+            }
+            if acknowledged != saved {
+                save(&mut conn, acknowledged).await?;
+            }
+            return Ok(());
+        }
         if !caught_up && in_flight.len() < config.max_in_flight {
             let room = (config.max_in_flight - in_flight.len()) as i64;
             let limit = room.min(config.batch_size);
@@ -142,6 +167,7 @@ async fn publish(pool: &PgPool, config: &PublisherConfig) -> anyhow::Result<()> 
             tokio::select! {
                 notification = listener.recv() => { notification.context("waiting for appends")?; }
                 _ = tokio::time::sleep(config.poll_interval) => {}
+                _ = config.shutdown.requested() => {}
             }
             caught_up = false;
             continue;

@@ -5,6 +5,9 @@
 //! either keeps both or neither. Single runner: the advisory lock is taken on the very connection that
 //! runs the batches. If that connection dies, PostgreSQL releases the lock and aborts any open batch,
 //! so a standby that takes over can never overlap with a batch of the old holder.
+//!
+//! Shutdown: the runner looks at its [`Shutdown`] only between batches, so a batch under way commits
+//! (or, if the process is gone first, rolls back) as a whole, and the checkpoint stays with the tables.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +19,7 @@ use crate::projection::{
     apply_next_batch, ensure_checkpoint, lock_checkpoint, record_failure, save_checkpoint,
     Projection, LIVE_SCHEMA,
 };
+use events::shutdown::Shutdown;
 use events::store::listen_for_appends;
 
 #[derive(Debug, Clone)]
@@ -25,6 +29,8 @@ pub struct WorkerConfig {
     pub poll_interval: Duration,
     /// How long to wait before retrying after a failure.
     pub retry_delay: Duration,
+    /// Stops the runner between batches.
+    pub shutdown: Shutdown,
 }
 
 impl Default for WorkerConfig {
@@ -33,16 +39,17 @@ impl Default for WorkerConfig {
             batch_size: 500,
             poll_interval: Duration::from_millis(250),
             retry_delay: Duration::from_secs(1),
+            shutdown: Shutdown::default(),
         }
     }
 }
 
-/// Runs the projection until the task is dropped, retrying after any failure. A failure is recorded
-/// on the projection's checkpoint row (see [`record_failure`]), so it is seen where operators and
-/// waiting readers look, and the next batch applied clears it.
+/// Runs the projection until shutdown is requested or the task is dropped, retrying after any
+/// failure. A failure is recorded on the projection's checkpoint row (see [`record_failure`]), so it
+/// is seen where operators and waiting readers look, and the next batch applied clears it.
 pub async fn run(pool: PgPool, projection: Arc<dyn Projection>, config: WorkerConfig) {
     let name = projection.name();
-    loop {
+    while !config.shutdown.is_requested() {
         if let Err(failure) = hold_and_follow(&pool, projection.as_ref(), &config).await {
             let error = format!("{:#}", failure.error);
             tracing::error!(
@@ -56,8 +63,12 @@ pub async fn run(pool: PgPool, projection: Arc<dyn Projection>, config: WorkerCo
                 tracing::warn!(projection = name, %error, "could not record the failure");
             }
         }
-        tokio::time::sleep(config.retry_delay).await;
+        tokio::select! {
+            _ = tokio::time::sleep(config.retry_delay) => {}
+            _ = config.shutdown.requested() => {}
+        }
     }
+    tracing::info!(projection = projection.name(), "stopped");
 }
 
 /// Why a runner stopped following the log.
@@ -116,7 +127,11 @@ async fn hold_and_follow(
         .await
         .context("connecting")?;
     ensure_checkpoint(&mut conn, name).await?;
-    become_runner(&mut conn, name, config.poll_interval).await?;
+    tokio::select! {
+        became = become_runner(&mut conn, name, config.poll_interval) => became?,
+        // A standby holds nothing: it can stop at once.
+        _ = config.shutdown.requested() => return Ok(()),
+    }
     tracing::info!(projection = name, "running");
     let mut listener = listen_for_appends(pool)
         .await
@@ -125,7 +140,7 @@ async fn hold_and_follow(
     // failure was passing), or the one that fails is known exactly and the checkpoint stays just
     // before it.
     let mut one_at_a_time: i64 = 0;
-    loop {
+    while !config.shutdown.is_requested() {
         let limit = if one_at_a_time > 0 {
             1
         } else {
@@ -157,8 +172,10 @@ async fn hold_and_follow(
         tokio::select! {
             notification = listener.recv() => { notification.context("waiting for appends")?; }
             _ = tokio::time::sleep(config.poll_interval) => {}
+            _ = config.shutdown.requested() => {}
         }
     }
+    Ok(())
 }
 
 /// Applies the next batch after the live checkpoint; returns how many events it applied.

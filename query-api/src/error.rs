@@ -124,6 +124,14 @@ impl IntoResponse for ApiError {
                     details,
                 )
             }
+            ApiError::Internal(error) if statement_timed_out(&error) => {
+                tracing::warn!(error = format!("{error:#}"), "statement timed out");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Service Unavailable".into(),
+                    "the database did not answer in time; retry later".into(),
+                )
+            }
             ApiError::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "request failed");
                 (
@@ -146,4 +154,17 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// A statement the server cancelled (SQLSTATE 57014), as `STATEMENT_TIMEOUT_SECS` does: the database
+/// was too busy to answer in time, which a retry may overcome.
+fn statement_timed_out(error: &anyhow::Error) -> bool {
+    // sqlx reports a database's error as the boxed `DatabaseError` under its own, and the store's
+    // errors pass that on as their source.
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<Box<dyn sqlx::error::DatabaseError>>()
+            .and_then(|e| e.code())
+            .is_some_and(|code| code == "57014")
+    })
 }

@@ -38,6 +38,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub consistency: Consistency,
     pub metrics: PrometheusHandle,
+    /// How long a request may take to produce its response head (`REQUEST_TIMEOUT_SECS`).
+    pub request_timeout: std::time::Duration,
 }
 
 /// Every route of the API, recorded as it is registered (see [`Routes`]).
@@ -94,7 +96,8 @@ pub fn api_routes() -> Routes {
 
 pub fn router(state: AppState) -> Router {
     let api = api_routes().router;
-    ops::layered(api.merge(ops::routes()).with_state(state))
+    let request_timeout = state.request_timeout;
+    ops::layered(api.merge(ops::routes()).with_state(state), request_timeout)
 }
 
 /// The API's routes with the method and path of each, so that tests can hold them against

@@ -1,17 +1,18 @@
 //! Operations surface: `/healthz`, `/readyz`, `/metrics`, and the layers every request goes through
-//! (a request id on every log line and response, a tracing span, request metrics).
+//! (a request id on every log line and response, a tracing span, request metrics, a time limit).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::error::ApiError;
 use crate::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -33,9 +34,13 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
     }
 }
 
-/// Wraps the application in the request-id, tracing and metrics layers.
-pub fn layered(app: Router) -> Router {
-    app.layer(middleware::from_fn(record_metrics))
+/// `REQUEST_TIMEOUT_SECS` when unset.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Wraps the application in the request-id, tracing, metrics and time-limit layers.
+pub fn layered(app: Router, request_timeout: Duration) -> Router {
+    app.layer(middleware::from_fn_with_state(request_timeout, time_limit))
+        .layer(middleware::from_fn(record_metrics))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             let request_id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -61,4 +66,20 @@ async fn record_metrics(request: Request, next: Next) -> Response {
     metrics::histogram!("http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// Answers `503` when a request has not produced its response head within the limit. Only the head
+/// is timed: a body that streams afterwards (the NDJSON audit export) runs as long as it needs.
+/// Dropping the handler does not stop a statement the database is already running: a write cut off
+/// this way may still be recorded (within `STATEMENT_TIMEOUT_SECS`), which is what a retry with the
+/// same `Idempotency-Key` is for.
+async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Unavailable(format!(
+            "the request did not complete within {} s; retry later",
+            limit.as_secs_f64()
+        ))
+        .into_response(),
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod issuer;
 pub mod kafka;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,6 +76,13 @@ impl TestDb {
             .connect_with(server.clone().database(&name))
             .await?;
         Ok(TestDb { pool, name, server })
+    }
+
+    /// The database's URL, for processes configured by `DATABASE_URL`.
+    pub fn url(&self) -> String {
+        let server = server_url();
+        let (base, _) = server.rsplit_once('/').unwrap_or((&server, ""));
+        format!("{base}/{}", self.name)
     }
 
     pub fn connect_options(&self) -> PgConnectOptions {
@@ -207,6 +215,8 @@ impl TestApp {
             client_secret: Some(issuer::CLIENT_SECRET.into()),
             public_url: command_url.clone(),
             session_ttl: chrono::Duration::hours(1),
+            max_attempts_per_ip: command_api::sign_in::DEFAULT_MAX_ATTEMPTS_PER_IP,
+            max_attempts: command_api::sign_in::DEFAULT_MAX_ATTEMPTS,
         }));
         serve_on(
             command_listener,
@@ -216,6 +226,7 @@ impl TestApp {
                 metrics: metrics.clone(),
                 sign_in,
                 secrets: secrets.clone(),
+                request_timeout: command_api::ops::DEFAULT_REQUEST_TIMEOUT,
             }),
         );
         let consistency = Consistency::start(db.pool.clone(), consistency);
@@ -224,6 +235,7 @@ impl TestApp {
             auth,
             consistency: consistency.clone(),
             metrics,
+            request_timeout: query_api::ops::DEFAULT_REQUEST_TIMEOUT,
         }))
         .await;
         let admin_token = issuer.token(SYSTEM_ADMIN);

@@ -186,6 +186,7 @@ fn config() -> WorkerConfig {
         batch_size: 100,
         poll_interval: Duration::from_millis(20),
         retry_delay: Duration::from_millis(20),
+        ..Default::default()
     }
 }
 

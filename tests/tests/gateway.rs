@@ -1,0 +1,130 @@
+//! The gateway, with real nginx: `deploy/nginx.conf.template` rendered as `deploy/up.sh` renders it,
+//! in front of the two APIs. Only `/api/` and the gateway's own `/healthz` are public; the services'
+//! `/metrics` and `/readyz` are for operators and answer 404 through it.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::json;
+use tests::process::free_addr;
+use tests::{send, TestApp};
+
+/// nginx on the rendered template, stopped (with its workers) when dropped.
+struct Gateway {
+    master: Child,
+    dir: PathBuf,
+    url: String,
+}
+
+impl Gateway {
+    async fn start(app: &TestApp) -> Gateway {
+        let dir = std::env::temp_dir().join(format!("gateway-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(dir.join("nginx-tmp")).expect("creating the run directory");
+        let addr = free_addr();
+        let template = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/nginx.conf.template");
+        let rendered = Command::new("envsubst")
+            .arg("${RUN_DIR} ${GATEWAY_ADDR} ${COMMAND_API_ADDR} ${QUERY_API_ADDR}")
+            .env("RUN_DIR", &dir)
+            .env("GATEWAY_ADDR", addr.to_string())
+            .env(
+                "COMMAND_API_ADDR",
+                app.command_url.trim_start_matches("http://"),
+            )
+            .env(
+                "QUERY_API_ADDR",
+                app.query_url.trim_start_matches("http://"),
+            )
+            .stdin(std::fs::File::open(template).expect("reading the template"))
+            .output()
+            .expect("envsubst (Debian package gettext-base; deploy/test.sh installs it)");
+        assert!(rendered.status.success(), "envsubst failed");
+        let config = dir.join("nginx.conf");
+        std::fs::write(&config, rendered.stdout).expect("writing the rendered config");
+        let prefix = format!("{}/", dir.display());
+        let master = Command::new("nginx")
+            .args(["-p", &prefix, "-e"])
+            .arg(dir.join("nginx-error.log"))
+            .arg("-c")
+            .arg(&config)
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting nginx (Debian package nginx; deploy/test.sh installs it)");
+        let gateway = Gateway {
+            master,
+            dir,
+            url: format!("http://{addr}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while reqwest::get(format!("{}/healthz", gateway.url))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not start: {}",
+                std::fs::read_to_string(gateway.dir.join("nginx-error.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        gateway
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        // SIGTERM makes the master stop its workers too; SIGKILL would leave them serving.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.master.id().to_string()])
+            .status();
+        let _ = self.master.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_serves_the_api_and_hides_the_operators_endpoints() {
+    let app = TestApp::spawn().await;
+    let gateway = Gateway::start(&app).await;
+    let http = reqwest::Client::new();
+    let through = |method: Method, path: &str| {
+        http.request(method, format!("{}{path}", gateway.url))
+            .bearer_auth(&app.admin_token)
+    };
+
+    // Writes reach command-api, reads query-api.
+    let (status, body) = send(
+        through(Method::POST, "/api/organizations").json(&json!({ "name": "Through the gateway" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().expect("an id");
+    let (status, body) = send(through(Method::GET, &format!("/api/organizations/{id}"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["name"], "Through the gateway");
+    let (status, body) = send(http.get(format!("{}/healthz", gateway.url))).await;
+    assert_eq!((status, body), (200, json!("ok")));
+
+    // Both services answer these themselves; the gateway does not pass them on.
+    for service in [&app.command_url, &app.query_url] {
+        let (status, _) = send(http.get(format!("{service}/metrics"))).await;
+        assert_eq!(status, 200, "{service}/metrics");
+    }
+    for path in [
+        "/metrics",
+        "/readyz",
+        "/metrics?format=prometheus",
+        "/api/../metrics",
+        "/readyz/",
+        "/",
+        "/openapi.yaml",
+    ] {
+        for method in [Method::GET, Method::POST] {
+            let (status, body) = send(through(method.clone(), path)).await;
+            assert_eq!(status, 404, "{method} {path}: {body}");
+            assert!(body["error"].is_string(), "{method} {path}: {body}");
+        }
+    }
+}
