@@ -149,6 +149,11 @@ impl Consistency {
         self.checkpoint_reads.load(Ordering::Relaxed)
     }
 
+    /// How many reads are waiting now.
+    pub fn waiting(&self) -> usize {
+        self.config.max_waiters - self.waiters.available_permits()
+    }
+
     /// Waits until `projection` reflects what `wanted` asks for.
     pub async fn wait(&self, projection: &str, wanted: ReadConsistency) -> Result<(), ApiError> {
         self.wait_all(&[projection], wanted).await
