@@ -56,14 +56,26 @@ async fn requests_answer_503_at_the_time_limit_but_exports_stream_on() {
         .as_str()
         .expect("an id")
         .to_owned();
-    // Waits for the audit projection: the export below has a row to stream.
+    // Waits for the audit projection: the export below has a row to stream. Each read's wait is itself
+    // cut at the 1 s limit, so a projector that has just started may take a few.
     let audit = |accept: &str| {
         http.get(format!("{}/api/audit-events", query.url))
             .bearer_auth(&token)
             .header("accept", accept)
     };
-    let listed = audit("application/json").send().await.expect("listing");
-    assert_eq!(listed.status(), 200);
+    let mut listed = 0;
+    for _ in 0..30 {
+        listed = audit("application/json")
+            .send()
+            .await
+            .expect("listing")
+            .status()
+            .as_u16();
+        if listed == 200 {
+            break;
+        }
+    }
+    assert_eq!(listed, 200);
 
     // A write waiting for the log: 503.
     let mut blocker = db.pool.begin().await.expect("a transaction");
