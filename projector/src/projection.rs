@@ -106,12 +106,7 @@ pub async fn save_checkpoint(
     .bind(position.global_position)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHECKPOINT_CHANNEL)
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
+    notify_readers(tx, name).await
 }
 
 /// Records that the runner of `name` failed to go past its checkpoint, and tells waiting readers, so
@@ -140,10 +135,16 @@ pub async fn record_failure(
     .bind(error)
     .execute(&mut *tx)
     .await?;
+    notify_readers(&mut tx, name).await?;
+    tx.commit().await
+}
+
+/// Tells query-api's checkpoint watchers that `name`'s checkpoint row changed, when `tx` commits.
+async fn notify_readers(tx: &mut PgConnection, name: &str) -> sqlx::Result<()> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHECKPOINT_CHANNEL)
         .bind(name)
-        .execute(&mut *tx)
+        .execute(tx)
         .await?;
-    tx.commit().await
+    Ok(())
 }
