@@ -11,8 +11,8 @@
 # System token and once with the token of a `user`-role member of an organization, with the checks
 # not_a_server_error, status_code_conformance, content_type_conformance and
 # response_schema_conformance, a bounded number of examples per operation, and a time bound per
-# run. It prints how many requests each run
-# made, and stops everything it started, and drops the database, whatever happens.
+# run. It prints how many requests each run made, and stops everything it started, and drops the
+# database, whatever happens.
 #
 # deploy/test.sh runs it after `cargo test`. Run it alone after a build:
 #   cargo build --workspace --bins && deploy/fuzz.sh
@@ -213,6 +213,7 @@ fuzz() {
         --hypothesis-suppress-health-check all \
         --hypothesis-database none \
         --hypothesis-phases explicit,generate \
+        --stateful links \
         --generation-with-security-parameters false \
         --generation-allow-x00 false \
         --workers "$WORKERS" \
