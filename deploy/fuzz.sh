@@ -228,6 +228,12 @@ fuzz() {
     after="$(requests_so_far)"
     TOTAL_REQUESTS=$((TOTAL_REQUESTS + after - before))
     log "schemathesis as $label: $((after - before)) requests in $((SECONDS - started))s, exit $status"
+    # How they were answered, by status class (the status follows the quoted request line).
+    awk -v from="$before" 'NR > from && match($0, /" [1-5][0-9][0-9] /) {
+            n[substr($0, RSTART + 2, 1) "xx"]++
+        }
+        END { for (k in n) printf "%s %d\n", k, n[k] }' "$RUN_DIR/nginx-access.log" \
+        | sort | tr '\n' ' ' | sed 's/ $//' | { read -r classes || true; log "answers: ${classes:-none}"; }
     if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
         warn "schemathesis as $label did not finish within ${TIME_LIMIT}s"
     fi
