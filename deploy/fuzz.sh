@@ -62,7 +62,10 @@ NGINX_STARTED=0
 
 cleanup() {
     local status=$? pid
-    trap - EXIT INT TERM
+    # Nothing stops the cleanup half-way: not a failing command, not a closed stderr.
+    set +e
+    trap - EXIT HUP INT TERM
+    trap '' PIPE
     if [ "$NGINX_STARTED" = 1 ] && [ -f "$FUZZ_DIR/nginx.pid" ]; then
         kill "$(cat "$FUZZ_DIR/nginx.pid")" 2>/dev/null || true
     fi
@@ -84,8 +87,11 @@ cleanup() {
     rm -rf "$FUZZ_DIR"
     exit "$status"
 }
+# A signal (a closed pipe included) ends the script through exit, so cleanup runs.
 trap cleanup EXIT
+trap 'exit 129' HUP
 trap 'exit 130' INT
+trap 'exit 141' PIPE
 trap 'exit 143' TERM
 
 # free_port: prints a TCP port on 127.0.0.1 that nothing listens on right now.
