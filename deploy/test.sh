@@ -6,12 +6,13 @@
 # PostgreSQL (127.0.0.1:5432, see deploy/lib.sh) and the tansu Kafka broker are there, builds the
 # binaries, then runs `cargo test --workspace --locked` with TEST_DATABASE_URL pointing at that
 # server's `postgres` database. Tests create (and drop) their own randomly named databases from it,
-# so nothing needs to be running beforehand and the local stack's database is not touched.
+# so nothing needs to be running beforehand and the local stack's database is not touched. Then it
+# fuzzes the API against schemas/openapi.yaml with deploy/fuzz.sh (on its own database and ports).
 #
 # Extra arguments go to cargo test, e.g.:
 #   deploy/test.sh -p command-api
 #   deploy/test.sh -- --nocapture
-# Exits with cargo's status. Works from any directory.
+# Exits non-zero when cargo test or the fuzz run fails. Works from any directory.
 
 set -euo pipefail
 
@@ -37,4 +38,8 @@ cargo build --workspace --bins --locked
 log "cargo test --workspace --locked $*"
 status=0
 cargo test --workspace --locked "$@" || status=$?
+
+# Then the API against its description: Schemathesis over schemas/openapi.yaml (deploy/fuzz.sh).
+log "deploy/fuzz.sh"
+bash "$REPO_ROOT/deploy/fuzz.sh" || status=$?
 exit "$status"
