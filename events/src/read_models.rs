@@ -21,7 +21,8 @@ pub fn environments_count(organization_id: Uuid) -> String {
     format!("environments:{organization_id}")
 }
 
-/// The projection that keeps `catalog`, `catalog_counts` and `workflow_entity_usage`.
+/// The projection that keeps `catalog`, `catalog_counts`, `workflow_entity_usage` and
+/// `prompt_template_versions`.
 pub const CATALOG: &str = "catalog";
 
 /// The `catalog_counts` scope counting every resource of a kind.

@@ -1,6 +1,8 @@
 //! The `catalog` projection: one `read_models.catalog` row per catalog resource (every kind of
-//! `events::catalog`), the list counts in `catalog_counts`, and `workflow_entity_usage`, which says
-//! which workflows use which workflow entities.
+//! `events::catalog`), the list counts in `catalog_counts`, `workflow_entity_usage`, which says
+//! which workflows use which workflow entities, and `prompt_template_versions`, one row per version of
+//! each live prompt template (its state after each created or updated event), so that a page of
+//! versions is read rather than folded from the template's whole stream.
 //!
 //! Like `tenants`, a batch is folded in memory with the aggregate's own fold (`Change::apply_to`) over
 //! the rows it touches, loaded once, and written back with a few multi-row statements. Nested names
@@ -11,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use events::catalog::kinds::{by_type_name, Workflow, WorkflowFields};
+use events::catalog::kinds::{by_type_name, PromptTemplate, Workflow, WorkflowFields};
 use events::catalog::{Change, DocumentData, DocumentState, Kind, KindInfo};
 use events::read_models::{
     catalog_count, catalog_environment_count, catalog_organization_count, CATALOG,
@@ -32,7 +34,12 @@ impl Projection for Catalog {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["catalog", "catalog_counts", "workflow_entity_usage"]
+        &[
+            "catalog",
+            "catalog_counts",
+            "workflow_entity_usage",
+            "prompt_template_versions",
+        ]
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
@@ -54,6 +61,8 @@ struct CatalogEvent {
     change: Change,
     version: i64,
     at: DateTime<Utc>,
+    /// Who wrote it: kept for prompt templates only, whose versions show it.
+    actor: Option<Value>,
 }
 
 fn decode(events: &[RecordedEvent]) -> anyhow::Result<Vec<CatalogEvent>> {
@@ -73,12 +82,18 @@ fn decode(events: &[RecordedEvent]) -> anyhow::Result<Vec<CatalogEvent>> {
         let change = Change::from_stored(action, &event.data).map_err(|reason| {
             anyhow::anyhow!("event {} of {}: {reason}", event.event_id, event.stream_id)
         })?;
+        let actor = if info.type_name == PromptTemplate::INFO.type_name {
+            Some(serde_json::to_value(&event.metadata.0.actor)?)
+        } else {
+            None
+        };
         decoded.push(CatalogEvent {
             info,
             id: id.parse()?,
             change,
             version: event.stream_version,
             at: event.recorded_at,
+            actor,
         });
     }
     Ok(decoded)
@@ -96,6 +111,18 @@ struct BatchState {
     count_changes: HashMap<String, i64>,
     /// Workflows whose entity usage must be written again.
     workflows: HashSet<Uuid>,
+    /// The prompt-template versions the batch made, in log order.
+    versions: Vec<Version>,
+}
+
+/// One row of `prompt_template_versions`.
+struct Version {
+    template: Uuid,
+    version: i64,
+    data: DocumentData,
+    changed_by: Value,
+    changed_at: DateTime<Utc>,
+    changes: Vec<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -179,6 +206,22 @@ impl BatchState {
         if event.info.type_name == Workflow::INFO.type_name {
             self.workflows.insert(event.id);
         }
+        if let (Some(actor), Some(live)) = (&event.actor, &row.state.live) {
+            let changes = match &event.change {
+                Change::Created { fields, .. } | Change::Updated { fields, .. } => {
+                    fields.keys().cloned().collect()
+                }
+                Change::Deleted => Vec::new(),
+            };
+            self.versions.push(Version {
+                template: event.id,
+                version: event.version,
+                data: live.clone(),
+                changed_by: actor.clone(),
+                changed_at: event.at,
+                changes,
+            });
+        }
     }
 
     async fn write(self, conn: &mut PgConnection) -> anyhow::Result<()> {
@@ -220,6 +263,44 @@ impl BatchState {
                 .bind(&deleted)
                 .execute(&mut *conn)
                 .await?;
+            // A deleted template has no versions to show. Only ids of prompt templates have rows
+            // here, so the other kinds' ids delete nothing.
+            sqlx::query("DELETE FROM prompt_template_versions WHERE template_id = ANY($1)")
+                .bind(&deleted)
+                .execute(&mut *conn)
+                .await?;
+        }
+
+        // Versions of templates deleted later in the same batch were deleted above, or never existed:
+        // they are not written.
+        let versions: Vec<&Version> = self
+            .versions
+            .iter()
+            .filter(|v| {
+                self.rows
+                    .get(&v.template)
+                    .is_some_and(|row| row.state.live.is_some())
+            })
+            .collect();
+        if !versions.is_empty() {
+            // A batch applied again after a crash writes the same rows: the stored ones stand.
+            sqlx::query(
+                "INSERT INTO prompt_template_versions (template_id, version, fields, secrets, changed_by, changed_at, changes, created_at, updated_at) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::jsonb[], $4::jsonb[], $5::jsonb[], $6::timestamptz[], $7::jsonb[], \
+                                      $8::timestamptz[], $9::timestamptz[]) \
+                 ON CONFLICT (template_id, version) DO NOTHING",
+            )
+            .bind(versions.iter().map(|v| v.template).collect::<Vec<_>>())
+            .bind(versions.iter().map(|v| v.version).collect::<Vec<_>>())
+            .bind(versions.iter().map(|v| Value::Object(v.data.fields.clone())).collect::<Vec<_>>())
+            .bind(versions.iter().map(|v| serde_json::json!(v.data.secrets)).collect::<Vec<_>>())
+            .bind(versions.iter().map(|v| v.changed_by.clone()).collect::<Vec<_>>())
+            .bind(versions.iter().map(|v| v.changed_at).collect::<Vec<_>>())
+            .bind(versions.iter().map(|v| serde_json::json!(v.changes)).collect::<Vec<_>>())
+            .bind(versions.iter().map(|v| v.data.created_at).collect::<Vec<_>>())
+            .bind(versions.iter().map(|v| v.data.updated_at).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
         }
 
         if !self.workflows.is_empty() {

@@ -1,30 +1,26 @@
 //! Reads of every catalog resource (variables, models, system models, workflows, workflow entities and
 //! their types, prompt templates, prompts) from the `catalog` read model: lists and details for each
 //! kind, the visible system models, workflow-entity usage counts, and prompt-template versions, which
-//! are folded from the template's own stream.
+//! the projection keeps one row each (`read_models.prompt_template_versions`), so that a page of
+//! versions reads that page's rows.
 //!
 //! Rows hold ids of what they refer to; the nested names a read shows (`organization.name`,
 //! `environment.name`, `model.name`) are joined in at read time, so a rename shows everywhere at once.
 //! A read therefore waits for both projections involved: `catalog` and `tenants`. A detail read with
 //! `asOf` is folded from the resource's stream instead (see [`crate::as_of`]).
 
-use std::collections::HashMap;
-
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
 use events::auth::Authenticated;
 use events::catalog::kinds::{Model, PromptTemplate, SystemModel, WorkflowEntity};
-use events::catalog::{
-    view, Change, Document, DocumentData, DocumentState, Kind, KindInfo, Nested, Scope,
-};
+use events::catalog::{view, Document, DocumentData, DocumentState, Kind, KindInfo, Nested, Scope};
 use events::environment::Environment;
 use events::history::StreamState;
 use events::organization::Organization;
 use events::read_models::{
     catalog_count, catalog_environment_count, catalog_organization_count, CATALOG, TENANTS,
 };
-use events::store::read_stream;
 use events::{AccessError, Action, Actor, Aggregate};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -394,92 +390,68 @@ pub async fn usage_count(
     Ok(Json(json!({ "id": id, "count": count })))
 }
 
-/// Every version of a prompt template, oldest first, folded from its stream (API.md §6). A deleted
-/// template has no versions to show.
-async fn versions(
-    state: &AppState,
-    actor: &Actor,
-    consistency: ReadConsistency,
-    id: Uuid,
-) -> Result<Vec<Value>, ApiError> {
-    // The current row decides access (and answers 404 for deleted or hidden templates).
-    let current = load::<PromptTemplate>(state, actor, consistency, id).await?;
-    let info = &PromptTemplate::INFO;
-    let events = read_stream(&state.pool, &Document::<PromptTemplate>::stream_id(id), 0)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    let nested = Nested {
-        organization: current.organization_name.clone(),
-        environment: current.environment_name.clone(),
-        model: None,
-    };
-    let mut document = Document::<PromptTemplate>::default();
-    let mut versions = Vec::new();
-    let mut model_names: HashMap<Uuid, Option<String>> = HashMap::new();
-    for event in &events {
-        let decoded = event.decode().map_err(|e| {
-            ApiError::Internal(anyhow::Error::new(e).context("decoding a prompt template event"))
-        })?;
-        document.apply(&decoded, event.recorded_at);
-        let Some(live) = &document.state.live else {
-            break;
-        };
-        let changes: Vec<String> = match &decoded.change {
-            Change::Created { fields, .. } | Change::Updated { fields, .. } => {
-                fields.keys().cloned().collect()
-            }
-            Change::Deleted => Vec::new(),
-        };
-        let model = match live.model_id() {
-            Some(model) => match model_names.get(&model) {
-                Some(name) => name.clone(),
-                None => {
-                    let name = model_name(state, model).await?;
-                    model_names.insert(model, name.clone());
-                    name
-                }
-            },
-            None => None,
-        };
-        let mut view = view(
-            info,
-            live,
-            event.stream_version,
-            &Nested {
-                model,
-                ..nested.clone()
-            },
-        );
-        if let Value::Object(fields) = &mut view {
-            fields.insert(
-                "changedBy".into(),
-                serde_json::to_value(&event.metadata.0.actor).unwrap_or(Value::Null),
-            );
-            fields.insert(
-                "changedAt".into(),
-                Value::String(
-                    event
-                        .recorded_at
-                        .to_rfc3339_opts(SecondsFormat::Millis, true),
-                ),
-            );
-            fields.insert("changes".into(), json!(changes));
-        }
-        versions.push(view);
-    }
-    Ok(versions)
+/// One row of `read_models.prompt_template_versions`, with the name of the model that version names.
+#[derive(sqlx::FromRow)]
+struct VersionRow {
+    version: i64,
+    fields: events::json::Stored,
+    secrets: sqlx::types::Json<Vec<String>>,
+    changed_by: events::json::Stored,
+    changed_at: DateTime<Utc>,
+    changes: sqlx::types::Json<Vec<String>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    model_name: Option<String>,
 }
 
-async fn model_name(state: &AppState, model: Uuid) -> Result<Option<String>, ApiError> {
-    Ok(
-        sqlx::query_scalar("SELECT name FROM read_models.catalog WHERE id = $1")
-            .bind(model)
-            .fetch_optional(&state.pool)
-            .await?,
+impl VersionRow {
+    /// The version as API.md §6 shows it: the template as it was after the version's event, with
+    /// the current names of its organization and environment (`current`'s) and of the model it named.
+    fn view(self, id: Uuid, current: &Row) -> Value {
+        let data = DocumentData {
+            id,
+            fields: match self.fields.0 {
+                Value::Object(fields) => fields,
+                _ => Map::new(),
+            },
+            secrets: self.secrets.0.into_iter().collect(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        };
+        let nested = Nested {
+            organization: current.organization_name.clone(),
+            environment: current.environment_name.clone(),
+            model: self.model_name,
+        };
+        let mut view = view(&PromptTemplate::INFO, &data, self.version, &nested);
+        if let Value::Object(fields) = &mut view {
+            fields.insert("changedBy".into(), self.changed_by.0);
+            fields.insert(
+                "changedAt".into(),
+                Value::String(self.changed_at.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            );
+            fields.insert("changes".into(), json!(self.changes.0));
+        }
+        view
+    }
+}
+
+/// The versions of template `$1` up to version `$2`, with `{rest}` (an order, a limit, a condition)
+/// applied. The model name is joined to the rows read only.
+fn versions_query(rest: &str) -> String {
+    format!(
+        "SELECT v.version, v.fields, v.secrets, v.changed_by, v.changed_at, v.changes, v.created_at, \
+                v.updated_at, m.name AS model_name \
+         FROM (SELECT * FROM read_models.prompt_template_versions \
+               WHERE template_id = $1 AND version <= $2 {rest}) v \
+         LEFT JOIN read_models.catalog m ON m.id = (v.fields->>'modelId')::uuid \
+         ORDER BY v.version DESC"
     )
 }
 
-/// `GET /api/prompt-templates/{id}/versions`: newest first, paginated.
+/// `GET /api/prompt-templates/{id}/versions`: newest first, paginated (API.md §6). The page is read
+/// from `read_models.prompt_template_versions`, so a request costs the rows it shows however long the
+/// template's history is.
 pub async fn list_versions(
     State(state): State<AppState>,
     Caller(Authenticated { actor, .. }): Caller,
@@ -489,18 +461,25 @@ pub async fn list_versions(
 ) -> Result<Json<Page<Value>>, ApiError> {
     let id = parse_id(&id)?;
     let page = PageRequest::parse(params.get("page"), params.get("limit"))?;
-    let versions = versions(&state, &actor, consistency, id).await?;
-    let total = versions.len() as i64;
-    let data: Vec<Value> = versions
-        .into_iter()
-        .rev()
-        .skip(page.offset() as usize)
-        .take(page.limit as usize)
-        .collect();
+    // The current row decides access (and answers 404 for deleted or hidden templates).
+    let current = load::<PromptTemplate>(&state, &actor, consistency, id).await?;
+    // Every event of a live template made a version, so its stream version is how many it has. The
+    // page is bounded by it too, so that a version committed since `current` was read is not shown
+    // under a total that does not count it.
+    let total = current.version;
+    let rows: Vec<VersionRow> =
+        sqlx::query_as(&versions_query("ORDER BY version DESC LIMIT $3 OFFSET $4"))
+            .bind(id)
+            .bind(total)
+            .bind(page.limit)
+            .bind(page.offset())
+            .fetch_all(&state.pool)
+            .await?;
+    let data = rows.into_iter().map(|row| row.view(id, &current)).collect();
     Ok(Json(Page::new(data, page, total)))
 }
 
-/// `GET /api/prompt-templates/{id}/versions/{version}`.
+/// `GET /api/prompt-templates/{id}/versions/{version}`: one row read.
 pub async fn get_version(
     State(state): State<AppState>,
     Caller(Authenticated { actor, .. }): Caller,
@@ -508,20 +487,29 @@ pub async fn get_version(
     Path((id, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    let number: usize = version
+    let number: i64 = version
         .parse()
         .ok()
         .filter(|n| *n >= 1)
         .ok_or_else(|| ApiError::invalid("version", "must be a positive integer"))?;
-    let mut versions = versions(&state, &actor, consistency, id).await?;
-    if number > versions.len() {
-        return Err(ApiError::NotFound {
-            error: "Version not found".into(),
-            details: format!(
-                "prompt template {id} has {} versions; there is no version {number}",
-                versions.len()
-            ),
-        });
+    let current = load::<PromptTemplate>(&state, &actor, consistency, id).await?;
+    let missing = || ApiError::NotFound {
+        error: "Version not found".into(),
+        details: format!(
+            "prompt template {id} has {} versions; there is no version {number}",
+            current.version
+        ),
+    };
+    if number > current.version {
+        return Err(missing());
     }
-    Ok(Json(versions.swap_remove(number - 1)))
+    let row: Option<VersionRow> = sqlx::query_as(&versions_query("AND version = $3"))
+        .bind(id)
+        .bind(current.version)
+        .bind(number)
+        .fetch_optional(&state.pool)
+        .await?;
+    // No row below the current version: the template was deleted since `current` was read.
+    let row = row.ok_or_else(|| ApiError::not_found(PromptTemplate::INFO.label, id))?;
+    Ok(Json(row.view(id, &current)))
 }

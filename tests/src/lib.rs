@@ -167,6 +167,8 @@ pub struct TestApp {
     /// query-api's read-your-writes waits.
     pub consistency: Consistency,
     projector: Vec<JoinHandle<()>>,
+    auth: Arc<Authenticator>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 impl TestApp {
@@ -232,9 +234,9 @@ impl TestApp {
         let consistency = Consistency::start(db.pool.clone(), consistency);
         let query = serve(query_api::router(query_api::AppState {
             pool: db.pool.clone(),
-            auth,
+            auth: auth.clone(),
             consistency: consistency.clone(),
-            metrics,
+            metrics: metrics.clone(),
             request_timeout: query_api::ops::DEFAULT_REQUEST_TIMEOUT,
         }))
         .await;
@@ -251,10 +253,26 @@ impl TestApp {
             secrets,
             consistency,
             projector: Vec::new(),
+            auth,
+            metrics,
         };
         app.start_projector();
         app.admin_id = app.user_id(SYSTEM_ADMIN).await;
         app
+    }
+
+    /// Another query-api over `pool` (sign-in and read-your-writes waits as this app's), for tests that
+    /// restrict what query-api's own reads may touch. Its base URL.
+    pub async fn query_api_over(&self, pool: PgPool) -> String {
+        let addr = serve(query_api::router(query_api::AppState {
+            pool,
+            auth: self.auth.clone(),
+            consistency: self.consistency.clone(),
+            metrics: self.metrics.clone(),
+            request_timeout: query_api::ops::DEFAULT_REQUEST_TIMEOUT,
+        }))
+        .await;
+        format!("http://{addr}")
     }
 
     pub fn start_projector(&mut self) {

@@ -1041,6 +1041,7 @@ async fn catalog_tables(app: &TestApp) -> Vec<String> {
         "SELECT row_to_json(c)::text FROM read_models.catalog c ORDER BY id",
         "SELECT row_to_json(c)::text FROM read_models.catalog_counts c WHERE count <> 0 ORDER BY scope",
         "SELECT row_to_json(u)::text FROM read_models.workflow_entity_usage u ORDER BY entity_id, workflow_id",
+        "SELECT row_to_json(v)::text FROM read_models.prompt_template_versions v ORDER BY template_id, version",
     ] {
         let found: Vec<String> = sqlx::query_scalar(query).fetch_all(&app.db.pool).await.unwrap();
         rows.extend(found);
@@ -1083,4 +1084,178 @@ async fn a_rebuilt_catalog_equals_the_live_one() {
         .await
         .unwrap();
     assert_eq!(catalog_tables(&app).await, live);
+}
+
+/// Every version of a template, newest first, read page by page.
+async fn all_versions(app: &TestApp, template: &str) -> Vec<Value> {
+    let mut versions = Vec::new();
+    for page in 1.. {
+        let (status, body) = app
+            .get(&format!(
+                "/api/prompt-templates/{template}/versions?page={page}&limit=100"
+            ))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let data = body["data"].as_array().unwrap();
+        if data.is_empty() {
+            break;
+        }
+        versions.extend(data.iter().cloned());
+    }
+    versions
+}
+
+#[tokio::test]
+async fn a_page_of_versions_reads_the_page_and_not_the_log() {
+    let app = TestApp::spawn().await;
+    let (org, env, model, _) = fixtures(&app).await;
+    let other_model = created(
+        &app,
+        "/api/models",
+        json!({"organizationId": org, "name": "Other model", "modelUrl": "https://models.example/v2"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let template = created(
+        &app,
+        "/api/prompt-templates",
+        json!({"organizationId": org, "environmentId": env, "name": "Long history", "modelId": model,
+               "promptText": "Version 1"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    const VERSIONS: i64 = 300;
+    for n in 2..=VERSIONS {
+        // Every tenth version names the other model, so that each version shows its own model's name.
+        let body = if n % 10 == 0 {
+            json!({"promptText": format!("Version {n}"), "modelId": other_model})
+        } else {
+            json!({"promptText": format!("Version {n}"), "modelId": model})
+        };
+        let (status, body) = app
+            .put(&format!("/api/prompt-templates/{template}"), body)
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Another template's history, deleted: it leaves no rows behind.
+    let deleted = created(
+        &app,
+        "/api/prompt-templates",
+        json!({"organizationId": org, "environmentId": env, "name": "Gone", "modelId": model,
+               "promptText": "Soon gone"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = app
+        .put(
+            &format!("/api/prompt-templates/{deleted}"),
+            json!({"promptText": "Still gone"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .delete(&format!("/api/prompt-templates/{deleted}"))
+        .await;
+    assert_eq!(status, 200);
+
+    let live = all_versions(&app, &template).await;
+    assert_eq!(live.len() as i64, VERSIONS);
+    for (i, version) in live.iter().enumerate() {
+        let n = VERSIONS - i as i64;
+        assert_eq!(version["version"], n);
+        assert_eq!(version["promptText"], format!("Version {n}"));
+        let model_name = if n % 10 == 0 {
+            "Other model"
+        } else {
+            "Fixture model"
+        };
+        assert_eq!(
+            version["model"]["name"], model_name,
+            "version {n}: {version}"
+        );
+        assert_eq!(version["organization"]["name"], "Acme Corp");
+        let changes = version["changes"].as_array().unwrap();
+        let set = if n == 1 { "name" } else { "promptText" };
+        assert!(changes.contains(&json!(set)), "version {n}: {changes:?}");
+        assert!(version["changedAt"].is_string());
+        assert_eq!(version["changedBy"]["id"], app.admin_id);
+    }
+    let tables = catalog_tables(&app).await;
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM read_models.prompt_template_versions WHERE template_id = $1::uuid",
+    )
+    .bind(&deleted)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, 0, "a deleted template keeps no versions");
+
+    // A rebuild from the log makes the same rows, and the same answers.
+    projector::rebuild::rebuild(&app.db.pool, &projector::catalog::Catalog, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(catalog_tables(&app).await, tables);
+    assert_eq!(all_versions(&app, &template).await, live);
+
+    // A query-api whose connections may read the read models but not the log answers every page and
+    // version as the full one does: reading versions costs the rows shown, not the template's stream.
+    let role = format!("versions_reader_{}", uuid::Uuid::new_v4().simple());
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'reader'; \
+         GRANT USAGE ON SCHEMA public, read_models TO {role}; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA public, read_models TO {role}; \
+         REVOKE SELECT ON events FROM {role};"
+    ))
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let restricted = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(app.db.connect_options().username(&role).password("reader"))
+        .await
+        .unwrap();
+    let refused = sqlx::query("SELECT 1 FROM events LIMIT 1")
+        .execute(&restricted)
+        .await;
+    assert!(refused.is_err(), "the restricted role reads the log");
+    let base = app.query_api_over(restricted.clone()).await;
+    let get = |path: String| {
+        let request = app
+            .http
+            .get(format!("{base}{path}"))
+            .bearer_auth(&app.admin_token);
+        tests::send(request)
+    };
+    let (status, page) = get(format!(
+        "/api/prompt-templates/{template}/versions?page=2&limit=7"
+    ))
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["data"], json!(live[7..14]));
+    assert_eq!(page["pagination"]["total"], VERSIONS);
+    for n in [1, 150, VERSIONS] {
+        let (status, version) = get(format!("/api/prompt-templates/{template}/versions/{n}")).await;
+        assert_eq!(status, 200, "{version}");
+        assert_eq!(version, live[(VERSIONS - n) as usize]);
+    }
+    let (status, missing) = get(format!(
+        "/api/prompt-templates/{template}/versions/{}",
+        VERSIONS + 1
+    ))
+    .await;
+    assert_eq!(status, 404, "{missing}");
+    let (status, _) = get(format!("/api/prompt-templates/{deleted}/versions")).await;
+    assert_eq!(status, 404);
+
+    restricted.close().await;
+    sqlx::raw_sql(&format!("DROP OWNED BY {role}; DROP ROLE {role};"))
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
 }
