@@ -385,6 +385,7 @@ async fn hundreds_of_waiting_reads_cost_one_watcher_and_leave_the_pool_to_other_
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let reads_before = app.consistency.checkpoint_reads();
+    let started = std::time::Instant::now();
     for _ in 0..50 {
         let (status, _) = send(
             app.admin(Method::GET, &format!("/api/organizations/{org}"))
@@ -399,11 +400,13 @@ async fn hundreds_of_waiting_reads_cost_one_watcher_and_leave_the_pool_to_other_
         "every wait is still open"
     );
     assert_eq!(app.consistency.waiting(), WAITERS);
-    // However many wait, the database is asked by one watcher, not by each of them.
+    // However many wait, the database is asked at one watcher's pace (a read every 50 ms at most,
+    // plus one per notification), not at each waiter's.
     let polls = app.consistency.checkpoint_reads() - reads_before;
+    let one_watcher = started.elapsed().as_millis() as u64 / 50 + 10;
     assert!(
-        polls < WAITERS as u64 / 3,
-        "{polls} checkpoint reads while {WAITERS} reads waited"
+        polls <= one_watcher,
+        "{polls} checkpoint reads while {WAITERS} reads waited (one watcher: {one_watcher})"
     );
 
     // Once the projector runs again, every wait ends with the write reflected.
