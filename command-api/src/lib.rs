@@ -77,6 +77,7 @@ pub fn api_routes() -> Routes {
             "/api/organizations/{id}/members/{user_id}",
             members::remove,
         )
+        .add(Method::DELETE, "/api/users/{id}", users::erase)
         .add(
             Method::PUT,
             "/api/users/{id}/system-role",

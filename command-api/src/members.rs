@@ -67,6 +67,7 @@ pub async fn add(
             role: member_role,
         };
         let (members, changes) = decide(state, write, role, organization_id, command).await?;
+        write.check_if_match(members.version)?;
         let changes = changes
             .expect("adding a member always appends")
             .require_version(&User::stream_id(user_id), user.version);
@@ -104,6 +105,7 @@ pub async fn change_role(
             role: member_role,
         };
         let (members, changes) = decide(state, write, role, organization_id, command).await?;
+        write.check_if_match(members.version)?;
         let body = view(organization_id, &user, &members)?;
         match changes {
             None => Ok(Outcome::new(StatusCode::OK, body, members.version)),
@@ -128,7 +130,8 @@ pub async fn remove(
     let (state, write) = (&state, &write);
     execute(state, write, move || async move {
         let command = MembersCommand::Remove { user_id };
-        let (_, changes) = decide(state, write, role, organization_id, command).await?;
+        let (members, changes) = decide(state, write, role, organization_id, command).await?;
+        write.check_if_match(members.version)?;
         let changes = changes.expect("removing a member always appends");
         Outcome::deleted(user_id, changes.version_after())
             .commit(state, changes, write, permission)
@@ -137,8 +140,43 @@ pub async fn remove(
     .await
 }
 
-/// Loads the organization's memberships (the organization must exist; `If-Match` pins their version)
-/// and decides `command`. The write, if the command changes anything, appends to the memberships at
+/// The writes that remove `user_id` from every organization it belongs to (for erasing the user), all
+/// decided before any is committed, so that a refusal (the user is an organization's last admin)
+/// changes nothing.
+pub async fn removals_of(
+    state: &AppState,
+    write: &Write,
+    role: Role,
+    user_id: Uuid,
+) -> Result<Vec<WriteSet>, ApiError> {
+    let organizations: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT organization_id FROM access_memberships WHERE user_id = $1 ORDER BY organization_id",
+    )
+    .bind(user_id)
+    .fetch_all(state.store.pool())
+    .await?;
+    let mut removals = Vec::with_capacity(organizations.len());
+    for organization_id in organizations {
+        let command = MembersCommand::Remove { user_id };
+        let (_, changes) = decide(state, write, role, organization_id, command)
+            .await
+            .map_err(|error| match error {
+                ApiError::Conflict { error, .. } => ApiError::Conflict {
+                    error,
+                    details: format!(
+                        "user {user_id} is the last admin of organization {organization_id}: make \
+                         another member an admin first, or delete the organization"
+                    ),
+                },
+                other => other,
+            })?;
+        removals.extend(changes);
+    }
+    Ok(removals)
+}
+
+/// Loads the organization's memberships (the organization must exist) and decides `command`. Callers
+/// check `If-Match` against the memberships' version. The write, if the command changes anything, appends to the memberships at
 /// the version loaded and requires the organization to be still alive when it commits.
 async fn decide(
     state: &AppState,
@@ -154,7 +192,6 @@ async fn decide(
     };
     let org = organizations::load(state, organization_id).await?;
     let mut members = state.store.load::<Members>(organization_id).await?;
-    write.check_if_match(members.version)?;
     let expected = members.version;
     let events = members.state.decide(command).map_err(|error| match error {
         DomainError::AlreadyExists => ApiError::Conflict {

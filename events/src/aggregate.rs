@@ -39,6 +39,9 @@ pub trait Aggregate:
     const TYPE: &'static str;
     /// Bumped whenever the state's shape changes, so that stale snapshots are ignored.
     const SNAPSHOT_SCHEMA: i32 = 1;
+    /// Whether loading keeps snapshots of the state. Users' do not: their state holds opened personal
+    /// data, which must live nowhere but under its key (`crate::personal`).
+    const SNAPSHOTS: bool = true;
 
     type Event: Serialize + DeserializeOwned + Send + Sync;
     type Command;

@@ -14,10 +14,11 @@ use uuid::Uuid;
 use crate::access::{Actor, Role};
 use crate::aggregate::Aggregate;
 use crate::envelope::{ActorRef, RequestContext};
+use crate::personal::PersonalKey;
 use crate::sessions::{token_hash, Session};
-use crate::store::{PgEventStore, StoreError, WriteSet};
+use crate::store::{AccessUser, PgEventStore, StoreError, WriteSet};
 use crate::token::{TokenConfig, TokenError, TokenVerifier};
-use crate::user::{user_id, Identity, User};
+use crate::user::{user_id, Identity, User, UserEvent};
 
 /// How many times recording a user is retried after losing a race for its stream.
 const RECORD_ATTEMPTS: usize = 5;
@@ -214,8 +215,9 @@ impl Authenticator {
         .await
     }
 
-    /// Registers the user, or records the profile claims that changed. The user acts on its own
-    /// account, so the events carry no role.
+    /// Registers the user, or records the profile claims that changed, sealed under the user's key
+    /// and in plaintext in the access lookups. The user acts on its own account, so the events carry
+    /// no role.
     async fn record(
         &self,
         id: Uuid,
@@ -232,9 +234,29 @@ impl Authenticator {
             id: id.to_string(),
             role: None,
         };
-        let events = user.record(events, &context.metadata(actor, None), chrono::Utc::now());
+        let access = AccessUser {
+            user_id: id,
+            subject: identity.subject.clone(),
+            email: None,
+            name: None,
+        };
+        let access = events.iter().fold(access, |mut access, event| {
+            if let UserEvent::Registered { email, name, .. }
+            | UserEvent::ProfileUpdated { email, name } = event
+            {
+                access.email = email.clone().or(access.email);
+                access.name = name.clone().or(access.name);
+            }
+            access
+        });
+        let stream = User::stream_id(id);
+        let mut events = user.record(events, &context.metadata(actor, None), chrono::Utc::now());
+        let key = PersonalKey::of_stream(self.store.pool(), &stream).await?;
+        for event in &mut events {
+            key.seal(&stream, &mut event.data);
+        }
         self.store
-            .commit(WriteSet::append(&User::stream_id(id), expected, events))
+            .commit(WriteSet::append(&stream, expected, events).record_access_user(access))
             .await?;
         Ok(())
     }

@@ -161,6 +161,7 @@ impl NewEvent {
 
 /// An event as read from the log, its payload upcast to the current version of its type (see
 /// [`crate::upcast`]): `schema_version` and `data` are the current shape, whatever the row holds.
+/// Personal data in it is opened ([`crate::personal`]), or reads as erased.
 #[derive(Debug, Clone)]
 pub struct RecordedEvent {
     pub global_position: i64,
@@ -181,12 +182,15 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for RecordedEvent {
         let event_type: String = row.try_get("event_type")?;
         // Decoded past serde_json's default depth: see `crate::json`.
         let crate::json::Stored(data) = row.try_get("data")?;
-        let (schema_version, data) =
+        let (schema_version, mut data) =
             crate::upcast::upcast(&event_type, row.try_get("schema_version")?, data);
+        let stream_id: String = row.try_get("stream_id")?;
+        let personal_key: Option<Vec<u8>> = row.try_get("personal_key")?;
+        crate::personal::open(&event_type, &stream_id, &mut data, personal_key.as_deref());
         Ok(RecordedEvent {
             global_position: row.try_get("global_position")?,
             transaction_id: row.try_get("transaction_id")?,
-            stream_id: row.try_get("stream_id")?,
+            stream_id,
             stream_version: row.try_get("stream_version")?,
             event_id: row.try_get("event_id")?,
             event_type,

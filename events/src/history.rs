@@ -1,6 +1,7 @@
 //! Resources' history, read straight from the log: which resource an event is about (what the audit
 //! index files it under), any stream's state folded from its events whatever its aggregate, and the
-//! field-by-field changes one event made, with write-only values shown as [`REDACTED`].
+//! field-by-field changes one event made, with write-only values shown as [`REDACTED`] and erased
+//! personal data as [`ERASED`].
 //!
 //! Changes are never stored: they are the difference between the state folded up to the event before
 //! and the state after it, with the aggregates' own `apply`, so the audit trail cannot disagree with
@@ -18,6 +19,7 @@ use crate::catalog::{Change, DocumentState, KindInfo, SEALED_VALUES};
 use crate::environment::Environment;
 use crate::members::Members;
 use crate::organization::Organization;
+use crate::personal::{self, ERASED};
 use crate::user::User;
 use crate::RecordedEvent;
 
@@ -137,13 +139,15 @@ impl StreamState {
         Ok(())
     }
 
-    /// When the resource was deleted, if it is (memberships and users are never deleted).
+    /// When the resource was deleted, if it is: an erased user counts as deleted (memberships are
+    /// never deleted, only removed).
     pub fn deleted_at(&self) -> Option<DateTime<Utc>> {
         match self {
             StreamState::Organization(state) => state.deleted_at,
             StreamState::Environment(state) => state.deleted_at,
             StreamState::Document(_, state) => state.deleted_at,
-            StreamState::User(_) | StreamState::Members(_) => None,
+            StreamState::User(state) => state.erased_at,
+            StreamState::Members(_) => None,
         }
     }
 
@@ -195,18 +199,25 @@ impl StreamState {
 
 /// What `event` changed: `{field: {from, to}}` for every audited field whose value differs between
 /// `before` and `after` (absent reads as `null`), in field-name order. A write-only value set again
-/// is a change even though both sides read [`REDACTED`]: the event says it was sealed anew.
+/// is a change even though both sides read [`REDACTED`]: the event says it was sealed anew. So is a
+/// personal value the event set whose user was erased since, though both sides read [`ERASED`].
 pub fn changes(
     before: &Map<String, Value>,
     after: &Map<String, Value>,
     event: &RecordedEvent,
 ) -> Map<String, Value> {
-    let resealed = event
+    let mut resealed = event
         .data
         .get(SEALED_VALUES)
         .and_then(Value::as_object)
         .map(|sealed| sealed.keys().cloned().collect::<BTreeSet<_>>())
         .unwrap_or_default();
+    resealed.extend(
+        personal::FIELDS
+            .into_iter()
+            .filter(|field| event.data.get(*field).and_then(Value::as_str) == Some(ERASED))
+            .map(str::to_owned),
+    );
     let fields: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
     let mut changes = Map::new();
     for field in fields {

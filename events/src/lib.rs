@@ -13,6 +13,7 @@ pub mod history;
 pub mod json;
 pub mod members;
 pub mod organization;
+pub mod personal;
 pub mod published;
 pub mod read_models;
 pub mod secrets;

@@ -172,7 +172,7 @@ impl PgEventStore {
             }
         };
         fold(&mut loaded, &tail)?;
-        if tail.len() >= SNAPSHOT_EVERY {
+        if A::SNAPSHOTS && tail.len() >= SNAPSHOT_EVERY {
             self.save_snapshot(&stream_id, &loaded).await?;
         }
         Ok(loaded)
@@ -409,9 +409,14 @@ pub async fn stream_heads<'e>(
     .await?)
 }
 
-const COLUMNS: &str =
+/// What every read of the log selects from an unaliased `events` row: the row, and for user events
+/// that carry personal data the key that opens it (`crate::personal`; `personal::SEALED_EVENT_TYPES`).
+pub(crate) const COLUMNS: &str =
     "global_position, transaction_id, stream_id, stream_version, event_id, event_type, \
-                       schema_version, data, metadata, recorded_at";
+     schema_version, data, metadata, recorded_at, \
+     CASE WHEN events.event_type IN ('user.registered', 'user.profile_updated') THEN \
+         (SELECT uuid_send(k.key_id) || k.key FROM personal_data_keys k WHERE k.stream_id = events.stream_id) \
+     END AS personal_key";
 
 /// Reads the log after `after` without ever skipping an event that commits later (module docs).
 /// Works on any connection, so that a projection can read and apply in one transaction.
@@ -512,7 +517,31 @@ pub struct WriteSet {
     unreferenced: Option<String>,
     /// An owner whose data key goes with this write (see [`WriteSet::destroy_data_key`]).
     destroy_data_key: Option<Uuid>,
+    /// A user's personal data for the access lookups (see [`WriteSet::record_access_user`]).
+    access_user: Option<AccessUser>,
+    /// A user erased by this write (see [`WriteSet::erase_user`]).
+    erase_user: Option<Uuid>,
     response: Option<StoredResponse>,
+}
+
+/// What the access lookups (`access_users`) hold of a user in plaintext: the events that record it
+/// carry these values sealed (`crate::personal`), so the write passes them alongside. An absent email
+/// or name leaves the recorded one.
+#[derive(Clone, Serialize)]
+pub struct AccessUser {
+    pub user_id: Uuid,
+    pub subject: String,
+    pub email: Option<String>,
+    pub name: Option<String>,
+}
+
+/// Shows whose row it is, never the personal data.
+impl std::fmt::Debug for AccessUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessUser")
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -583,6 +612,8 @@ impl WriteSet {
             references_removed: Vec::new(),
             unreferenced: None,
             destroy_data_key: None,
+            access_user: None,
+            erase_user: None,
             response: None,
         }
     }
@@ -652,6 +683,21 @@ impl WriteSet {
     /// it becomes unreadable exactly when the write commits: a crash cannot leave the key behind.
     pub fn destroy_data_key(mut self, owner: Uuid) -> Self {
         self.destroy_data_key = Some(owner);
+        self
+    }
+
+    /// Records a user's subject, email and name in the access lookups with the events that register or
+    /// update the user.
+    pub fn record_access_user(mut self, user: AccessUser) -> Self {
+        self.access_user = Some(user);
+        self
+    }
+
+    /// Erases `user_id` with this write (the one appending `user.erased`): destroys the key of its
+    /// personal data and deletes its access lookups, sessions, and the kept idempotent responses it
+    /// made or that mention it, all in the write's transaction.
+    pub fn erase_user(mut self, user_id: Uuid) -> Self {
+        self.erase_user = Some(user_id);
         self
     }
 

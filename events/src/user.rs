@@ -1,6 +1,8 @@
 //! The user aggregate: someone who signed in through the identity provider, recorded on their first
 //! authenticated request, with the System role when another System user granted it, and their browser
-//! sign-ins and sign-outs (so that the audit trail shows them).
+//! sign-ins and sign-outs (so that the audit trail shows them). A System user can erase a user: the
+//! personal data its events carry (sealed per user, `crate::personal`) becomes unreadable, and a later
+//! request of the same subject registers a new user in the same stream.
 //!
 //! A user's id is derived from the token's subject (a name-based UUID), so the id of a subject is known
 //! without a lookup and two first requests of one subject race for the same stream: one registers, the
@@ -26,6 +28,8 @@ pub fn user_id(subject: &str) -> Uuid {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", content = "data", rename_all_fields = "camelCase")]
 pub enum UserEvent {
+    /// `subject`, `email` and `name` are sealed in the log (`crate::personal`); once the user is
+    /// erased they read `"[erased]"`, in messages published from then on too.
     #[serde(rename = "user.registered")]
     Registered {
         id: Uuid,
@@ -33,7 +37,7 @@ pub enum UserEvent {
         email: Option<String>,
         name: Option<String>,
     },
-    /// Carries only the fields that changed.
+    /// Carries only the fields that changed, sealed and erased as `user.registered`'s.
     #[serde(rename = "user.profile_updated")]
     ProfileUpdated {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -50,6 +54,10 @@ pub enum UserEvent {
     SignedIn { session_id: Uuid },
     #[serde(rename = "user.signed_out")]
     SignedOut { session_id: Uuid },
+    /// The user's personal data was erased (its key destroyed with this event) and its memberships
+    /// removed before it. Consumers should forget what they hold about the user.
+    #[serde(rename = "user.erased")]
+    Erased {},
 }
 
 /// What the identity provider says about a user: the subject, and the profile claims it sent.
@@ -71,6 +79,7 @@ pub enum UserCommand {
     SignOut {
         session_id: Uuid,
     },
+    Erase,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,12 +97,15 @@ pub struct UserData {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct User {
-    /// `None` until registered.
+    /// `None` until registered, and after erasure until registered again.
     pub live: Option<UserData>,
+    /// When the user was last erased, while not registered again.
+    pub erased_at: Option<DateTime<Utc>>,
 }
 
 impl Aggregate for User {
     const TYPE: &'static str = "user";
+    const SNAPSHOTS: bool = false;
     type Event = UserEvent;
     type Command = UserCommand;
 
@@ -113,7 +125,8 @@ impl Aggregate for User {
                     system_role: false,
                     created_at: at,
                     updated_at: at,
-                })
+                });
+                self.erased_at = None;
             }
             UserEvent::ProfileUpdated { email, name } => {
                 if let Some(user) = &mut self.live {
@@ -133,6 +146,10 @@ impl Aggregate for User {
                 }
             }
             UserEvent::SignedIn { .. } | UserEvent::SignedOut { .. } => {}
+            UserEvent::Erased {} => {
+                self.live = None;
+                self.erased_at = Some(at);
+            }
         }
     }
 
@@ -155,6 +172,7 @@ impl Aggregate for User {
             (UserCommand::SignOut { session_id }, Some(_)) => {
                 Ok(vec![UserEvent::SignedOut { session_id }])
             }
+            (UserCommand::Erase, Some(_)) => Ok(vec![UserEvent::Erased {}]),
             (_, None) => Err(DomainError::NotFound),
         }
     }

@@ -1,6 +1,6 @@
 //! The `access` projection: the users and members read models behind `/api/users` and
 //! `/api/organizations/{id}/members`. Member rows carry their user's email and name; a profile update
-//! rewrites them.
+//! rewrites them, and erasing the user deletes its rows.
 //!
 //! Users and memberships change rarely next to everything else in the log, so events are applied one
 //! statement each rather than folded per batch as `tenants` does.
@@ -105,6 +105,17 @@ async fn apply_user(
             .await?;
         }
         UserEvent::SignedIn { .. } | UserEvent::SignedOut { .. } => {}
+        UserEvent::Erased {} => {
+            // Its memberships were removed before; the user goes from the lists too.
+            sqlx::query("DELETE FROM users WHERE id = $1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("DELETE FROM members WHERE user_id = $1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+        }
     }
     Ok(())
 }

@@ -149,7 +149,10 @@ async fn member_as_of(
         user_id,
     )
     .await?;
-    let StreamState::User(User { live: Some(user) }) = &user.state else {
+    let StreamState::User(User {
+        live: Some(user), ..
+    }) = &user.state
+    else {
         return Err(as_of::not_found_then("Member", user_id, at));
     };
     Ok(MemberView::new(organization_id, user, membership))

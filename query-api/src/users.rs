@@ -87,7 +87,10 @@ pub async fn get(
     actor.authorize_platform(Resource::Users, Action::Read)?;
     if let Some(at) = as_of {
         let past = as_of::fold(&state.pool, &User::stream_id(id), at, "User", id).await?;
-        let StreamState::User(User { live: Some(user) }) = &past.state else {
+        let StreamState::User(User {
+            live: Some(user), ..
+        }) = &past.state
+        else {
             return Err(as_of::not_live("User", id, at, &past.state));
         };
         return Ok(Json(user.into()));

@@ -828,8 +828,9 @@ async fn concurrent_first_requests_of_a_new_user_record_it_once() {
         .collect();
     assert_eq!(ids.len(), 1);
     let registered: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE event_type = 'user.registered' AND data->>'subject' = 'newcomer'",
+        "SELECT count(*) FROM events WHERE event_type = 'user.registered' AND stream_id = 'user-' || $1",
     )
+    .bind(ids.iter().next().unwrap())
     .fetch_one(&app.db.pool)
     .await
     .unwrap();
