@@ -1,6 +1,7 @@
 //! Turning a request's credentials into an [`Actor`]: a bearer token or a session cookie names a user;
-//! the user's System role and memberships come from the access lookups the log keeps (see
-//! `schemas/migrations/0004_access.sql`). Both APIs authenticate through here.
+//! the user's System role and memberships come from the access lookups kept with the log (see
+//! `schemas/migrations/0004_access.sql`; a user's subject, email and name are written by the append
+//! that records them, migration `0013`). Both APIs authenticate through here.
 //!
 //! The first request of a new subject records the user, and a request whose token reports a changed
 //! email or name records the change, so every other request costs one indexed query.

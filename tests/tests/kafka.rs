@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use events::published::{aggregate_types, topic, value};
-use events::store::log_head;
+use events::store::{log_head, read_log};
 use events::{LogPosition, RecordedEvent};
 use futures::future::join_all;
 use projector::publisher::{self, PublisherConfig};
@@ -66,8 +66,7 @@ impl Setup {
 
     /// Every committed event, in log order.
     async fn logged(&self) -> Vec<RecordedEvent> {
-        sqlx::query_as("SELECT * FROM events ORDER BY transaction_id, global_position")
-            .fetch_all(&self.app.db.pool)
+        read_log(&self.app.db.pool, LogPosition::START, i64::MAX)
             .await
             .expect("reading the log")
     }
@@ -281,6 +280,45 @@ async fn every_event_arrives_once_in_order_valid_and_without_secrets() {
         }
         assert!(
             !text.contains("\"v1."),
+            "a message holds ciphertext: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn messages_published_after_an_erasure_hold_none_of_the_users_personal_data() {
+    let mut setup = Setup::start().await;
+    setup.kill_publisher();
+    let org = setup.app.create_organization("Acme").await;
+    let kept = setup.app.add_member(&org, "kept", "admin").await;
+    let zoe = setup.app.add_member(&org, "zoe-erased", "user").await;
+    assert_eq!(setup.app.delete(&format!("/api/users/{zoe}")).await.0, 200);
+    setup.start_publisher();
+
+    let received = setup.receive_everything("after-erasure").await;
+    let of_user = |user: &str, ce_type: &str| {
+        received
+            .iter()
+            .find(|m| m.key == user && m.header("ce_type") == ce_type)
+            .unwrap_or_else(|| panic!("no {ce_type} for {user}"))
+            .value
+            .clone()
+    };
+    let registered = of_user(&zoe, "user.registered.v1");
+    for field in ["subject", "email", "name"] {
+        assert_eq!(registered[field], "[erased]", "{registered}");
+    }
+    assert_eq!(of_user(&zoe, "user.erased.v1"), json!({}));
+    // A user who was not erased goes out in plaintext: the publisher opens what the log seals.
+    assert_eq!(
+        of_user(&kept, "user.registered.v1")["email"],
+        "kept@example.test"
+    );
+    for message in &received {
+        let text = format!("{:?} {}", message.headers, message.value);
+        assert!(!text.contains("zoe-erased"), "{text}");
+        assert!(
+            !text.contains("\"p1."),
             "a message holds ciphertext: {text}"
         );
     }
