@@ -153,7 +153,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn key() -> (PersonalKey, Vec<u8>) {
+    fn fresh_key() -> (PersonalKey, Vec<u8>) {
         let id = Uuid::new_v4();
         let bytes = Aes256Gcm::generate_key(OsRng);
         let mut column = id.as_bytes().to_vec();
@@ -163,7 +163,7 @@ mod tests {
 
     #[test]
     fn sealed_fields_open_with_their_key_and_nowhere_else() {
-        let (key, column) = key();
+        let (key, column) = fresh_key();
         let plain =
             json!({ "id": "u", "subject": "idp|alice", "email": "a@example.test", "name": null });
         let mut data = plain.clone();
@@ -183,8 +183,7 @@ mod tests {
         open("user.registered", "user-2", &mut elsewhere, Some(&column));
         assert_eq!(elsewhere["email"], ERASED);
 
-        let (other, other_column) = key();
-        drop(other);
+        let (_, other_column) = fresh_key();
         let mut wrong_key = data.clone();
         open(
             "user.registered",
