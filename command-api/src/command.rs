@@ -8,11 +8,10 @@
 //! like any lost race, since the client pinned only the resource.
 
 use std::future::Future;
-use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use events::store::{log_head, StoredResponse, WriteSet};
+use events::store::{log_head, retry_backoff, StoredResponse, WriteSet};
 use events::{LogPosition, Permission};
 use serde::Serialize;
 use serde_json::Value;
@@ -124,7 +123,7 @@ where
                 if let Some(replayed) = replay(state, write).await? {
                     return Ok(replayed);
                 }
-                tokio::time::sleep(backoff(attempt)).await;
+                tokio::time::sleep(retry_backoff(attempt)).await;
             }
             Err(error) if write.idempotency_key.is_some() => {
                 // A concurrent request with the same key may have won the race that made this one
@@ -222,17 +221,4 @@ fn render(status: StatusCode, headers: &[(String, String)], body: String) -> Res
         }
     }
     (status, map, body).into_response()
-}
-
-/// Short, growing, jittered pauses: enough to let the winner commit without stalling the request.
-fn backoff(attempt: u32) -> Duration {
-    let base = 1u64 << attempt.min(5);
-    Duration::from_micros(base * 500 + rand_jitter())
-}
-
-fn rand_jitter() -> u64 {
-    // Good enough to spread retries apart; not used for anything secret.
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::from(d.subsec_nanos()) % 1_000)
 }

@@ -46,7 +46,7 @@ pub const APPENDED_CHANNEL: &str = "events_appended";
 const SNAPSHOT_EVERY: usize = 64;
 
 /// How many times [`EventStore::append`] with [`ExpectedVersion::Any`] retries a lost race.
-const ANY_VERSION_ATTEMPTS: usize = 100;
+const ANY_VERSION_ATTEMPTS: u32 = 100;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../schemas/migrations");
 
@@ -263,7 +263,7 @@ impl EventStore for PgEventStore {
             ExpectedVersion::Exact(version) => Some(version),
             ExpectedVersion::Any => None,
         };
-        for _ in 0..ANY_VERSION_ATTEMPTS {
+        for attempt in 1..=ANY_VERSION_ATTEMPTS {
             // For `Any`, the version is read before the transaction begins (see the module docs).
             let version = match fixed {
                 Some(version) => version,
@@ -274,7 +274,9 @@ impl EventStore for PgEventStore {
                 .await
             {
                 Ok(appended) => return Ok(appended),
-                Err(StoreError::Conflict { .. }) if fixed.is_none() => continue,
+                Err(StoreError::Conflict { .. }) if fixed.is_none() => {
+                    tokio::time::sleep(retry_backoff(attempt)).await;
+                }
                 Err(error) => return Err(error),
             }
         }
@@ -298,6 +300,14 @@ impl EventStore for PgEventStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         read_log(&self.pool, after, limit).await
     }
+}
+
+/// How long to wait before trying a write again after losing the race for a stream: growing with the
+/// attempt up to 16 ms, plus a random part, so that writers that collided spread apart instead of
+/// colliding again in step.
+pub fn retry_backoff(attempt: u32) -> std::time::Duration {
+    let base = 1u64 << attempt.min(5);
+    std::time::Duration::from_micros(base * 500 + rand::random::<u64>() % 1_000)
 }
 
 /// A stream's events after `after_version`, in version order, on any connection.
