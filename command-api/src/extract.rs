@@ -21,6 +21,7 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 const IDEMPOTENCY_KEY_MAX: usize = 255;
 
 /// Everything about a write request except its body.
+#[derive(Clone)]
 pub struct Write {
     pub actor: Actor,
     pub context: RequestContext,
@@ -43,6 +44,15 @@ impl Write {
     pub fn metadata(&self, role: Role, organization_id: Option<Uuid>) -> EventMetadata {
         self.context
             .metadata(self.actor.as_ref_with(role), organization_id)
+    }
+
+    /// This write without its `If-Match`, for the streams a command writes besides the resource the
+    /// client pinned.
+    pub fn without_if_match(&self) -> Write {
+        Write {
+            if_match: None,
+            ..self.clone()
+        }
     }
 
     /// Refuses with `412` when the client pinned a version the resource is no longer at.

@@ -67,7 +67,6 @@ pub async fn add(
             role: member_role,
         };
         let (members, changes) = decide(state, write, role, organization_id, command).await?;
-        write.check_if_match(members.version)?;
         let changes = changes
             .expect("adding a member always appends")
             .require_version(&User::stream_id(user_id), user.version);
@@ -105,7 +104,6 @@ pub async fn change_role(
             role: member_role,
         };
         let (members, changes) = decide(state, write, role, organization_id, command).await?;
-        write.check_if_match(members.version)?;
         let body = view(organization_id, &user, &members)?;
         match changes {
             None => Ok(Outcome::new(StatusCode::OK, body, members.version)),
@@ -130,8 +128,7 @@ pub async fn remove(
     let (state, write) = (&state, &write);
     execute(state, write, move || async move {
         let command = MembersCommand::Remove { user_id };
-        let (members, changes) = decide(state, write, role, organization_id, command).await?;
-        write.check_if_match(members.version)?;
+        let (_, changes) = decide(state, write, role, organization_id, command).await?;
         let changes = changes.expect("removing a member always appends");
         Outcome::deleted(user_id, changes.version_after())
             .commit(state, changes, write, permission)
@@ -155,6 +152,8 @@ pub async fn removals_of(
     .bind(user_id)
     .fetch_all(state.store.pool())
     .await?;
+    // The erasure's `If-Match` pins the user, not the memberships it removes.
+    let write = &write.without_if_match();
     let mut removals = Vec::with_capacity(organizations.len());
     for organization_id in organizations {
         let command = MembersCommand::Remove { user_id };
@@ -175,8 +174,8 @@ pub async fn removals_of(
     Ok(removals)
 }
 
-/// Loads the organization's memberships (the organization must exist) and decides `command`. Callers
-/// check `If-Match` against the memberships' version. The write, if the command changes anything, appends to the memberships at
+/// Loads the organization's memberships (the organization must exist; `If-Match` pins their version)
+/// and decides `command`. The write, if the command changes anything, appends to the memberships at
 /// the version loaded and requires the organization to be still alive when it commits.
 async fn decide(
     state: &AppState,
@@ -192,6 +191,7 @@ async fn decide(
     };
     let org = organizations::load(state, organization_id).await?;
     let mut members = state.store.load::<Members>(organization_id).await?;
+    write.check_if_match(members.version)?;
     let expected = members.version;
     let events = members.state.decide(command).map_err(|error| match error {
         DomainError::AlreadyExists => ApiError::Conflict {
