@@ -173,11 +173,10 @@ async fn delete_once(
     let events = org.record(events, &write.metadata(role, Some(id)), Utc::now());
     let stream = Organization::stream_id(id);
     // Its write-only values go with it: they were sealed under its data key, which the deletion
-    // destroys. History still shows that they were set, never what they were.
+    // destroys (`events::lookups`). History still shows that they were set, never what they were.
     let changes = WriteSet::append(&stream, expected, events)
         .refuse_if_referenced()
-        .release_name(NAME_SCOPE, &name.to_lowercase())
-        .destroy_data_key(id);
+        .release_name(NAME_SCOPE, &name.to_lowercase());
     Outcome::deleted(id, changes.version_after())
         .commit(state, changes, write, permission)
         .await

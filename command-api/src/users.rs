@@ -88,7 +88,7 @@ pub async fn erase(
         let events = user.state.decide(UserCommand::Erase)?;
         let events = user.record(events, &write.metadata(role, None), Utc::now());
         // Refused while a membership is left (one added meanwhile): the command then runs again.
-        let changes = WriteSet::append(&User::stream_id(id), expected, events).erase_user(id);
+        let changes = WriteSet::append(&User::stream_id(id), expected, events);
         Outcome::deleted(id, changes.version_after())
             .commit(state, changes, write, permission)
             .await

@@ -1,7 +1,6 @@
 //! Turning a request's credentials into an [`Actor`]: a bearer token or a session cookie names a user;
-//! the user's System role and memberships come from the access lookups kept with the log (see
-//! `schemas/migrations/0004_access.sql`; a user's subject, email and name are written by the append
-//! that records them, migration `0013`). Both APIs authenticate through here.
+//! the user's System role and memberships come from the access lookups kept with the log (kept by
+//! every append, `crate::lookups`). Both APIs authenticate through here.
 //!
 //! The first request of a new subject records the user, and a request whose token reports a changed
 //! email or name records the change, so every other request costs one indexed query.
@@ -17,9 +16,9 @@ use crate::aggregate::Aggregate;
 use crate::envelope::{ActorRef, RequestContext};
 use crate::personal::PersonalKey;
 use crate::sessions::{token_hash, Session};
-use crate::store::{AccessUser, PgEventStore, StoreError, WriteSet};
+use crate::store::{PgEventStore, StoreError, WriteSet};
 use crate::token::{TokenConfig, TokenError, TokenVerifier};
-use crate::user::{user_id, Identity, User, UserEvent};
+use crate::user::{user_id, Identity, User};
 
 /// How many times recording a user is retried after losing a race for its stream.
 const RECORD_ATTEMPTS: usize = 5;
@@ -235,29 +234,11 @@ impl Authenticator {
             id: id.to_string(),
             role: None,
         };
-        let access = AccessUser {
-            user_id: id,
-            subject: identity.subject.clone(),
-            email: None,
-            name: None,
-        };
-        let access = events.iter().fold(access, |mut access, event| {
-            if let UserEvent::Registered { email, name, .. }
-            | UserEvent::ProfileUpdated { email, name } = event
-            {
-                access.email = email.clone().or(access.email);
-                access.name = name.clone().or(access.name);
-            }
-            access
-        });
         let stream = User::stream_id(id);
-        let mut events = user.record(events, &context.metadata(actor, None), chrono::Utc::now());
+        let events = user.record(events, &context.metadata(actor, None), chrono::Utc::now());
         let key = PersonalKey::of_stream(self.store.pool(), &stream).await?;
-        for event in &mut events {
-            key.seal(&stream, &mut event.data);
-        }
         self.store
-            .commit(WriteSet::append(&stream, expected, events).record_access_user(access))
+            .commit(WriteSet::append(&stream, expected, events).seal_personal_data(&key))
             .await?;
         Ok(())
     }

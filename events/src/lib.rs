@@ -11,6 +11,7 @@ pub mod envelope;
 pub mod environment;
 pub mod history;
 pub mod json;
+pub mod lookups;
 pub mod members;
 pub mod organization;
 pub mod personal;

@@ -6,7 +6,7 @@
 //! sealed with AES-256-GCM under the owner's data key, bound to where they belong (the stream and the
 //! field) as associated data, so a ciphertext copied into another resource does not open. Destroying an
 //! owner's data key makes all of its values unreadable at once: deleting an organization does, in the
-//! transaction that records the deletion (`WriteSet::destroy_data_key` in `store`).
+//! transaction that records the deletion (`crate::lookups`).
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};

@@ -38,6 +38,8 @@ use uuid::Uuid;
 use crate::access::Permission;
 use crate::aggregate::{Aggregate, Loaded};
 use crate::envelope::{EventMetadata, LogPosition, NewEvent, RecordedEvent};
+use crate::lookups::Lookups;
+use crate::personal::PersonalKey;
 
 /// The channel followers `LISTEN` on; a notification means "new events may be readable".
 pub const APPENDED_CHANNEL: &str = "events_appended";
@@ -525,33 +527,9 @@ pub struct WriteSet {
     references_removed: Vec<Reference>,
     /// A stream that must have no references left (the one being deleted).
     unreferenced: Option<String>,
-    /// An owner whose data key goes with this write (see [`WriteSet::destroy_data_key`]).
-    destroy_data_key: Option<Uuid>,
-    /// A user's personal data for the access lookups (see [`WriteSet::record_access_user`]).
-    access_user: Option<AccessUser>,
-    /// A user erased by this write (see [`WriteSet::erase_user`]).
-    erase_user: Option<Uuid>,
+    /// What the events imply outside the log (access lookups, destroyed keys), derived from them.
+    lookups: Lookups,
     response: Option<StoredResponse>,
-}
-
-/// What the access lookups (`access_users`) hold of a user in plaintext: the events that record it
-/// carry these values sealed (`crate::personal`), so the write passes them alongside. An absent email
-/// or name leaves the recorded one.
-#[derive(Clone, Serialize)]
-pub struct AccessUser {
-    pub user_id: Uuid,
-    pub subject: String,
-    pub email: Option<String>,
-    pub name: Option<String>,
-}
-
-/// Shows whose row it is, never the personal data.
-impl std::fmt::Debug for AccessUser {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccessUser")
-            .field("user_id", &self.user_id)
-            .finish_non_exhaustive()
-    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -601,6 +579,7 @@ impl WriteSet {
     /// read before this write (see the module docs).
     pub fn append(stream: &str, expected_version: i64, events: Vec<NewEvent>) -> Self {
         assert!(!events.is_empty(), "a write appends at least one event");
+        let lookups = Lookups::of(stream, &events);
         WriteSet {
             stream: stream.to_owned(),
             expected: expected_version,
@@ -621,9 +600,7 @@ impl WriteSet {
             references_added: Vec::new(),
             references_removed: Vec::new(),
             unreferenced: None,
-            destroy_data_key: None,
-            access_user: None,
-            erase_user: None,
+            lookups,
             response: None,
         }
     }
@@ -689,25 +666,12 @@ impl WriteSet {
         self
     }
 
-    /// Destroys `owner`'s data key (`crate::secrets`) with the write, so that every value sealed for
-    /// it becomes unreadable exactly when the write commits: a crash cannot leave the key behind.
-    pub fn destroy_data_key(mut self, owner: Uuid) -> Self {
-        self.destroy_data_key = Some(owner);
-        self
-    }
-
-    /// Records a user's subject, email and name in the access lookups with the events that register or
-    /// update the user.
-    pub fn record_access_user(mut self, user: AccessUser) -> Self {
-        self.access_user = Some(user);
-        self
-    }
-
-    /// Erases `user_id` with this write (the one appending `user.erased`): destroys the key of its
-    /// personal data and deletes its access lookups, sessions, and the kept idempotent responses it
-    /// made or that mention it, all in the write's transaction.
-    pub fn erase_user(mut self, user_id: Uuid) -> Self {
-        self.erase_user = Some(user_id);
+    /// Seals the personal data of the write's user events (`crate::personal`) under `key`. The access
+    /// lookups were derived before, from the plaintext.
+    pub fn seal_personal_data(mut self, key: &PersonalKey) -> Self {
+        for event in &mut self.events {
+            key.seal(&self.stream, &mut event.data);
+        }
         self
     }
 

@@ -11,48 +11,25 @@ CREATE TABLE personal_data_keys (
     key       bytea NOT NULL CHECK (length(key) = 32)
 );
 
--- The access lookups can no longer take a user's subject, email and name from the event row (they are
--- sealed there): the write that records them passes them in plaintext to append_write instead
--- (`access_user` below). The trigger keeps the rest of what it did.
+-- The access lookups are no longer kept by a trigger reading raw event JSON (which could not open
+-- sealed values, and read every version of an event as if it were the current one): each write derives
+-- them in Rust from its events read as their current version (events::lookups) and append_write
+-- applies them, in the same transaction as before.
 DROP TRIGGER access_lookups ON events;
-
-CREATE OR REPLACE FUNCTION keep_access_lookups() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    id uuid := substring(NEW.stream_id FROM position('-' IN NEW.stream_id) + 1)::uuid;
-BEGIN
-    CASE NEW.event_type
-    WHEN 'user.system_role_granted' THEN
-        UPDATE access_users SET system_role = true WHERE user_id = id;
-    WHEN 'user.system_role_revoked' THEN
-        UPDATE access_users SET system_role = false WHERE user_id = id;
-    WHEN 'member.added', 'member.role_changed' THEN
-        INSERT INTO access_memberships (user_id, organization_id, role)
-        VALUES ((NEW.data->>'userId')::uuid, id, NEW.data->>'role')
-        ON CONFLICT (user_id, organization_id) DO UPDATE SET role = EXCLUDED.role;
-    WHEN 'member.removed' THEN
-        DELETE FROM access_memberships WHERE user_id = (NEW.data->>'userId')::uuid AND organization_id = id;
-    WHEN 'organization.deleted' THEN
-        DELETE FROM access_memberships WHERE organization_id = id;
-    END CASE;
-    RETURN NULL;
-END;
-$$;
-
-CREATE TRIGGER access_lookups AFTER INSERT ON events FOR EACH ROW
-WHEN (NEW.event_type IN ('user.system_role_granted', 'user.system_role_revoked', 'member.added',
-                         'member.role_changed', 'member.removed', 'organization.deleted'))
-EXECUTE FUNCTION keep_access_lookups();
+DROP FUNCTION keep_access_lookups();
 
 -- User aggregates are no longer snapshotted (a snapshot would hold opened personal data outside the
 -- log's keys); the ones kept before go.
 DELETE FROM snapshots WHERE stream_id LIKE 'user-%';
 
--- append_write as in 0009, plus two sections:
---   access_user: a user's subject, email and name in plaintext for access_users (absent fields keep
---     their value), written with the events that record them;
---   erase_user: a user id whose key, access lookups, sessions and kept responses go with the write
---     that appends `user.erased`.
+-- append_write as in 0009, with what a write's events imply outside the log (w->'lookups', derived by
+-- events::lookups) in place of the trigger and of 0009's destroy_data_key:
+--   registered, profiles, system_roles: access_users rows (a user's subject, email and name in
+--     plaintext, absent profile fields keeping their value);
+--   memberships, memberships_removed: access_memberships rows;
+--   organization_deleted: its memberships and its data key go;
+--   user_erased: the key of its personal data, its access lookups, its sessions and the responses kept
+--     for retries that it made or that mention it go.
 CREATE OR REPLACE FUNCTION append_write(w jsonb)
 RETURNS TABLE (version bigint, transaction_id bigint, global_position bigint)
 LANGUAGE plpgsql AS $$
@@ -61,7 +38,8 @@ DECLARE
     current    bigint;
     previous   bigint;
     referenced text;
-    erased     uuid := (w->>'erase_user')::uuid;
+    erased     uuid := (w->'lookups'->>'user_erased')::uuid;
+    deleted_org uuid := (w->'lookups'->>'organization_deleted')::uuid;
     n          bigint := jsonb_array_length(w->'events');
 BEGIN
     -- Streams this write depends on without writing them: shared advisory locks, so that many writers
@@ -115,22 +93,32 @@ BEGIN
     SELECT max(a.stream_version), max(a.transaction_id), max(a.global_position)
     INTO version, transaction_id, global_position FROM appended a;
 
-    -- An owner's data key goes with the write that deletes the owner (events::secrets).
-    IF w->>'destroy_data_key' IS NOT NULL THEN
-        DELETE FROM data_keys WHERE owner = (w->>'destroy_data_key')::uuid;
+    INSERT INTO access_users AS u (user_id, subject, email, name)
+    SELECT r.user_id, r.subject, r.email, r.name
+    FROM jsonb_to_recordset(w->'lookups'->'registered') AS r(user_id uuid, subject text, email text, name text)
+    ON CONFLICT (user_id) DO UPDATE SET subject = EXCLUDED.subject, email = EXCLUDED.email, name = EXCLUDED.name;
+    UPDATE access_users u SET email = coalesce(r.email, u.email), name = coalesce(r.name, u.name)
+    FROM jsonb_to_recordset(w->'lookups'->'profiles') AS r(user_id uuid, email text, name text)
+    WHERE u.user_id = r.user_id;
+    UPDATE access_users u SET system_role = r.granted
+    FROM jsonb_to_recordset(w->'lookups'->'system_roles') AS r(user_id uuid, granted boolean)
+    WHERE u.user_id = r.user_id;
+    INSERT INTO access_memberships (user_id, organization_id, role)
+    SELECT r.user_id, r.organization_id, r.role
+    FROM jsonb_to_recordset(w->'lookups'->'memberships') AS r(user_id uuid, organization_id uuid, role text)
+    ON CONFLICT (user_id, organization_id) DO UPDATE SET role = EXCLUDED.role;
+    DELETE FROM access_memberships m
+    USING jsonb_to_recordset(w->'lookups'->'memberships_removed') AS r(user_id uuid, organization_id uuid)
+    WHERE m.user_id = r.user_id AND m.organization_id = r.organization_id;
+
+    -- A deleted organization's write-only values go with it (events::secrets).
+    IF deleted_org IS NOT NULL THEN
+        DELETE FROM access_memberships WHERE organization_id = deleted_org;
+        DELETE FROM data_keys WHERE owner = deleted_org;
     END IF;
 
-    IF w->'access_user' IS NOT NULL AND w->'access_user' <> 'null'::jsonb THEN
-        INSERT INTO access_users AS u (user_id, subject, email, name)
-        SELECT r.user_id, r.subject, r.email, r.name
-        FROM jsonb_to_record(w->'access_user') AS r(user_id uuid, subject text, email text, name text)
-        ON CONFLICT (user_id) DO UPDATE SET
-            email = coalesce(EXCLUDED.email, u.email),
-            name  = coalesce(EXCLUDED.name, u.name);
-    END IF;
-
-    -- Erasure: the key that opens the user's personal data, and everything outside the log that holds
-    -- it in plaintext or lets the user act (kept responses may show their email or name).
+    -- Erasure (events::personal): the key that opens the user's personal data, and everything outside
+    -- the log that holds it in plaintext or lets the user act.
     IF erased IS NOT NULL THEN
         -- Waits for in-flight writes that depend on the user (adding it to an organization takes a
         -- shared lock on its stream, above), then refuses while a membership is left: the command

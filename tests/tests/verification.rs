@@ -700,6 +700,16 @@ async fn a_role_change_written_by_schema_version_1_is_read_folded_audited_and_pu
     let (status, member) = app.get(&member_path).await;
     assert_eq!(status, 200);
     assert_eq!(member["role"], "guest");
+    // Authorised: the access lookups, which every request is authorised against, took it too.
+    let role: String = sqlx::query_scalar(
+        "SELECT role FROM access_memberships WHERE user_id = $1::uuid AND organization_id = $2::uuid",
+    )
+    .bind(&bob)
+    .bind(&org)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(role, "guest");
     // Folded: the aggregate decides on top of it, and writes version 2.
     let (status, body) = app.put(&member_path, json!({ "role": "admin" })).await;
     assert_eq!(status, 200, "{body}");

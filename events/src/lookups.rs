@@ -1,0 +1,272 @@
+//! What a write's events imply outside the log, committed in the same transaction: the access lookups
+//! every request is authorised against (`access_users`, `access_memberships`), and the keys that go
+//! when an organization is deleted (its data key, `crate::secrets`) or a user erased (its personal
+//! data key, `crate::personal`, with its sessions and kept responses).
+//!
+//! They are derived here, in Rust, from the events the write appends, each read as the current version
+//! of its type through `crate::upcast` (as every reader of the log reads them), so that a new version
+//! of an event cannot leave authorisation reading an old shape. `WriteSet::append` derives them and
+//! `append_write` (migration `0013`) applies them; nothing else writes those tables.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::access::Role;
+use crate::aggregate::Aggregate;
+use crate::envelope::NewEvent;
+use crate::members::{Members, MembersEvent};
+use crate::organization::{Organization, OrganizationEvent};
+use crate::user::{User, UserEvent};
+
+/// The lookups of one write (which appends to one stream).
+#[derive(Clone, Default, Serialize)]
+pub struct Lookups {
+    registered: Vec<RegisteredUser>,
+    profiles: Vec<Profile>,
+    system_roles: Vec<SystemRole>,
+    memberships: Vec<Membership>,
+    memberships_removed: Vec<MembershipRemoved>,
+    organization_deleted: Option<Uuid>,
+    user_erased: Option<Uuid>,
+}
+
+/// Never prints personal data.
+impl std::fmt::Debug for Lookups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lookups(..)")
+    }
+}
+
+#[derive(Clone, Serialize)]
+struct RegisteredUser {
+    user_id: Uuid,
+    subject: String,
+    email: Option<String>,
+    name: Option<String>,
+}
+
+/// Absent fields keep their value.
+#[derive(Clone, Serialize)]
+struct Profile {
+    user_id: Uuid,
+    email: Option<String>,
+    name: Option<String>,
+}
+
+#[derive(Clone, Serialize)]
+struct SystemRole {
+    user_id: Uuid,
+    granted: bool,
+}
+
+#[derive(Clone, Serialize)]
+struct Membership {
+    user_id: Uuid,
+    organization_id: Uuid,
+    role: Role,
+}
+
+#[derive(Clone, Serialize)]
+struct MembershipRemoved {
+    user_id: Uuid,
+    organization_id: Uuid,
+}
+
+impl Lookups {
+    /// The lookups `events`, appended to `stream_id`, imply. Panics on an event of a user, members or
+    /// organization stream that does not decode as its aggregate's event: only this system's own
+    /// commands append to those streams.
+    pub fn of(stream_id: &str, events: &[NewEvent]) -> Lookups {
+        let mut lookups = Lookups::default();
+        let Some((kind, id)) = stream_id.split_once('-') else {
+            return lookups;
+        };
+        let Ok(id) = id.parse::<Uuid>() else {
+            return lookups;
+        };
+        match kind {
+            User::TYPE => {
+                for event in decoded::<UserEvent>(events) {
+                    lookups.user(id, event);
+                }
+            }
+            Members::TYPE => {
+                // The end state of each membership the write touched, in event order.
+                let mut touched: BTreeMap<Uuid, Option<Role>> = BTreeMap::new();
+                for event in decoded::<MembersEvent>(events) {
+                    match event {
+                        MembersEvent::Added { user_id, role }
+                        | MembersEvent::RoleChanged { user_id, role, .. } => {
+                            touched.insert(user_id, Some(role));
+                        }
+                        MembersEvent::Removed { user_id } => {
+                            touched.insert(user_id, None);
+                        }
+                    }
+                }
+                for (user_id, role) in touched {
+                    match role {
+                        Some(role) => lookups.memberships.push(Membership {
+                            user_id,
+                            organization_id: id,
+                            role,
+                        }),
+                        None => lookups.memberships_removed.push(MembershipRemoved {
+                            user_id,
+                            organization_id: id,
+                        }),
+                    }
+                }
+            }
+            Organization::TYPE => {
+                for event in decoded::<OrganizationEvent>(events) {
+                    if let OrganizationEvent::Deleted {} = event {
+                        lookups.organization_deleted = Some(id);
+                    }
+                }
+            }
+            _ => {}
+        }
+        lookups
+    }
+
+    fn user(&mut self, user_id: Uuid, event: UserEvent) {
+        match event {
+            UserEvent::Registered {
+                subject,
+                email,
+                name,
+                ..
+            } => self.registered.push(RegisteredUser {
+                user_id,
+                subject,
+                email,
+                name,
+            }),
+            UserEvent::ProfileUpdated { email, name } => self.profiles.push(Profile {
+                user_id,
+                email,
+                name,
+            }),
+            UserEvent::SystemRoleGranted {} => self.system_roles.push(SystemRole {
+                user_id,
+                granted: true,
+            }),
+            UserEvent::SystemRoleRevoked {} => self.system_roles.push(SystemRole {
+                user_id,
+                granted: false,
+            }),
+            UserEvent::Erased {} => self.user_erased = Some(user_id),
+            UserEvent::SignedIn { .. } | UserEvent::SignedOut { .. } => {}
+        }
+    }
+}
+
+/// `events` as their aggregate's event type, each upcast to its type's current version first.
+fn decoded<E: DeserializeOwned>(events: &[NewEvent]) -> impl Iterator<Item = E> + '_ {
+    events.iter().map(|event| {
+        let (_, data) =
+            crate::upcast::upcast(&event.event_type, event.schema_version, event.data.clone());
+        serde_json::from_value(json!({ "type": event.event_type, "data": data }))
+            .unwrap_or_else(|error| panic!("a {} event does not decode: {error}", event.event_type))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{ActorRef, EventMetadata};
+    use serde_json::Value;
+
+    fn event(event_type: &str, schema_version: i32, data: Value) -> NewEvent {
+        NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: event_type.into(),
+            schema_version,
+            data,
+            metadata: EventMetadata {
+                actor: ActorRef {
+                    id: "u".into(),
+                    role: None,
+                },
+                organization_id: None,
+                request_id: "r".into(),
+                correlation_id: "r".into(),
+                causation_id: None,
+                client_ip: None,
+                user_agent: None,
+            },
+            recorded_at: chrono::Utc::now(),
+        }
+    }
+
+    fn as_json(lookups: &Lookups) -> Value {
+        serde_json::to_value(lookups).unwrap()
+    }
+
+    #[test]
+    fn memberships_end_in_the_state_the_last_event_leaves_them_in() {
+        let org = Uuid::now_v7();
+        let (ann, bob) = (Uuid::now_v7(), Uuid::now_v7());
+        let lookups = Lookups::of(
+            &format!("members-{org}"),
+            &[
+                event("member.added", 1, json!({ "userId": ann, "role": "user" })),
+                event("member.added", 1, json!({ "userId": bob, "role": "user" })),
+                event("member.removed", 1, json!({ "userId": bob })),
+                // A row as version 1 wrote it reads as version 2.
+                event(
+                    "member.role_changed",
+                    1,
+                    json!({ "userId": ann, "role": "admin" }),
+                ),
+            ],
+        );
+        let json = as_json(&lookups);
+        assert_eq!(
+            json["memberships"],
+            json!([{ "user_id": ann, "organization_id": org, "role": "admin" }])
+        );
+        assert_eq!(
+            json["memberships_removed"],
+            json!([{ "user_id": bob, "organization_id": org }])
+        );
+    }
+
+    #[test]
+    fn users_organizations_and_other_streams() {
+        let id = Uuid::now_v7();
+        let user = as_json(&Lookups::of(
+            &format!("user-{id}"),
+            &[
+                event(
+                    "user.registered",
+                    1,
+                    json!({ "id": id, "subject": "s", "email": "e@x.test", "name": null }),
+                ),
+                event("user.system_role_granted", 1, json!({})),
+                event("user.erased", 1, json!({})),
+            ],
+        ));
+        assert_eq!(user["registered"][0]["email"], "e@x.test");
+        assert_eq!(user["system_roles"][0]["granted"], true);
+        assert_eq!(user["user_erased"], json!(id));
+
+        let org = as_json(&Lookups::of(
+            &format!("organization-{id}"),
+            &[event("organization.deleted", 1, json!({}))],
+        ));
+        assert_eq!(org["organization_deleted"], json!(id));
+
+        let other = as_json(&Lookups::of(
+            &format!("prompt-{id}"),
+            &[event("prompt.deleted", 1, json!({}))],
+        ));
+        assert_eq!(other["organization_deleted"], Value::Null);
+        assert_eq!(format!("{:?}", Lookups::default()), "Lookups(..)");
+    }
+}
