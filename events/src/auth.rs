@@ -1,6 +1,6 @@
 //! Turning a request's credentials into an [`Actor`]: a bearer token or a session cookie names a user;
-//! the user's System role and memberships come from the access lookups kept with the log (kept by
-//! every append, `crate::lookups`). Both APIs authenticate through here.
+//! the user's System role and memberships come from the access lookups, which every append keeps in
+//! its transaction (`crate::lookups`). Both APIs authenticate through here.
 //!
 //! The first request of a new subject records the user, and a request whose token reports a changed
 //! email or name records the change, so every other request costs one indexed query.
