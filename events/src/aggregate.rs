@@ -92,3 +92,68 @@ impl<A: Aggregate> Loaded<A> {
         }
     }
 }
+
+/// Domain rules tested without a database: given these events, when this command, then these events
+/// or this refusal.
+///
+/// ```ignore
+/// given::<Members>([MembersEvent::Added { user_id, role: Role::Admin }])
+///     .when(MembersCommand::Remove { user_id })
+///     .then_refused_with_conflict();
+/// ```
+#[cfg(test)]
+pub mod given {
+    use std::fmt::Debug;
+
+    use chrono::{DateTime, Utc};
+
+    use super::{Aggregate, DomainError};
+
+    /// An aggregate folded from `events`, one second apart.
+    pub fn given<A: Aggregate>(events: impl IntoIterator<Item = A::Event>) -> Given<A> {
+        let mut state = A::default();
+        for (second, event) in events.into_iter().enumerate() {
+            state.apply(&event, at(second as i64));
+        }
+        Given { state }
+    }
+
+    /// A fixed moment plus `seconds`, so that folded timestamps are predictable.
+    pub fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + seconds, 0).expect("a valid timestamp")
+    }
+
+    pub struct Given<A> {
+        pub state: A,
+    }
+
+    impl<A: Aggregate> Given<A> {
+        pub fn when(&self, command: A::Command) -> Then<A> {
+            Then(self.state.decide(command))
+        }
+    }
+
+    pub struct Then<A: Aggregate>(Result<Vec<A::Event>, DomainError>);
+
+    impl<A: Aggregate> Then<A>
+    where
+        A::Event: PartialEq + Debug,
+    {
+        pub fn then(self, expected: impl IntoIterator<Item = A::Event>) {
+            assert_eq!(self.0, Ok(expected.into_iter().collect::<Vec<_>>()));
+        }
+
+        pub fn then_refused(self, expected: DomainError) {
+            assert_eq!(self.0, Err(expected));
+        }
+
+        /// Refused by a rule about the current state (`409`), whatever its wording.
+        pub fn then_conflict(self) {
+            assert!(
+                matches!(self.0, Err(DomainError::Conflict { .. })),
+                "expected a conflict, got {:?}",
+                self.0
+            );
+        }
+    }
+}

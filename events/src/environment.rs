@@ -153,9 +153,7 @@ impl Aggregate for Environment {
 mod tests {
     use super::*;
 
-    fn at(seconds: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap()
-    }
+    use crate::aggregate::given::at;
 
     fn created() -> Environment {
         let events = Environment::default()

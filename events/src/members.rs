@@ -141,77 +141,80 @@ impl Aggregate for Members {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aggregate::given::given;
 
-    fn with(members: &[(Uuid, Role)]) -> Members {
-        let mut state = Members::default();
-        for (user_id, role) in members {
-            let events = state
-                .decide(MembersCommand::Add {
-                    user_id: *user_id,
-                    role: *role,
-                })
-                .unwrap();
-            state.apply(&events[0], Utc::now());
-        }
-        state
+    fn added(user_id: Uuid, role: Role) -> MembersEvent {
+        MembersEvent::Added { user_id, role }
     }
 
     #[test]
     fn the_last_admin_can_be_neither_removed_nor_demoted() {
         let (admin, user) = (Uuid::now_v7(), Uuid::now_v7());
-        let state = with(&[(admin, Role::Admin), (user, Role::User)]);
-        for command in [
-            MembersCommand::Remove { user_id: admin },
-            MembersCommand::ChangeRole {
+        let members = given::<Members>([added(admin, Role::Admin), added(user, Role::User)]);
+        members
+            .when(MembersCommand::Remove { user_id: admin })
+            .then_conflict();
+        members
+            .when(MembersCommand::ChangeRole {
                 user_id: admin,
                 role: Role::Guest,
-            },
-        ] {
-            assert!(matches!(
-                state.decide(command),
-                Err(DomainError::Conflict { .. })
-            ));
-        }
-        assert_eq!(
-            state.decide(MembersCommand::Remove { user_id: user }),
-            Ok(vec![MembersEvent::Removed { user_id: user }])
-        );
+            })
+            .then_conflict();
+        members
+            .when(MembersCommand::Remove { user_id: user })
+            .then([MembersEvent::Removed { user_id: user }]);
     }
 
     #[test]
     fn with_a_second_admin_the_first_may_go() {
         let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
-        let state = with(&[(first, Role::Admin), (second, Role::Admin)]);
-        assert_eq!(
-            state.decide(MembersCommand::Remove { user_id: first }),
-            Ok(vec![MembersEvent::Removed { user_id: first }])
-        );
+        given::<Members>([added(first, Role::Admin), added(second, Role::Admin)])
+            .when(MembersCommand::Remove { user_id: first })
+            .then([MembersEvent::Removed { user_id: first }]);
+    }
+
+    #[test]
+    fn a_demotion_records_the_role_held_before() {
+        let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+        given::<Members>([added(first, Role::Admin), added(second, Role::Admin)])
+            .when(MembersCommand::ChangeRole {
+                user_id: first,
+                role: Role::Guest,
+            })
+            .then([MembersEvent::RoleChanged {
+                user_id: first,
+                role: Role::Guest,
+                previous_role: Some(Role::Admin),
+            }]);
     }
 
     #[test]
     fn members_are_added_once_in_an_organization_role() {
         let user = Uuid::now_v7();
-        let state = with(&[(user, Role::Guest)]);
-        assert_eq!(
-            state.decide(MembersCommand::Add {
+        let members = given::<Members>([added(user, Role::Guest)]);
+        members
+            .when(MembersCommand::Add {
                 user_id: user,
-                role: Role::User
-            }),
-            Err(DomainError::AlreadyExists)
-        );
+                role: Role::User,
+            })
+            .then_refused(DomainError::AlreadyExists);
         assert!(matches!(
-            state.decide(MembersCommand::Add {
+            members.state.decide(MembersCommand::Add {
                 user_id: Uuid::now_v7(),
                 role: Role::System
             }),
             Err(DomainError::Invalid { field, .. }) if field == "role"
         ));
-        assert_eq!(
-            state.decide(MembersCommand::ChangeRole {
+        members
+            .when(MembersCommand::ChangeRole {
                 user_id: user,
-                role: Role::Guest
-            }),
-            Ok(vec![])
-        );
+                role: Role::Guest,
+            })
+            .then([]);
+        members
+            .when(MembersCommand::Remove {
+                user_id: Uuid::now_v7(),
+            })
+            .then_refused(DomainError::NotFound);
     }
 }

@@ -146,16 +146,10 @@ impl Aggregate for Organization {
 mod tests {
     use super::*;
 
-    fn at(seconds: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap()
-    }
+    use crate::aggregate::given::{at, given};
 
     fn fold(events: &[OrganizationEvent]) -> Organization {
-        let mut org = Organization::default();
-        for (i, e) in events.iter().enumerate() {
-            org.apply(e, at(i as i64));
-        }
-        org
+        given::<Organization>(events.to_vec()).state
     }
 
     fn create(name: &str) -> OrganizationCommand {

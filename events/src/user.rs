@@ -220,62 +220,92 @@ fn profile_field(value: Option<String>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aggregate::given::{at, given};
+
+    const SUBJECT: &str = "auth0|alice";
 
     fn identity(email: Option<&str>, name: Option<&str>) -> Identity {
         Identity {
-            subject: "auth0|alice".into(),
+            subject: SUBJECT.into(),
             email: email.map(str::to_owned),
             name: name.map(str::to_owned),
         }
     }
 
-    fn registered() -> User {
-        let mut user = User::default();
-        let events = user
-            .decide(UserCommand::Recognise(identity(
-                Some("alice@example.test"),
-                Some("Alice"),
-            )))
-            .unwrap();
-        user.apply(&events[0], Utc::now());
-        user
+    fn registered() -> UserEvent {
+        UserEvent::Registered {
+            id: user_id(SUBJECT),
+            subject: SUBJECT.into(),
+            email: Some("alice@example.test".into()),
+            name: Some("Alice".into()),
+        }
     }
 
     #[test]
     fn ids_are_derived_from_the_subject() {
-        assert_eq!(user_id("auth0|alice"), user_id("auth0|alice"));
-        assert_ne!(user_id("auth0|alice"), user_id("auth0|bob"));
-        assert_eq!(registered().live.unwrap().id, user_id("auth0|alice"));
+        assert_eq!(user_id(SUBJECT), user_id(SUBJECT));
+        assert_ne!(user_id(SUBJECT), user_id("auth0|bob"));
+        given::<User>([])
+            .when(UserCommand::Recognise(identity(
+                Some("alice@example.test"),
+                Some("Alice"),
+            )))
+            .then([registered()]);
     }
 
     #[test]
     fn recognising_a_known_user_records_only_changed_claims() {
-        let user = registered();
+        let user = given::<User>([registered()]);
         let same = identity(Some("alice@example.test"), Some("Alice"));
-        assert_eq!(user.decide(UserCommand::Recognise(same)), Ok(vec![]));
-        let missing = identity(None, None);
-        assert_eq!(user.decide(UserCommand::Recognise(missing)), Ok(vec![]));
+        user.when(UserCommand::Recognise(same)).then([]);
+        user.when(UserCommand::Recognise(identity(None, None)))
+            .then([]);
         let renamed = identity(Some("alice@example.test"), Some("Alice Liddell"));
-        assert_eq!(
-            user.decide(UserCommand::Recognise(renamed)),
-            Ok(vec![UserEvent::ProfileUpdated {
+        user.when(UserCommand::Recognise(renamed))
+            .then([UserEvent::ProfileUpdated {
                 email: None,
-                name: Some("Alice Liddell".into())
-            }])
-        );
+                name: Some("Alice Liddell".into()),
+            }]);
     }
 
     #[test]
     fn granting_twice_or_revoking_what_was_never_granted_changes_nothing() {
-        let mut user = registered();
-        assert_eq!(user.decide(UserCommand::RevokeSystemRole), Ok(vec![]));
-        let events = user.decide(UserCommand::GrantSystemRole).unwrap();
-        user.apply(&events[0], Utc::now());
-        assert!(user.live.as_ref().unwrap().system_role);
-        assert_eq!(user.decide(UserCommand::GrantSystemRole), Ok(vec![]));
-        assert_eq!(
-            User::default().decide(UserCommand::GrantSystemRole),
-            Err(DomainError::NotFound)
-        );
+        given::<User>([registered()])
+            .when(UserCommand::RevokeSystemRole)
+            .then([]);
+        given::<User>([registered(), UserEvent::SystemRoleGranted {}])
+            .when(UserCommand::GrantSystemRole)
+            .then([]);
+        given::<User>([])
+            .when(UserCommand::GrantSystemRole)
+            .then_refused(DomainError::NotFound);
+    }
+
+    #[test]
+    fn an_erased_user_is_gone_until_its_subject_registers_again() {
+        let erased = given::<User>([registered(), UserEvent::Erased {}]);
+        assert_eq!(erased.state.live, None);
+        assert_eq!(erased.state.erased_at, Some(at(1)));
+        erased
+            .when(UserCommand::Erase)
+            .then_refused(DomainError::NotFound);
+        erased
+            .when(UserCommand::GrantSystemRole)
+            .then_refused(DomainError::NotFound);
+        // A later request of the subject registers it anew, without the System role it had.
+        erased
+            .when(UserCommand::Recognise(identity(
+                Some("alice@example.test"),
+                Some("Alice"),
+            )))
+            .then([registered()]);
+        let again = given::<User>([
+            registered(),
+            UserEvent::SystemRoleGranted {},
+            UserEvent::Erased {},
+            registered(),
+        ]);
+        assert_eq!(again.state.erased_at, None);
+        assert!(!again.state.live.unwrap().system_role);
     }
 }

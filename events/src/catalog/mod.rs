@@ -553,9 +553,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn at(seconds: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap()
-    }
+    use crate::aggregate::given::at;
 
     fn model_fields(name: &str) -> Fields {
         let input = json!({
