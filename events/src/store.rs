@@ -15,9 +15,11 @@
 //! current version first and retrying on conflict.
 //!
 //! Writes. Everything one command decided (the streams it depends on, name claims, references, its
-//! events, the response kept under its idempotency key) is gathered in a [`WriteSet`] and committed by
-//! one call of the `append_write` SQL function (`schemas/migrations/0003_append_write.sql`), which
-//! checks and applies it all or raises. One round trip per command, whatever it touches.
+//! events, the response kept under its idempotency key, what its events imply outside the log:
+//! `crate::lookups`) is gathered in a [`WriteSet`] and committed by one call of the `append_write` SQL
+//! function, which checks and applies it all or raises. One round trip per command, whatever it
+//! touches. The function was created by migration `0003` and restated by `0007`, `0009` and `0013`:
+//! the current one is in `schemas/migrations/0013_personal_data.sql`.
 //!
 //! Wake-ups. After a commit the store sends `NOTIFY` so that followers wake at once. It is sent from a
 //! background task, coalesced, outside the appending transaction: PostgreSQL serialises the commits of
@@ -421,9 +423,10 @@ pub async fn stream_heads<'e>(
     .await?)
 }
 
-/// What every read of the log selects from an unaliased `events` row: the row, and for user events
-/// that carry personal data the key that opens it (`crate::personal`; `personal::SEALED_EVENT_TYPES`).
-pub(crate) const COLUMNS: &str =
+/// What every read of the log selects from an unaliased `events` row to decode a [`RecordedEvent`]:
+/// the row, and for user events that carry personal data the key that opens it (`crate::personal`;
+/// `personal::SEALED_EVENT_TYPES`).
+pub const COLUMNS: &str =
     "global_position, transaction_id, stream_id, stream_version, event_id, event_type, \
      schema_version, data, metadata, recorded_at, \
      CASE WHEN events.event_type IN ('user.registered', 'user.profile_updated') THEN \
