@@ -49,7 +49,7 @@ impl Outcome {
         }
     }
 
-    /// The answer to a delete (seed 001): `{"success": true, "id": ...}`.
+    /// The API's delete answer (contract §4): `{"success": true, "id": ...}`.
     pub fn deleted(id: impl Serialize, version: i64) -> Self {
         Outcome::new(
             StatusCode::OK,

@@ -132,9 +132,9 @@ pub fn request_context(parts: &Parts) -> RequestContext {
     RequestContext::from_headers(|name| header(&parts.headers, name), peer_ip)
 }
 
-/// The CSRF defence for cookie-authenticated writes (API.md §2): browsers send `Origin` with every
-/// cross-origin request and with same-origin writes, and a page cannot forge it, so a write whose
-/// `Origin` is not the API's own did not come from the API's own pages.
+/// The CSRF defence for cookie-authenticated writes (contract §2, `events/docs/contract.md`): browsers
+/// send `Origin` with every cross-origin request and with same-origin writes, and a page cannot forge
+/// it, so a write whose `Origin` is not the API's own did not come from the API's own pages.
 pub fn check_same_origin(headers: &HeaderMap, public_origin: &str) -> Result<(), ApiError> {
     match header(headers, "origin") {
         Some(origin) if origin.eq_ignore_ascii_case(public_origin) => Ok(()),

@@ -1,5 +1,6 @@
-//! Browser sign-in with the OpenID Connect authorization-code flow (API.md §2):
-//! `GET /api/auth/login`, `GET /api/auth/callback` and `POST /api/auth/logout`.
+//! Browser sign-in with the OpenID Connect authorization-code flow (contract §2,
+//! `events/docs/contract.md`): `GET /api/auth/login`, `GET /api/auth/callback` and
+//! `POST /api/auth/logout`.
 //!
 //! Login stores a random `state`, `nonce` and PKCE verifier server-side, sets the `state` in a short-lived
 //! cookie, and sends the browser to the issuer. The callback accepts the `state` only from the browser

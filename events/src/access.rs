@@ -69,7 +69,7 @@ pub enum Resource {
     Users,
     /// Environment-scoped variables with write-only values.
     Variables,
-    /// `entities:*` of seed 001: models, workflow entities and their types, prompt templates, prompts.
+    /// The API's `entities:*`: models, workflow entities and their types, prompt templates, prompts.
     Entities,
     Workflows,
     /// Platform-wide model configurations (`GET /api/system-models/visible` is open to everyone).
@@ -114,7 +114,8 @@ impl fmt::Display for Action {
     }
 }
 
-/// The permission matrix of API.md §3: the only place that says which role may do what.
+/// The permission matrix (contract §3, `events/docs/contract.md`): the only place that says which
+/// role may do what.
 pub fn role_allows(role: Role, resource: Resource, action: Action) -> bool {
     use Action::*;
     use Resource::*;

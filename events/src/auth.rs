@@ -31,7 +31,8 @@ pub struct AuthConfig {
 }
 
 impl AuthConfig {
-    /// Reads `AUTH_ISSUER`, `AUTH_AUDIENCE`, `AUTH_JWKS_URL` and `SYSTEM_ADMINS` (API.md §1).
+    /// Reads `AUTH_ISSUER`, `AUTH_AUDIENCE`, `AUTH_JWKS_URL` and `SYSTEM_ADMINS` (contract §1,
+    /// `events/docs/contract.md`).
     pub fn from_env() -> anyhow::Result<Self> {
         let issuer =
             std::env::var("AUTH_ISSUER").map_err(|_| anyhow::anyhow!("AUTH_ISSUER is not set"))?;

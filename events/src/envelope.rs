@@ -64,7 +64,8 @@ pub struct ActorRef {
     pub role: Option<Role>,
 }
 
-/// Everything an event records about the request that caused it (API.md §6).
+/// Everything an event records about the request that caused it (contract §6,
+/// `events/docs/contract.md`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EventMetadata {

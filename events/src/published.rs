@@ -1,6 +1,6 @@
-//! What other teams receive on Kafka (API.md §7): every logged event as a CloudEvents 1.0 message in
-//! Kafka's binary mode, one topic per aggregate type, keyed by the aggregate id; and the JSON Schema
-//! of every event type's message value, which `schemas/events/` holds.
+//! What other teams receive on Kafka (contract §7, `events/docs/contract.md`): every logged event as a
+//! CloudEvents 1.0 message in Kafka's binary mode, one topic per aggregate type, keyed by the aggregate
+//! id; and the JSON Schema of every event type's message value, which `schemas/events/` holds.
 //!
 //! The value is the event's `data` without its write-only values: sealed values (ciphertext included)
 //! never leave. The headers carry the CloudEvents attributes and two extensions that let a consumer

@@ -1,4 +1,5 @@
-//! The read shapes of resources, as the REST API returns them (seed 001's field names and casing).
+//! The read shapes of resources, as the REST API returns them (the catalog's field names and casing,
+//! contract §8, `events/docs/contract.md`).
 //! command-api builds them from aggregate state for write responses and query-api from read-model rows,
 //! so both answer with the same shape.
 
@@ -12,7 +13,7 @@ use crate::members::Membership;
 use crate::organization::OrganizationData;
 use crate::user::UserData;
 
-/// Timestamps are rendered as in the seed: RFC 3339, milliseconds, `Z`.
+/// Timestamps are rendered as the API shows them (contract §8): RFC 3339, milliseconds, `Z`.
 fn timestamp<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
@@ -41,7 +42,8 @@ impl From<&OrganizationData> for OrganizationView {
     }
 }
 
-/// A parent resource nested by name, as in the seed's `"organization": { "name": "Acme Corp" }`.
+/// A parent resource nested by name, as the API shows it (contract §8):
+/// `"organization": { "name": "Acme Corp" }`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NamedRef {
     pub name: String,

@@ -1,6 +1,7 @@
-//! Point-in-time reads (API.md §6): `?asOf=<RFC 3339 time>` on a detail endpoint answers with the
-//! resource as it was then, folded from its own stream's events recorded by that time, with the names
-//! it nests as they were then too. Read models are not involved, so there is nothing to wait for.
+//! Point-in-time reads (contract §6, `events/docs/contract.md`): `?asOf=<RFC 3339 time>` on a detail
+//! endpoint answers with the resource as it was then, folded from its own stream's events recorded by
+//! that time, with the names it nests as they were then too. Read models are not involved, so there is
+//! nothing to wait for.
 //!
 //! A resource with no event by then answers `404`; one deleted by then answers `410`, saying when.
 //! Another tenant's resource answers the same `404` as one that did not exist, so ids do not leak.

@@ -1,4 +1,5 @@
-//! `GET /api/audit-events` (API.md §6): one row per event, newest first, straight from the log.
+//! `GET /api/audit-events` (contract §6, `events/docs/contract.md`): one row per event, newest first,
+//! straight from the log.
 //!
 //! The filters are answered by `read_models.audit_index`, which the `audit` projection keeps; the
 //! rows are then read from the log by position, and each row's `changes` are the difference between

@@ -405,7 +405,7 @@ struct VersionRow {
 }
 
 impl VersionRow {
-    /// The version as API.md §6 shows it: the template as it was after the version's event, with
+    /// The version as contract §6 shows it: the template as it was after the version's event, with
     /// the current names of its organization and environment (`current`'s) and of the model it named.
     fn view(self, id: Uuid, current: &Row) -> Value {
         let data = DocumentData {
@@ -449,7 +449,7 @@ fn versions_query(rest: &str) -> String {
     )
 }
 
-/// `GET /api/prompt-templates/{id}/versions`: newest first, paginated (API.md §6). The page is read
+/// `GET /api/prompt-templates/{id}/versions`: newest first, paginated (contract §6). The page is read
 /// from `read_models.prompt_template_versions`, so a request costs the rows it shows however long the
 /// template's history is.
 pub async fn list_versions(

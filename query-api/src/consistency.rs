@@ -1,4 +1,4 @@
-//! Read-your-writes over eventually consistent read models (API.md §5).
+//! Read-your-writes over eventually consistent read models (contract §5, `events/docs/contract.md`).
 //!
 //! A read names the projections it reads from and waits until their checkpoints have reached a log
 //! position: the one in the request's `X-Consistency-Token`, or by default the newest event committed

@@ -1,5 +1,5 @@
-//! The query-api process: configuration from the environment (API.md §1), migrations, then serve until
-//! SIGTERM or SIGINT (see [`events::shutdown`]).
+//! The query-api process: configuration from the environment (contract §1, `events/docs/contract.md`),
+//! migrations, then serve until SIGTERM or SIGINT (see [`events::shutdown`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,4 +1,5 @@
-//! `page`/`limit` parameters and the `{data, pagination}` envelope of list responses (seed 001).
+//! `page`/`limit` parameters and the `{data, pagination}` envelope of list responses (contract §5,
+//! `events/docs/contract.md`).
 
 use serde::Serialize;
 

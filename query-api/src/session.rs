@@ -1,5 +1,5 @@
 //! `GET /api/auth/session`: who the caller is, whether it holds the System role, and its memberships
-//! with their organizations' names (API.md §2).
+//! with their organizations' names (contract §2, `events/docs/contract.md`).
 
 use axum::extract::State;
 use axum::Json;

@@ -1,4 +1,4 @@
-//! Roles, memberships and tenant isolation over HTTP: the permission matrix of API.md §3 for every
+//! Roles, memberships and tenant isolation over HTTP: the permission matrix of contract §3 for every
 //! endpoint, other tenants' resources answering exactly like missing ones, the last-admin rule, the
 //! System role, and memberships taking effect with the write that grants them.
 
@@ -48,7 +48,7 @@ fn case(method: Method, path: &'static str, body: Option<Value>, expect: [Expect
     }
 }
 
-/// API.md §3, one row per endpoint that exists.
+/// Contract §3 (`events/docs/contract.md`), one row per endpoint that exists.
 fn matrix() -> Vec<Case> {
     let read = [Allowed(200); 4];
     let rename = Some(json!({ "name": "Renamed {unique}" }));

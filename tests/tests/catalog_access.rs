@@ -1,4 +1,4 @@
-//! The permission matrix of API.md §3 for every catalog endpoint (variables, models, system models,
+//! The permission matrix of contract §3 for every catalog endpoint (variables, models, system models,
 //! workflows, workflow entities and their types, prompt templates, prompts), and tenant isolation:
 //! another organization's catalog answers exactly like a missing one and never shows in lists.
 

@@ -1,5 +1,6 @@
-//! The catalog resources through the REST API: seed 001's request examples sent verbatim (with real
-//! ids), each resource's life cycle, lists, partial updates and references between resources.
+//! The catalog resources through the REST API: the catalog description's request examples (contract
+//! §8, `events/docs/contract.md`) sent verbatim (with real ids), each resource's life cycle, lists,
+//! partial updates and references between resources.
 
 use serde_json::{json, Value};
 use tests::TestApp;
@@ -30,7 +31,7 @@ async fn created(app: &TestApp, path: &str, body: Value) -> Value {
     created
 }
 
-/// An organization and an environment, as in the seed.
+/// An organization and an environment, as in the catalog description's examples.
 async fn tenant(app: &TestApp) -> (String, String) {
     let org = app.create_organization("Acme Corp").await;
     let env = app.create_environment(&org, "Production").await;
@@ -427,7 +428,7 @@ async fn every_kind_is_created_read_listed_updated_and_deleted() {
         let (_, read) = app.get(&item).await;
         assert_eq!(read, after, "{path}");
 
-        // Delete answers as the seed shows; the resource is gone from reads and lists.
+        // Delete answers as the API does (contract §4); the resource is gone from reads and lists.
         let (status, deleted) = app.delete(&item).await;
         assert_eq!(status, 200, "DELETE {item}: {deleted}");
         assert_eq!(deleted, json!({"success": true, "id": ids[0]}));

@@ -1,4 +1,4 @@
-//! The write and read contract of API.md §2, §4 and §5 that holds for every endpoint: bad input,
+//! The write and read contract of contract §2, §4 and §5 that holds for every endpoint: bad input,
 //! idempotency keys, If-Match, concurrent writers, consistency, and operations.
 
 use std::collections::HashSet;

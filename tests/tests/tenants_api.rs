@@ -1,4 +1,5 @@
-//! Organizations and environments through the REST API, as seed 001 and API.md §4-§5 describe them.
+//! Organizations and environments through the REST API, as contract §4, §5 and §8
+//! (`events/docs/contract.md`) describe them.
 
 use reqwest::Method;
 use serde_json::{json, Value};

@@ -1,4 +1,4 @@
-//! Bearer tokens (API.md §2): every way a token can be wrong is refused with `401` and appends
+//! Bearer tokens (contract §2): every way a token can be wrong is refused with `401` and appends
 //! nothing; keys the issuer rotates in are picked up without a restart, and unknown key ids cannot make
 //! the API hammer the issuer.
 

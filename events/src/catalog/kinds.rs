@@ -1,4 +1,5 @@
-//! The catalog's kinds: each one's fields as seed 001 shows them, and the rules those fields obey.
+//! The catalog's kinds: each one's fields as the API names them (contract §8, `events/docs/contract.md`),
+//! and the rules those fields obey.
 
 use std::collections::HashSet;
 
@@ -16,9 +17,9 @@ use crate::values::{Description, Name};
 pub const TEXT_MAX_CHARS: usize = 100_000;
 pub const WORKFLOW_MAX_NODES: usize = 10_000;
 /// How deep workflow nodes may nest: as deep as a request body may (`crate::json::MAX_DEPTH`) with
-/// every node drawn as the seed draws them. A node at depth d is an object at level 2d + 1 of the body
-/// (body, `workflowData`, `root`, then `children` and a node per level), and its `children` array and
-/// `presentation` (with a `position` inside) reach two levels further.
+/// every node drawn as the API's examples draw them (contract §8). A node at depth d is an object at
+/// level 2d + 1 of the body (body, `workflowData`, `root`, then `children` and a node per level), and
+/// its `children` array and `presentation` (with a `position` inside) reach two levels further.
 pub const WORKFLOW_MAX_DEPTH: usize = (crate::json::MAX_DEPTH - 3) / 2;
 pub const CONDITION_MAX_DEPTH: usize = 32;
 pub const CONDITION_MAX_NODES: usize = 1_000;
@@ -587,7 +588,8 @@ pub struct WorkflowEntityTypeFields {
     pub description: Option<String>,
 }
 
-/// The types of seed 001, present from the start (created by a migration, platform-wide).
+/// The built-in types (contract §8), present from the start (created by migration `0006`,
+/// platform-wide).
 pub const BUILT_IN_ENTITY_TYPES: [(Uuid, &str); 4] = [
     (
         Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0101),
@@ -894,7 +896,7 @@ mod tests {
         let org = Uuid::now_v7();
         let workflow = |root: Value| json!({"organizationId": org, "name": "w", "workflowData": {"root": root}});
         assert!(parse::<Workflow>(workflow(chain(WORKFLOW_MAX_DEPTH))).is_ok());
-        // The deepest tree fits the body limit with the seed's presentation on every node.
+        // The deepest tree fits the body limit with the examples' presentation on every node.
         let mut drawn = json!({"name": "leaf", "entityType": "event", "children": [],
             "presentation": {"type": "circle", "position": {"x": 1, "y": 2}}});
         for _ in 1..WORKFLOW_MAX_DEPTH {

@@ -504,7 +504,7 @@ fn timestamp(at: &DateTime<Utc>) -> Value {
     Value::String(at.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
-/// The read shape of a document (seed 001): its id, its fields, a `has…` flag per write-only field,
+/// The read shape of a document (contract §8): its id, its fields, a `has…` flag per write-only field,
 /// `version` for versioned kinds, the nested names of what it refers to, and its timestamps. Built the
 /// same way by command-api from aggregate state and by query-api from read-model rows.
 pub fn view(info: &KindInfo, data: &DocumentData, version: i64, nested: &Nested) -> Value {
