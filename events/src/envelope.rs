@@ -235,19 +235,27 @@ impl RecordedEvent {
             event_type: event_type.into(),
             schema_version: 1,
             data,
-            metadata: sqlx::types::Json(EventMetadata {
-                actor: ActorRef {
-                    id: "u".into(),
-                    role: None,
-                },
-                organization_id: None,
-                request_id: "r".into(),
-                correlation_id: "r".into(),
-                causation_id: None,
-                client_ip: Some("10.0.0.1".into()),
-                user_agent: None,
-            }),
+            metadata: sqlx::types::Json(EventMetadata::fixture()),
             recorded_at: Utc::now(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl EventMetadata {
+    /// What a unit test's event records about its request.
+    pub(crate) fn fixture() -> Self {
+        EventMetadata {
+            actor: ActorRef {
+                id: "u".into(),
+                role: None,
+            },
+            organization_id: None,
+            request_id: "r".into(),
+            correlation_id: "r".into(),
+            causation_id: None,
+            client_ip: Some("10.0.0.1".into()),
+            user_agent: None,
         }
     }
 }

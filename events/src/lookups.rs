@@ -179,7 +179,7 @@ fn decoded<E: DeserializeOwned>(events: &[NewEvent]) -> impl Iterator<Item = E> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{ActorRef, EventMetadata};
+    use crate::envelope::EventMetadata;
     use serde_json::Value;
 
     fn event(event_type: &str, schema_version: i32, data: Value) -> NewEvent {
@@ -188,18 +188,7 @@ mod tests {
             event_type: event_type.into(),
             schema_version,
             data,
-            metadata: EventMetadata {
-                actor: ActorRef {
-                    id: "u".into(),
-                    role: None,
-                },
-                organization_id: None,
-                request_id: "r".into(),
-                correlation_id: "r".into(),
-                causation_id: None,
-                client_ip: None,
-                user_agent: None,
-            },
+            metadata: EventMetadata::fixture(),
             recorded_at: chrono::Utc::now(),
         }
     }
