@@ -41,6 +41,14 @@ RUN_DIR="$REPO_ROOT/deploy/.run"
 # ---------------------------------------------------------------------------------------------
 
 log() { printf '==> %s\n' "$*" >&2; }
+
+# timed LABEL COMMAND...: runs COMMAND, then logs how long LABEL took (the cost of each setup step).
+timed() {
+    local label="$1" started=$SECONDS
+    shift
+    "$@"
+    log "$label took $((SECONDS - started)) s"
+}
 warn() { printf 'WARNING: %s\n' "$*" >&2; }
 die() {
     printf 'ERROR: %s\n' "$*" >&2
@@ -344,8 +352,7 @@ wait_port() {
 # Kafka: the tansu broker
 # ---------------------------------------------------------------------------------------------
 
-# The broker version, built with the storage engines it needs: `postgres` for its PostgreSQL
-# storage, `dynostore` for its in-memory one.
+# The broker version, built with the one storage engine the stack uses: PostgreSQL.
 TANSU_VERSION="0.6.0"
 
 # ensure_tansu: makes sure `tansu` $TANSU_VERSION is on PATH, building it with cargo when it is
@@ -355,8 +362,8 @@ ensure_tansu() {
     if command -v tansu >/dev/null 2>&1 && [ "$(tansu --version 2>/dev/null)" = "tansu $TANSU_VERSION" ]; then
         return 0
     fi
-    log "building the tansu $TANSU_VERSION Kafka broker (about 11 minutes; kept in ~/.cargo/bin)"
-    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,postgres
+    log "building the tansu $TANSU_VERSION Kafka broker (about 10 minutes; kept in ~/.cargo/bin)"
+    cargo install tansu --version "$TANSU_VERSION" --locked --features postgres
 }
 
 # ensure_tansu_database NAME: creates the broker's PostgreSQL database NAME with its tables

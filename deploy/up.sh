@@ -33,8 +33,9 @@ READY_TIMEOUT=120
 
 log "checking system packages"
 # gettext-base provides envsubst (nginx config rendering); ca-certificates lets cargo fetch crates.
-ensure_packages nginx curl openssl pkg-config cmake build-essential gettext-base ca-certificates libcurl4-openssl-dev
-ensure_postgres
+timed "system packages" ensure_packages nginx curl openssl pkg-config cmake build-essential gettext-base \
+    ca-certificates libcurl4-openssl-dev
+timed "PostgreSQL" ensure_postgres
 
 # ---------------------------------------------------------------------------------------------
 # 2. Configuration and database
@@ -104,9 +105,11 @@ ensure_tansu_database "${TANSU_STORAGE_URL##*/}"
 # 3. Build
 # ---------------------------------------------------------------------------------------------
 
-ensure_tansu
-log "cargo build --release --workspace"
-cargo build --release --workspace
+timed "the Kafka broker" ensure_tansu
+# Only the binaries the stack runs (the benchmark is built when it is run).
+log "cargo build --release (command-api, query-api, projector, dev-issuer)"
+timed "the release build" cargo build --release --locked -p command-api -p query-api -p projector -p tests \
+    --bin command-api --bin query-api --bin projector --bin dev-issuer
 
 # ---------------------------------------------------------------------------------------------
 # 4. Start the processes
@@ -183,6 +186,7 @@ wait_ready command-api "http://$COMMAND_API_ADDR/readyz" "$RUN_DIR/command-api.l
 wait_ready query-api "http://$QUERY_API_ADDR/readyz" "$RUN_DIR/query-api.log"
 wait_ready projector "http://$PROJECTOR_ADDR/readyz" "$RUN_DIR/projector.log"
 wait_ready nginx "http://$GATEWAY_ADDR/healthz" "$RUN_DIR/nginx-error.log"
+log "everything is up, $SECONDS s after deploy/up.sh started"
 
 cat <<EOF
 
