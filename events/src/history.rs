@@ -1,11 +1,11 @@
-//! Resources' history, read straight from the log: which resource an event is about (what the audit
-//! index files it under), any stream's state folded from its events whatever its aggregate, and the
-//! field-by-field changes one event made, with write-only values shown as [`REDACTED`] and erased
-//! personal data as [`ERASED`].
+//! Resources' history: which resource an event is about (what the audit index files it under), any
+//! stream's state folded from its events whatever its aggregate, and the field-by-field changes one
+//! event made, with write-only values shown as [`REDACTED`] and erased personal data as [`ERASED`].
 //!
-//! Changes are never stored: they are the difference between the state folded up to the event before
-//! and the state after it, with the aggregates' own `apply`, so the audit trail cannot disagree with
-//! what the write side decided.
+//! An event's changes are the difference between the state folded up to the event before and the
+//! state after it, with the aggregates' own `apply`, so the audit trail cannot disagree with what the
+//! write side decided. The `audit` projection computes them once, when it indexes the event, keeping
+//! each stream's state between batches in the form [`StreamState::to_stored`] gives.
 
 use std::collections::BTreeSet;
 
@@ -71,6 +71,18 @@ fn member_of(event: &RecordedEvent) -> Option<Uuid> {
     event.data.get("userId")?.as_str()?.parse().ok()
 }
 
+/// What an event's changes are folded from: its stream, except in a members stream, where each
+/// membership is folded on its own (`members-<organization>/<user>`), since its events change only
+/// the membership they name and its audited fields are that membership's alone. Either way the key
+/// starts with the stream's type, which is all [`StreamState::for_stream`] reads.
+pub fn fold_key(event: &RecordedEvent) -> String {
+    let stream_type = event.stream_id.split_once('-').map(|(t, _)| t);
+    match (stream_type == Some(Members::TYPE), member_of(event)) {
+        (true, Some(member)) => format!("{}/{member}", event.stream_id),
+        _ => event.stream_id.clone(),
+    }
+}
+
 /// A stream's state, whatever its aggregate.
 #[derive(Debug, Clone)]
 pub enum StreamState {
@@ -90,7 +102,8 @@ pub struct FoldError {
 }
 
 impl StreamState {
-    /// The empty state of a stream, from its id; `None` for a type this system does not know.
+    /// The empty state of a stream, from its id (or a [`fold_key`]); `None` for a type this system does
+    /// not know.
     pub fn for_stream(stream_id: &str) -> Option<StreamState> {
         let (stream_type, _) = stream_id.split_once('-')?;
         Some(match stream_type {
@@ -100,6 +113,46 @@ impl StreamState {
             Members::TYPE => StreamState::Members(Members::default()),
             other => StreamState::Document(by_type_name(other)?, DocumentState::default()),
         })
+    }
+
+    /// The state as the aggregate serialises it, to be kept between batches. It holds no write-only
+    /// value: documents record only which write-only fields are set.
+    pub fn to_stored(&self) -> serde_json::Result<Value> {
+        match self {
+            StreamState::Organization(state) => serde_json::to_value(state),
+            StreamState::Environment(state) => serde_json::to_value(state),
+            StreamState::User(state) => serde_json::to_value(state),
+            StreamState::Members(state) => serde_json::to_value(state),
+            StreamState::Document(_, state) => serde_json::to_value(state),
+        }
+    }
+
+    /// A state [`to_stored`](Self::to_stored) gave, of the stream (or [`fold_key`]) `stream_id`;
+    /// `None` for a type this system does not know.
+    pub fn from_stored(stream_id: &str, stored: Value) -> serde_json::Result<Option<StreamState>> {
+        let Some(empty) = StreamState::for_stream(stream_id) else {
+            return Ok(None);
+        };
+        Ok(Some(match empty {
+            StreamState::Organization(_) => {
+                StreamState::Organization(serde_json::from_value(stored)?)
+            }
+            StreamState::Environment(_) => {
+                StreamState::Environment(serde_json::from_value(stored)?)
+            }
+            StreamState::User(_) => StreamState::User(serde_json::from_value(stored)?),
+            StreamState::Members(_) => StreamState::Members(serde_json::from_value(stored)?),
+            StreamState::Document(info, _) => {
+                StreamState::Document(info, serde_json::from_value(stored)?)
+            }
+        }))
+    }
+
+    /// Folds `event` in and returns what it changed (see [`changes`]).
+    pub fn audit(&mut self, event: &RecordedEvent) -> Result<Map<String, Value>, FoldError> {
+        let before = self.audited_fields(event);
+        self.apply(event)?;
+        Ok(changes(&before, &self.audited_fields(event), event))
     }
 
     /// Folds one more event of the stream in, with its aggregate's own `apply`.
@@ -230,6 +283,24 @@ pub fn changes(
     changes
 }
 
+/// The changes of a user's event stored before the user was erased, as they read after: each side of a
+/// personal field that held a value reads [`ERASED`] (a `null` side stays `null`: nothing was set), as
+/// folding the log again now gives. Whether anything was rewritten.
+pub fn erase_personal_changes(changes: &mut Value) -> bool {
+    let mut erased = false;
+    for field in personal::FIELDS {
+        if let Some(Value::Object(sides)) = changes.get_mut(field) {
+            for value in sides.values_mut() {
+                if !value.is_null() && value != ERASED {
+                    *value = json!(ERASED);
+                    erased = true;
+                }
+            }
+        }
+    }
+    erased
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,15 +309,21 @@ mod tests {
         RecordedEvent::fixture(stream_id, event_type, version, data)
     }
 
-    /// Folds `events` and returns each one's changes.
+    /// Folds `events` and returns each one's changes, storing and restoring the state between any
+    /// two events, as the audit projection does between batches.
     fn changes_of(events: &[RecordedEvent]) -> Vec<Map<String, Value>> {
-        let mut state = StreamState::for_stream(&events[0].stream_id).unwrap();
+        let mut states: std::collections::HashMap<String, Value> = Default::default();
         events
             .iter()
             .map(|e| {
-                let before = state.audited_fields(e);
-                state.apply(e).unwrap();
-                changes(&before, &state.audited_fields(e), e)
+                let key = fold_key(e);
+                let mut state = match states.remove(&key) {
+                    Some(stored) => StreamState::from_stored(&key, stored).unwrap().unwrap(),
+                    None => StreamState::for_stream(&key).unwrap(),
+                };
+                let changes = state.audit(e).unwrap();
+                states.insert(key, state.to_stored().unwrap());
+                changes
             })
             .collect()
     }
@@ -301,6 +378,7 @@ mod tests {
     fn a_membership_event_is_about_the_member_and_shows_its_role() {
         let org = Uuid::now_v7();
         let user = Uuid::now_v7();
+        let other = Uuid::now_v7();
         let stream = format!("members-{org}");
         let events = [
             event(
@@ -311,17 +389,26 @@ mod tests {
             ),
             event(
                 &stream,
-                "member.role_changed",
+                "member.added",
                 2,
+                json!({ "userId": other, "role": "user" }),
+            ),
+            event(
+                &stream,
+                "member.role_changed",
+                3,
                 json!({ "userId": user, "role": "guest", "previousRole": "admin" }),
             ),
-            event(&stream, "member.removed", 3, json!({ "userId": user })),
+            event(&stream, "member.removed", 4, json!({ "userId": user })),
         ];
         let all = changes_of(&events);
         assert_eq!(all[0]["role"], json!({ "from": null, "to": "admin" }));
-        assert_eq!(all[1]["role"], json!({ "from": "admin", "to": "guest" }));
-        assert_eq!(all[2]["role"], json!({ "from": "guest", "to": null }));
-        let about = subject(&events[1]);
+        assert_eq!(all[1]["role"], json!({ "from": null, "to": "user" }));
+        assert_eq!(all[2]["role"], json!({ "from": "admin", "to": "guest" }));
+        assert_eq!(all[3]["role"], json!({ "from": "guest", "to": null }));
+        assert_eq!(fold_key(&events[0]), format!("{stream}/{user}"));
+        assert_ne!(fold_key(&events[1]), fold_key(&events[0]));
+        let about = subject(&events[2]);
         assert_eq!(about.resource_type, MEMBER);
         assert_eq!(about.resource_id, Some(user));
         assert_eq!(about.organization_id, Some(org));

@@ -43,7 +43,8 @@ pub fn catalog_environment_count(kind: &str, environment_id: Uuid) -> String {
     format!("{kind}:environment:{environment_id}")
 }
 
-/// The projection that keeps `audit_index` (what the audit trail filters on) and `audit_counts`.
+/// The projection that keeps `audit_index` (the audit trail's rows), `audit_counts`, `audit_values`
+/// and `audit_states`.
 pub const AUDIT: &str = "audit";
 
 /// Whose rows of the audit trail a count covers.
@@ -66,4 +67,10 @@ pub fn audit_count(rows: AuditRows, resource_type: Option<&str>) -> String {
         Some(resource_type) => format!("{rows}:{resource_type}"),
         None => rows,
     }
+}
+
+/// The `audit_counts` scope counting `rows` about one resource, so that the total of a resource's
+/// trail is read, not counted over its history.
+pub fn audit_resource_count(rows: AuditRows, resource_type: &str, resource_id: Uuid) -> String {
+    format!("{}:{resource_id}", audit_count(rows, Some(resource_type)))
 }

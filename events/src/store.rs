@@ -344,31 +344,6 @@ pub async fn read_stream_as_of<'e>(
     .await?)
 }
 
-/// The events at `positions` together with every earlier event of their streams, ordered by stream
-/// and version: what folding the state before and after each of them needs. One statement; each
-/// stream is one range of the `(stream_id, stream_version)` index (`OFFSET 0` keeps the planner from
-/// flattening the lateral read into a join over the whole log when statistics are stale).
-pub async fn read_histories<'e>(
-    executor: impl PgExecutor<'e>,
-    positions: &[i64],
-) -> Result<Vec<RecordedEvent>, StoreError> {
-    Ok(sqlx::query_as::<_, RecordedEvent>(&format!(
-        "SELECT e.* FROM ( \
-             SELECT stream_id, max(stream_version) AS upto FROM events \
-             WHERE global_position = ANY($1) GROUP BY stream_id \
-         ) wanted \
-         CROSS JOIN LATERAL ( \
-             SELECT {COLUMNS} FROM events \
-             WHERE stream_id = wanted.stream_id AND stream_version <= wanted.upto \
-             ORDER BY stream_version OFFSET 0 \
-         ) e \
-         ORDER BY e.stream_id, e.stream_version"
-    ))
-    .bind(positions)
-    .fetch_all(executor)
-    .await?)
-}
-
 /// The latest `name` each of `streams` had recorded at or before `at` (streams without one are left
 /// out), in one statement.
 pub async fn names_as_of<'e>(

@@ -1,16 +1,16 @@
-//! `GET /api/audit-events` (contract §6, `events/docs/contract.md`): one row per event, newest first,
-//! straight from the log.
+//! `GET /api/audit-events` (contract §6, `events/docs/contract.md`): one row per event, newest first.
 //!
-//! The filters are answered by `read_models.audit_index`, which the `audit` projection keeps; the
-//! rows are then read from the log by position, and each row's `changes` are the difference between
-//! its stream's state before and after the event, folded with the aggregates' own `apply`
-//! ([`events::history`]). Write-only values show as `"[redacted]"`: the fold only knows whether one
-//! is set, never its ciphertext.
+//! Every row comes whole from `read_models.audit_index`, which the `audit` projection keeps: the
+//! filters, what the row shows, and its `changes`, computed when the event was indexed by folding it
+//! into its stream's state with the aggregates' own `apply` ([`events::history`]). Write-only values
+//! show as `"[redacted]"`. Long values of changes are stored once in `audit_values` and put back in
+//! here. A page or an export batch therefore reads its own rows and the long values they show,
+//! whatever the length of the streams they belong to; the log itself is never read.
 //!
 //! `Accept: application/x-ndjson` streams every matching row, one JSON object per line, a batch at a
 //! time, so an export holds one batch in memory however long the trail is.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -19,10 +19,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
 use events::auth::Authenticated;
-use events::history::{changes, resource_types, subject, StreamState};
-use events::read_models::{audit_count, AuditRows, AUDIT};
-use events::store::read_histories;
-use events::{Action, RecordedEvent, Resource};
+use events::history::resource_types;
+use events::json::Stored;
+use events::read_models::{audit_count, audit_resource_count, AuditRows, AUDIT};
+use events::{Action, Resource};
 use futures::SinkExt;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -36,7 +36,7 @@ use crate::AppState;
 
 pub const NDJSON: &str = "application/x-ndjson";
 
-/// Rows an export reads and folds at a time.
+/// Rows an export reads at a time.
 const EXPORT_BATCH: i64 = 500;
 
 /// Longest accepted `actor` filter (actor ids are user ids, or `system`).
@@ -141,12 +141,12 @@ pub async fn list(
 }
 
 /// The exact number of rows `filter` matches: from the kept counts where the filter is one of their
-/// scopes (organizations and resource type), counted otherwise.
+/// scopes (organizations, and a resource type or one resource of a type), counted otherwise.
 async fn total(pool: &PgPool, filter: &Filter) -> Result<i64, ApiError> {
-    let narrower = filter.resource_id.is_some()
-        || filter.actor.is_some()
+    let narrower = filter.actor.is_some()
         || filter.from.is_some()
-        || filter.to.is_some();
+        || filter.to.is_some()
+        || (filter.resource_id.is_some() && filter.resource_type.is_none());
     if narrower {
         let query = format!("SELECT count(*) FROM read_models.audit_index a WHERE {MATCHING}");
         let (total,): (i64,) = bind_filter(sqlx::query_as(&query), filter)
@@ -154,12 +154,15 @@ async fn total(pool: &PgPool, filter: &Filter) -> Result<i64, ApiError> {
             .await?;
         return Ok(total);
     }
-    let resource_type = filter.resource_type.as_deref();
+    let scope = |rows: AuditRows| match (filter.resource_type.as_deref(), filter.resource_id) {
+        (Some(resource_type), Some(id)) => audit_resource_count(rows, resource_type, id),
+        (resource_type, _) => audit_count(rows, resource_type),
+    };
     let scopes: Vec<String> = match &filter.organizations {
-        None => vec![audit_count(AuditRows::All, resource_type)],
+        None => vec![scope(AuditRows::All)],
         Some(organizations) => organizations
             .iter()
-            .map(|id| audit_count(AuditRows::Organization(*id), resource_type))
+            .map(|id| scope(AuditRows::Organization(*id)))
             .collect(),
     };
     Ok(sqlx::query_scalar(
@@ -195,58 +198,102 @@ fn time(params: &Params, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> 
         .transpose()
 }
 
-/// The audit rows of the events at `positions`, in that order.
+/// What `audit_index` holds of one row (see `schemas/migrations/0012_audit_changes.sql`).
+#[derive(sqlx::FromRow)]
+struct IndexRow {
+    global_position: i64,
+    event_id: Uuid,
+    event_type: String,
+    resource_type: String,
+    resource_id: Option<Uuid>,
+    organization_id: Option<Uuid>,
+    actor_id: String,
+    actor_role: Option<String>,
+    occurred_at: DateTime<Utc>,
+    request_id: String,
+    client_ip: Option<String>,
+    user_agent: Option<String>,
+    changes: Stored,
+    large_values: Stored,
+}
+
+/// The audit rows at `positions`, in that order: their index rows, with the long values of their
+/// changes put back in place.
 async fn audit_rows(pool: &PgPool, positions: &[i64]) -> Result<Vec<Value>, ApiError> {
     if positions.is_empty() {
         return Ok(Vec::new());
     }
-    let histories = read_histories(pool, positions)
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("reading the log")))?;
-    let wanted: HashSet<i64> = positions.iter().copied().collect();
-    let mut rows: HashMap<i64, Value> = HashMap::with_capacity(positions.len());
-    // Histories come stream by stream, each in version order: fold one stream at a time.
-    let mut stream = "";
-    let mut folded: Option<StreamState> = None;
-    for event in &histories {
-        if event.stream_id != stream {
-            stream = &event.stream_id;
-            folded = StreamState::for_stream(stream);
-        }
-        let change = match &mut folded {
-            Some(folded) => {
-                let before = folded.audited_fields(event);
-                folded.apply(event).map_err(|e| {
-                    ApiError::Internal(anyhow::Error::new(e).context("folding a stream"))
-                })?;
-                changes(&before, &folded.audited_fields(event), event)
-            }
-            None => Default::default(),
-        };
-        if wanted.contains(&event.global_position) {
-            rows.insert(event.global_position, row(event, change));
-        }
+    let rows: Vec<IndexRow> = sqlx::query_as(
+        "SELECT global_position, event_id, event_type, resource_type, resource_id, organization_id, actor_id, \
+                actor_role, occurred_at, request_id, client_ip, user_agent, changes, large_values \
+         FROM read_models.audit_index WHERE global_position = ANY($1)",
+    )
+    .bind(positions)
+    .fetch_all(pool)
+    .await?;
+    let hashes: Vec<&str> = rows
+        .iter()
+        .filter_map(|row| row.large_values.0.as_object())
+        .flat_map(|fields| fields.values())
+        .filter_map(Value::as_object)
+        .flat_map(|sides| sides.values().filter_map(Value::as_str))
+        .collect();
+    let mut values: HashMap<String, Value> = HashMap::new();
+    if !hashes.is_empty() {
+        let stored: Vec<(String, Stored)> =
+            sqlx::query_as("SELECT hash, value FROM read_models.audit_values WHERE hash = ANY($1)")
+                .bind(&hashes)
+                .fetch_all(pool)
+                .await?;
+        values.extend(
+            stored
+                .into_iter()
+                .map(|(hash, Stored(value))| (hash, value)),
+        );
     }
+    let mut rows: HashMap<i64, Value> = rows
+        .into_iter()
+        .map(|row| Ok((row.global_position, row_json(row, &values)?)))
+        .collect::<Result<_, ApiError>>()?;
     Ok(positions.iter().filter_map(|p| rows.remove(p)).collect())
 }
 
-fn row(event: &RecordedEvent, changes: serde_json::Map<String, Value>) -> Value {
-    let about = subject(event);
-    let metadata = &event.metadata.0;
-    json!({
-        "id": event.event_id,
-        "position": event.global_position,
-        "type": event.event_type,
-        "resourceType": about.resource_type,
-        "resourceId": about.resource_id,
-        "organizationId": about.organization_id,
-        "actor": { "id": metadata.actor.id, "role": metadata.actor.role },
-        "occurredAt": event.recorded_at.to_rfc3339_opts(SecondsFormat::Millis, true),
-        "requestId": metadata.request_id,
-        "ip": metadata.client_ip,
-        "userAgent": metadata.user_agent,
+fn row_json(row: IndexRow, values: &HashMap<String, Value>) -> Result<Value, ApiError> {
+    let Stored(mut changes) = row.changes;
+    if let (Some(changes), Some(large)) = (changes.as_object_mut(), row.large_values.0.as_object())
+    {
+        for (field, sides) in large {
+            let (Some(change), Some(sides)) = (changes.get_mut(field), sides.as_object()) else {
+                continue;
+            };
+            for (side, hash) in sides {
+                let value = hash
+                    .as_str()
+                    .and_then(|hash| values.get(hash))
+                    .ok_or_else(|| {
+                        ApiError::Internal(anyhow::anyhow!(
+                            "audit row {}: the value {hash} of {field} is not stored",
+                            row.global_position
+                        ))
+                    })?;
+                change[side.as_str()] = value.clone();
+            }
+        }
+    }
+    Ok(json!({
+        "id": row.event_id,
+        "position": row.global_position,
+        "type": row.event_type,
+        "resourceType": row.resource_type,
+        "resourceId": row.resource_id,
+        "organizationId": row.organization_id,
+        "actor": { "id": row.actor_id, "role": row.actor_role },
+        "occurredAt": row.occurred_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "requestId": row.request_id,
+        "ip": row.client_ip,
+        "userAgent": row.user_agent,
         "changes": changes,
-    })
+    }))
 }
 
 /// Streams every row `filter` matches as NDJSON, newest first, a batch at a time. Each batch goes on

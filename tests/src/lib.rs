@@ -275,6 +275,42 @@ impl TestApp {
         format!("http://{addr}")
     }
 
+    /// A pool connected as a new database role that may read every table but the log (`events`), for
+    /// a query-api that proves what it answers never reads history. Its role's name goes to
+    /// [`TestApp::drop_role`] afterwards.
+    pub async fn pool_without_the_log(&self) -> (PgPool, String) {
+        let role = format!("no_log_reader_{}", uuid::Uuid::new_v4().simple());
+        sqlx::raw_sql(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'reader'; \
+             GRANT USAGE ON SCHEMA public, read_models TO {role}; \
+             GRANT SELECT ON ALL TABLES IN SCHEMA public, read_models TO {role}; \
+             REVOKE SELECT ON events FROM {role};"
+        ))
+        .execute(&self.db.pool)
+        .await
+        .expect("creating a role that may not read the log");
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(self.db.connect_options().username(&role).password("reader"))
+            .await
+            .expect("connecting as the restricted role");
+        let refused = sqlx::query("SELECT 1 FROM events LIMIT 1")
+            .execute(&pool)
+            .await;
+        assert!(refused.is_err(), "the restricted role reads the log");
+        (pool, role)
+    }
+
+    /// Closes `pool` and drops the role [`TestApp::pool_without_the_log`] made (roles outlive
+    /// databases).
+    pub async fn drop_role(&self, pool: PgPool, role: &str) {
+        pool.close().await;
+        sqlx::raw_sql(&format!("DROP OWNED BY {role}; DROP ROLE {role};"))
+            .execute(&self.db.pool)
+            .await
+            .expect("dropping the restricted role");
+    }
+
     pub fn start_projector(&mut self) {
         let config = projector::worker::WorkerConfig {
             retry_delay: Duration::from_millis(50),

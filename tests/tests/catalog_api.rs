@@ -1206,25 +1206,7 @@ async fn a_page_of_versions_reads_the_page_and_not_the_log() {
 
     // A query-api whose connections may read the read models but not the log answers every page and
     // version as the full one does: reading versions costs the rows shown, not the template's stream.
-    let role = format!("versions_reader_{}", uuid::Uuid::new_v4().simple());
-    sqlx::raw_sql(&format!(
-        "CREATE ROLE {role} LOGIN PASSWORD 'reader'; \
-         GRANT USAGE ON SCHEMA public, read_models TO {role}; \
-         GRANT SELECT ON ALL TABLES IN SCHEMA public, read_models TO {role}; \
-         REVOKE SELECT ON events FROM {role};"
-    ))
-    .execute(&app.db.pool)
-    .await
-    .unwrap();
-    let restricted = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(app.db.connect_options().username(&role).password("reader"))
-        .await
-        .unwrap();
-    let refused = sqlx::query("SELECT 1 FROM events LIMIT 1")
-        .execute(&restricted)
-        .await;
-    assert!(refused.is_err(), "the restricted role reads the log");
+    let (restricted, role) = app.pool_without_the_log().await;
     let base = app.query_api_over(restricted.clone()).await;
     let get = |path: String| {
         let request = app
@@ -1254,9 +1236,5 @@ async fn a_page_of_versions_reads_the_page_and_not_the_log() {
     let (status, _) = get(format!("/api/prompt-templates/{deleted}/versions")).await;
     assert_eq!(status, 404);
 
-    restricted.close().await;
-    sqlx::raw_sql(&format!("DROP OWNED BY {role}; DROP ROLE {role};"))
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
+    app.drop_role(restricted, &role).await;
 }

@@ -182,6 +182,13 @@ async fn an_erased_users_personal_data_is_unreadable_everywhere_and_the_log_stil
         .expect("the profile change is audited");
     assert_eq!(profile["changes"]["name"]["to"], ERASED, "{profile}");
 
+    // Nothing in the database mentions the email, the name or the subject any more, the audit trail's
+    // stored rows included.
+    for needle in [email.as_str(), renamed, sub] {
+        let found = rows_mentioning(&app, needle).await;
+        assert!(found.is_empty(), "{needle:?} is still in {found:?}");
+    }
+
     // Read models rebuilt from the log, and a replay to before the erasure, hold none of it either.
     for projection in projector::projections() {
         rebuild(&app.db.pool, projection.as_ref(), |_| {})
@@ -199,7 +206,6 @@ async fn an_erased_users_personal_data_is_unreadable_everywhere_and_the_log_stil
             .unwrap();
     assert_eq!(replayed, (ERASED.to_owned(), ERASED.to_owned()));
 
-    // Nothing anywhere in the database mentions the email, the name or the subject any more.
     for needle in [email.as_str(), renamed, sub] {
         let found = rows_mentioning(&app, needle).await;
         assert!(found.is_empty(), "{needle:?} is still in {found:?}");

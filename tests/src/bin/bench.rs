@@ -10,7 +10,14 @@
 //! sending the same messages to the same broker, and (g) latency from an API write to a consumer's
 //! receipt of its event at a steady 1,000 writes/s. (f) and (g) start a private `tansu` broker, as
 //! the tests do. (h) is the audit trail over the events of (c): page latency of one organization's
-//! rows, and the rate of an NDJSON export of all of them.
+//! rows, and the rate of an NDJSON export of all of them. (i) is what reading a resource's history
+//! costs as it grows: two prompt templates, with 10 and with 10,000 versions of a 100 KB text each
+//! (written straight into the log, then projected by the running projector), the p50/p99 of the first
+//! page of each one's `/versions` and of its audit trail, the ratio of their p99s (10,000 to 10), and
+//! the resident memory of the process, which serves query-api, before and after.
+//!
+//! `--only <letters>` runs the sections named (`--only i`), with those they build on: (b) is compared
+//! with (a), (g) uses (f)'s publisher, and (h) reads (c)'s events.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,6 +63,37 @@ struct Args {
     /// Writes per second in (g).
     #[arg(long, default_value_t = 1_000)]
     kafka_write_rate: u64,
+    /// Versions of the short-history template in (i).
+    #[arg(long, default_value_t = 10)]
+    history_short: usize,
+    /// Versions of the long-history template in (i).
+    #[arg(long, default_value_t = 10_000)]
+    history_long: usize,
+    /// Bytes of each version's text in (i).
+    #[arg(long, default_value_t = 100_000)]
+    history_text_bytes: usize,
+    /// Requests measured per page and template in (i).
+    #[arg(long, default_value_t = 1_000)]
+    history_requests: usize,
+    /// Only these sections (letters, e.g. `i` or `dei`), with those they build on.
+    #[arg(long)]
+    only: Option<String>,
+}
+
+impl Args {
+    /// Whether section `section` runs.
+    fn runs(&self, section: char) -> bool {
+        let Some(only) = &self.only else {
+            return true;
+        };
+        let needed_by = match section {
+            'a' => "b",
+            'c' => "h",
+            'f' => "g",
+            _ => "",
+        };
+        only.contains(section) || needed_by.chars().any(|s| only.contains(s))
+    }
 }
 
 #[tokio::main]
@@ -69,76 +107,101 @@ async fn main() -> anyhow::Result<()> {
     let mut app = TestApp::spawn_with_pool_size(args.clients as u32 + 16).await;
     let duration = Duration::from_secs(args.seconds);
 
-    let raw = raw_appends(&app.db.pool, args.clients, duration).await?;
-    println!(
-        "(a) raw single-row appends, {} connections: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
-        args.clients, raw.rate, raw.p50, raw.p99
-    );
-
-    let http = http_creates(&app, args.clients, duration).await?;
-    println!(
-        "(b) POST /api/environments, {} clients: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors; ratio to (a) {:.2} (target >= 0.60, p99 < 20 ms)",
-        args.clients,
-        http.rate,
-        http.p50,
-        http.p99,
-        http.errors,
-        http.rate / raw.rate
-    );
-
-    app.stop_projector();
-    let (rebuild_rate, bulk_rate, rebuilt_organization) =
-        rebuild_against_bulk_insert(&app.db.pool, args.rebuild_events).await?;
-    println!(
-        "(c) rebuild of {} events: {:.0} events/s; raw bulk insert of as many rows: {:.0} rows/s; ratio {:.2} (target >= 0.60)",
-        args.rebuild_events,
-        rebuild_rate,
-        bulk_rate,
-        rebuild_rate / bulk_rate
-    );
-    // The other projections catch up on (c)'s events now, untimed, rather than during (d) to (h).
-    for projection in projector::projections() {
-        if projection.name() != events::read_models::TENANTS {
-            projector::rebuild::rebuild(&app.db.pool, projection.as_ref(), |_| {}).await?;
-        }
+    let mut raw = None;
+    if args.runs('a') {
+        let measured = raw_appends(&app.db.pool, args.clients, duration).await?;
+        println!(
+            "(a) raw single-row appends, {} connections: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+            args.clients, measured.rate, measured.p50, measured.p99
+        );
+        raw = Some(measured);
     }
-    app.start_projector();
 
-    let list = list_latency(&app, args.list_rows, args.list_requests).await?;
-    println!(
-        "(d) GET /api/environments pages 1-100 of {} rows, 8 clients: p50 {:.2} ms, p99 {:.2} ms (target p99 < 10 ms)",
-        args.list_rows, list.p50, list.p99
-    );
+    if let Some(raw) = raw.as_ref().filter(|_| args.runs('b')) {
+        let http = http_creates(&app, args.clients, duration).await?;
+        println!(
+            "(b) POST /api/environments, {} clients: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors; ratio to (a) {:.2} (target >= 0.60, p99 < 20 ms)",
+            args.clients,
+            http.rate,
+            http.p50,
+            http.p99,
+            http.errors,
+            http.rate / raw.rate
+        );
+    }
 
-    let (big, small) = catalog_list_latency(&app, args.list_rows, args.list_requests).await?;
-    println!(
-        "(e) GET /api/prompts pages 1-100 of {} rows in one organization, 8 clients: p50 {:.2} ms, p99 {:.2} ms; \
-         of an organization with 50 rows beside them: p50 {:.2} ms, p99 {:.2} ms (target p99 < 10 ms)",
-        args.list_rows, big.p50, big.p99, small.p50, small.p99
-    );
+    let mut rebuilt_organization = None;
+    if args.runs('c') {
+        app.stop_projector();
+        let (rebuild_rate, bulk_rate, organization) =
+            rebuild_against_bulk_insert(&app.db.pool, args.rebuild_events).await?;
+        println!(
+            "(c) rebuild of {} events: {:.0} events/s; raw bulk insert of as many rows: {:.0} rows/s; ratio {:.2} (target >= 0.60)",
+            args.rebuild_events,
+            rebuild_rate,
+            bulk_rate,
+            rebuild_rate / bulk_rate
+        );
+        // The other projections catch up on (c)'s events now, untimed, rather than during (d) to (h).
+        for projection in projector::projections() {
+            if projection.name() != events::read_models::TENANTS {
+                projector::rebuild::rebuild(&app.db.pool, projection.as_ref(), |_| {}).await?;
+            }
+        }
+        app.start_projector();
+        rebuilt_organization = Some(organization);
+    }
 
-    let broker = Broker::start().await;
-    let prefix = format!("bench-{}", &Uuid::new_v4().simple().to_string()[..8]);
-    let (events, publisher_rate, raw_rate, publisher) =
-        publisher_drain(&app, &broker, &prefix).await?;
-    println!(
-        "(f) Kafka publisher draining a backlog of {events} events: {publisher_rate:.0} events/s; raw producer, same messages and broker: {raw_rate:.0} messages/s; ratio {:.2} (target >= 20,000 events/s)",
-        publisher_rate / raw_rate
-    );
-    let latency = write_to_receipt(&app, &broker, &prefix, args.kafka_write_rate, duration).await?;
-    publisher.abort();
-    println!(
-        "(g) POST /api/environments to consumer receipt at {}/s for {} s: p50 {:.2} ms, p99 {:.2} ms, {} not received (target p99 < 100 ms)",
-        args.kafka_write_rate, args.seconds, latency.p50, latency.p99, latency.errors
-    );
+    if args.runs('d') {
+        let list = list_latency(&app, args.list_rows, args.list_requests).await?;
+        println!(
+            "(d) GET /api/environments pages 1-100 of {} rows, 8 clients: p50 {:.2} ms, p99 {:.2} ms (target p99 < 10 ms)",
+            args.list_rows, list.p50, list.p99
+        );
+    }
 
-    let (pages, rows, export_rate) =
-        audit_latency(&app, rebuilt_organization, args.list_requests).await?;
-    println!(
-        "(h) GET /api/audit-events pages 1-100 of {rows} rows of one organization, 8 clients: p50 {:.2} ms, p99 {:.2} ms; \
-         NDJSON export of all {rows}: {export_rate:.0} rows/s",
-        pages.p50, pages.p99
-    );
+    if args.runs('e') {
+        let (big, small) = catalog_list_latency(&app, args.list_rows, args.list_requests).await?;
+        println!(
+            "(e) GET /api/prompts pages 1-100 of {} rows in one organization, 8 clients: p50 {:.2} ms, p99 {:.2} ms; \
+             of an organization with 50 rows beside them: p50 {:.2} ms, p99 {:.2} ms (target p99 < 10 ms)",
+            args.list_rows, big.p50, big.p99, small.p50, small.p99
+        );
+    }
+
+    if args.runs('f') {
+        let broker = Broker::start().await;
+        let prefix = format!("bench-{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let (events, publisher_rate, raw_rate, publisher) =
+            publisher_drain(&app, &broker, &prefix).await?;
+        println!(
+            "(f) Kafka publisher draining a backlog of {events} events: {publisher_rate:.0} events/s; raw producer, same messages and broker: {raw_rate:.0} messages/s; ratio {:.2} (target >= 20,000 events/s)",
+            publisher_rate / raw_rate
+        );
+        if args.runs('g') {
+            let latency =
+                write_to_receipt(&app, &broker, &prefix, args.kafka_write_rate, duration).await?;
+            println!(
+                "(g) POST /api/environments to consumer receipt at {}/s for {} s: p50 {:.2} ms, p99 {:.2} ms, {} not received (target p99 < 100 ms)",
+                args.kafka_write_rate, args.seconds, latency.p50, latency.p99, latency.errors
+            );
+        }
+        publisher.abort();
+    }
+
+    if let Some(organization) = rebuilt_organization.filter(|_| args.runs('h')) {
+        let (pages, rows, export_rate) =
+            audit_latency(&app, organization, args.list_requests).await?;
+        println!(
+            "(h) GET /api/audit-events pages 1-100 of {rows} rows of one organization, 8 clients: p50 {:.2} ms, p99 {:.2} ms; \
+             NDJSON export of all {rows}: {export_rate:.0} rows/s",
+            pages.p50, pages.p99
+        );
+    }
+
+    if args.runs('i') {
+        history_cost(&app, &args).await?;
+    }
     Ok(())
 }
 
@@ -337,16 +400,7 @@ async fn audit_latency(
     organization: Uuid,
     requests: usize,
 ) -> anyhow::Result<(Measured, i64, f64)> {
-    loop {
-        let statuses = projector::status::statuses(&app.db.pool).await?;
-        if statuses
-            .iter()
-            .any(|s| s.name == events::read_models::AUDIT && s.behind == 0)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    caught_up(app, &[events::read_models::AUDIT]).await?;
     let pages = page_latency(
         app,
         format!(
@@ -403,6 +457,16 @@ async fn list_latency(app: &TestApp, rows: usize, requests: usize) -> anyhow::Re
 
 /// Latency of `GET url&page=1..100` from 8 clients, `requests` in all.
 async fn page_latency(app: &TestApp, url: String, requests: usize) -> anyhow::Result<Measured> {
+    pages_latency(app, url, 100, requests).await
+}
+
+/// Latency of `GET url&page=1..pages` from 8 clients, `requests` in all.
+async fn pages_latency(
+    app: &TestApp,
+    url: String,
+    pages: usize,
+    requests: usize,
+) -> anyhow::Result<Measured> {
     let http = reqwest::Client::new();
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -417,7 +481,7 @@ async fn page_latency(app: &TestApp, url: String, requests: usize) -> anyhow::Re
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 while next.fetch_add(1, Ordering::Relaxed) < requests {
-                    let page = 1 + latencies.len() % 100;
+                    let page = 1 + latencies.len() % pages;
                     let t = Instant::now();
                     let response = http
                         .get(format!("{url}&page={page}"))
@@ -623,4 +687,179 @@ async fn write_to_receipt(
         .collect();
     let missing = sent.len() - latencies.len();
     Ok(measure(latencies, started.elapsed(), missing))
+}
+
+/// Waits until each projection named has applied the whole log.
+async fn caught_up(app: &TestApp, projections: &[&str]) -> anyhow::Result<()> {
+    loop {
+        let statuses = projector::status::statuses(&app.db.pool).await?;
+        let behind = statuses
+            .iter()
+            .any(|s| projections.contains(&s.name.as_str()) && s.behind > 0);
+        let started = projections
+            .iter()
+            .all(|name| statuses.iter().any(|s| s.name == *name));
+        if started && !behind {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// (i): what reading a resource's history costs as it grows. Two prompt templates, with
+/// `--history-short` and `--history-long` versions of a `--history-text-bytes` text each; the first
+/// page (10 rows) of each one's versions and of its audit trail, `--history-requests` times each from 8
+/// clients, after 50 unmeasured requests. query-api runs in this process, so the process's resident
+/// memory is query-api's (with the idle projector's): it is read after the projections have caught up,
+/// and after each template's requests.
+async fn history_cost(app: &TestApp, args: &Args) -> anyhow::Result<()> {
+    let org = app.create_organization("History Corp").await;
+    let env = app.create_environment(&org, "Production").await;
+    let (status, model) = app
+        .post(
+            "/api/models",
+            json!({ "organizationId": org, "name": "History model", "modelUrl": "https://models.example/v1" }),
+        )
+        .await;
+    anyhow::ensure!(status == 201, "creating the model: {model}");
+    let mut first_text = format!(
+        "Version 1: {}",
+        "0123456789abcdef".repeat(args.history_text_bytes / 16 + 1)
+    );
+    first_text.truncate(args.history_text_bytes);
+    let started = Instant::now();
+    let mut templates = Vec::new();
+    for versions in [args.history_short, args.history_long] {
+        let (status, template) = app
+            .post(
+                "/api/prompt-templates",
+                json!({ "organizationId": org, "environmentId": env, "name": format!("{versions} versions"),
+                        "modelId": model["id"], "promptText": first_text }),
+            )
+            .await;
+        anyhow::ensure!(status == 201, "creating a template: {template}");
+        let id = template["id"].as_str().context("a template id")?.to_owned();
+        append_versions(&app.db.pool, &id, &org, versions, args.history_text_bytes).await?;
+        templates.push((versions, id));
+    }
+    let written = started.elapsed();
+    let names: Vec<&str> = projector::projections().iter().map(|p| p.name()).collect();
+    caught_up(app, &names).await?;
+    // Planner statistics for the rows just projected, as autovacuum would gather them after a bulk
+    // load (and as (d) and (e) do after theirs).
+    sqlx::raw_sql(
+        "ANALYZE read_models.audit_index, read_models.audit_counts, read_models.audit_values, \
+                 read_models.catalog, read_models.prompt_template_versions",
+    )
+    .execute(&app.db.pool)
+    .await?;
+    println!(
+        "    (i) {} and {} versions of {} bytes written to the log in {:.1} s, projected {:.1} s later",
+        args.history_short,
+        args.history_long,
+        args.history_text_bytes,
+        written.as_secs_f64(),
+        (started.elapsed() - written).as_secs_f64()
+    );
+
+    let mut memory = vec![resident_mib()?];
+    let mut versions_pages = Vec::new();
+    let mut audit_pages = Vec::new();
+    for (_, id) in &templates {
+        let versions_url = format!("{}/api/prompt-templates/{id}/versions?", app.query_url);
+        let audit_url = format!(
+            "{}/api/audit-events?resourceType=prompt_template&resourceId={id}",
+            app.query_url
+        );
+        for (url, measured) in [
+            (versions_url, &mut versions_pages),
+            (audit_url, &mut audit_pages),
+        ] {
+            pages_latency(app, url.clone(), 1, 50).await?;
+            measured.push(pages_latency(app, url, 1, args.history_requests).await?);
+        }
+        memory.push(resident_mib()?);
+    }
+    println!(
+        "(i) first pages (10 rows) of a prompt template's history, {} versions against {} versions of {} bytes each, 8 clients, {} requests each:",
+        args.history_short, args.history_long, args.history_text_bytes, args.history_requests
+    );
+    for (path, measured) in [
+        ("GET /api/prompt-templates/{id}/versions", &versions_pages),
+        (
+            "GET /api/audit-events?resourceType=prompt_template&resourceId={id}",
+            &audit_pages,
+        ),
+    ] {
+        let (short, long) = (&measured[0], &measured[1]);
+        println!(
+            "    {path}: p50 {:.2} ms, p99 {:.2} ms against p50 {:.2} ms, p99 {:.2} ms, {} errors; p99 ratio {:.2} (target <= 1.5)",
+            short.p50,
+            short.p99,
+            long.p50,
+            long.p99,
+            short.errors + long.errors,
+            long.p99 / short.p99
+        );
+    }
+    println!(
+        "    resident memory of the process serving query-api: {:.0} MiB before, {:.0} MiB after the {}-version pages, {:.0} MiB after the {}-version pages",
+        memory[0], memory[1], args.history_short, memory[2], args.history_long
+    );
+    Ok(())
+}
+
+/// Appends versions 2 to `versions` of prompt template `id` straight into the log, 1,000 per
+/// transaction, each setting a text of `text_bytes` bytes of its own: its version number, then a hex
+/// text (which PostgreSQL cannot compress much).
+async fn append_versions(
+    pool: &PgPool,
+    id: &str,
+    organization: &str,
+    versions: usize,
+    text_bytes: usize,
+) -> anyhow::Result<()> {
+    let stream = format!("prompt_template-{id}");
+    let metadata = json!({ "actor": { "id": "bench", "role": "system" }, "organizationId": organization, "requestId": "bench",
+        "correlationId": "bench", "causationId": null, "clientIp": null, "userAgent": null });
+    let schema_version = events::upcast::current_version("prompt_template.updated");
+    for first in (2..=versions as i64).step_by(1_000) {
+        let last = (first + 999).min(versions as i64);
+        let mut tx = pool.begin().await?;
+        // Rows go in in version order: each event's hash chains to the one before (0007_history.sql).
+        sqlx::query(
+            "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, data, metadata, recorded_at) \
+             SELECT $1, g, gen_random_uuid(), 'prompt_template.updated', $4, \
+                    jsonb_build_object('promptText', left('Version ' || g || ': ' || t.text, $5)), $6, now() \
+             FROM generate_series($2::bigint, $3::bigint) g, \
+                  (SELECT string_agg(md5(i::text), '') AS text FROM generate_series(1, $5 / 32 + 1) i) t \
+             ORDER BY g",
+        )
+        .bind(&stream)
+        .bind(first)
+        .bind(last)
+        .bind(schema_version)
+        .bind(text_bytes as i32)
+        .bind(&metadata)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE streams SET version = $2 WHERE stream_id = $1")
+            .bind(&stream)
+            .bind(last)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// This process's resident memory in MiB (`VmRSS` of `/proc/self/status`).
+fn resident_mib() -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS in /proc/self/status")?;
+    Ok(kib / 1024.0)
 }
