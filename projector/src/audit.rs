@@ -133,9 +133,10 @@ impl Projection for Audit {
     }
 }
 
-/// An erased user's rows keep saying which personal fields changed, never what they held: their
-/// values become `"[erased]"` ([`erase_personal_changes`]), as a rebuild from the log gives. The
-/// states kept hold none of it: an erased user's state has no profile.
+/// An erased user's rows, the erasure's own included (its before-state was folded from values that
+/// opened then), keep saying which personal fields changed, never what they held: their values become
+/// `"[erased]"` ([`erase_personal_changes`]), as a rebuild from the log gives. The states kept hold
+/// none of it: an erased user's state has no profile.
 async fn forget_erased_users(
     conn: &mut PgConnection,
     events: &[RecordedEvent],
@@ -144,7 +145,7 @@ async fn forget_erased_users(
         let user = subject(erasure).resource_id;
         let rows: Vec<(i64, Stored)> = sqlx::query_as(
             "SELECT global_position, changes FROM audit_index \
-             WHERE resource_type = $1 AND resource_id = $2 AND global_position < $3",
+             WHERE resource_type = $1 AND resource_id = $2 AND global_position <= $3",
         )
         .bind(User::TYPE)
         .bind(user)
