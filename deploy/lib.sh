@@ -362,7 +362,7 @@ ensure_tansu() {
     if command -v tansu >/dev/null 2>&1 && [ "$(tansu --version 2>/dev/null)" = "tansu $TANSU_VERSION" ]; then
         return 0
     fi
-    log "building the tansu $TANSU_VERSION Kafka broker (about 10 minutes; kept in ~/.cargo/bin)"
+    log "building the tansu $TANSU_VERSION Kafka broker (about 11 minutes on 2 idle cores; kept in ~/.cargo/bin)"
     cargo install tansu --version "$TANSU_VERSION" --locked --features postgres
 }
 
