@@ -20,11 +20,11 @@ use events::catalog::{
 };
 use events::store::{stream_heads, StreamHead, WriteSet};
 use events::{Action, Actor, Aggregate, Loaded, Permission};
+use http_layer::ApiError;
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::command::{execute, Outcome};
-use crate::error::ApiError;
 use crate::extract::{parse_id, Body, Write};
 use crate::fields::name_taken;
 use crate::AppState;

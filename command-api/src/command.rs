@@ -13,10 +13,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use events::store::{log_head, retry_backoff, StoredResponse, WriteSet};
 use events::{LogPosition, Permission};
+use http_layer::ApiError;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::error::ApiError;
 use crate::extract::Write;
 use crate::AppState;
 

@@ -10,11 +10,11 @@ use events::store::WriteSet;
 use events::values::{double_option, Description, Name};
 use events::views::EnvironmentView;
 use events::{Action, Aggregate, Loaded, Permission, Resource, Role};
+use http_layer::ApiError;
 use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::command::{execute, Outcome};
-use crate::error::ApiError;
 use crate::extract::{parse_id, Body, Write};
 use crate::fields::{
     name_taken, optional_description, required_name, update_description, update_name,

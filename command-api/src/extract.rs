@@ -9,11 +9,11 @@ use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use events::auth::{Authenticated, Credentials};
 use events::{Actor, EventMetadata, RequestContext, Role};
+use http_layer::ApiError;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::error::ApiError;
 use crate::AppState;
 
 /// Largest accepted request body.
@@ -193,12 +193,16 @@ impl<S: Send + Sync> FromRequest<S> for Body {
         let declared = header(request.headers(), CONTENT_LENGTH.as_str())
             .and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|length| length > BODY_LIMIT) {
-            return Err(ApiError::PayloadTooLarge);
+            return Err(ApiError::PayloadTooLarge {
+                limit_bytes: BODY_LIMIT,
+            });
         }
         // A body without a Content-Length (chunked) is cut off at the limit as it streams in.
         let bytes = axum::body::to_bytes(request.into_body(), BODY_LIMIT)
             .await
-            .map_err(|_| ApiError::PayloadTooLarge)?;
+            .map_err(|_| ApiError::PayloadTooLarge {
+                limit_bytes: BODY_LIMIT,
+            })?;
         Ok(Body {
             digest: hex(Sha256::digest(&bytes)),
             bytes,

@@ -2,8 +2,7 @@
 //! API's `400` answers), and the `409` for a taken name.
 
 use events::values::{Description, Name};
-
-use crate::error::ApiError;
+use http_layer::ApiError;
 
 pub fn required_name(raw: &str) -> Result<Name, ApiError> {
     Ok(Name::parse("name", raw)?)

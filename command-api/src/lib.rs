@@ -1,33 +1,62 @@
 //! command-api: the write side of the REST API. Each endpoint parses and validates its request,
 //! authorises the caller, loads the aggregate, decides, appends and answers (see [`command`]).
+//!
+//! [`build`] makes the API's state from its [`Config`], and [`router`] serves it: its binary (through
+//! `http_layer::process`) and the tests both start it that way. Its error answers, route table,
+//! operations routes and request layers are `http_layer`'s.
 
 pub mod catalog;
 pub mod command;
 pub mod environments;
-pub mod error;
 pub mod extract;
 pub mod fields;
 pub mod members;
-pub mod ops;
 pub mod organizations;
 pub mod sign_in;
 pub mod users;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::handler::Handler;
+use anyhow::Context;
 use axum::http::Method;
-use axum::routing::{on, MethodFilter};
 use axum::Router;
 use events::auth::Authenticator;
-use events::catalog::kinds::{
-    Model, Prompt, PromptTemplate, SystemModel, Variable, Workflow, WorkflowEntity,
-    WorkflowEntityType,
-};
 use events::catalog::Kind;
 use events::secrets::Secrets;
 use events::PgEventStore;
+use http_layer::config::{required, ApiArgs};
+use http_layer::ops::OpsState;
+use http_layer::process::Api;
+use http_layer::routes::KindRoutes;
+use http_layer::Routes;
 use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+
+use crate::sign_in::{SignIn, SignInArgs};
+
+/// command-api's configuration (contract §1, `events/docs/contract.md`); its command line adds where
+/// it listens and its database (`http_layer::process`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Base64 of 32 random bytes: the master key that wraps the data keys of write-only values.
+    #[arg(long, env = "SECRETS_KEY", hide_env_values = true)]
+    pub secrets_key: Option<String>,
+    #[command(flatten)]
+    pub sign_in: SignInArgs,
+}
+
+impl Api for Config {
+    const NAME: &'static str = "command-api";
+    const ADDR_VARIABLE: &'static str = "COMMAND_API_ADDR";
+    const DEFAULT_ADDR: &'static str = "127.0.0.1:8081";
+
+    fn app(&self, pool: PgPool, metrics: PrometheusHandle) -> anyhow::Result<Router> {
+        Ok(router(build(self, pool, metrics)?))
+    }
+}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -35,14 +64,51 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub metrics: PrometheusHandle,
     /// How long a request may take to produce its response head (`REQUEST_TIMEOUT_SECS`).
-    pub request_timeout: std::time::Duration,
+    pub request_timeout: Duration,
     pub sign_in: Arc<sign_in::SignIn>,
     /// Seals write-only values before they enter an event.
     pub secrets: Secrets,
 }
 
+/// command-api as `config` says, over `pool` (migrated), recording its metrics for `metrics`.
+pub fn build(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow::Result<AppState> {
+    let secrets_key = required(
+        &config.secrets_key,
+        "SECRETS_KEY is not set (base64 of 32 bytes)",
+    )?;
+    let secrets = Secrets::from_base64(secrets_key).context("SECRETS_KEY")?;
+    let store = PgEventStore::new(pool);
+    Ok(AppState {
+        auth: Arc::new(Authenticator::new(config.api.auth_config()?, store.clone())),
+        sign_in: Arc::new(SignIn::new(config.sign_in.config(config.api.issuer()?))),
+        store,
+        metrics,
+        request_timeout: config.api.request_timeout,
+        secrets,
+    })
+}
+
+/// The API's router: its routes, the operations routes and the request layers.
+pub fn router(state: AppState) -> Router {
+    api_routes().into_router(state)
+}
+
+impl OpsState for AppState {
+    fn pool(&self) -> &PgPool {
+        self.store.pool()
+    }
+
+    fn metrics(&self) -> &PrometheusHandle {
+        &self.metrics
+    }
+
+    fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+}
+
 /// Every route of the API, recorded as it is registered (see [`Routes`]).
-pub fn api_routes() -> Routes {
+pub fn api_routes() -> Routes<AppState> {
     Routes::default()
         .add(Method::POST, "/api/organizations", organizations::create)
         .add(
@@ -91,48 +157,17 @@ pub fn api_routes() -> Routes {
         .add(Method::GET, "/api/auth/login", sign_in::login)
         .add(Method::GET, "/api/auth/callback", sign_in::callback)
         .add(Method::POST, "/api/auth/logout", sign_in::logout)
-        .catalog::<Variable>()
-        .catalog::<Model>()
-        .catalog::<SystemModel>()
-        .catalog::<Workflow>()
-        .catalog::<WorkflowEntity>()
-        .catalog::<WorkflowEntityType>()
-        .catalog::<PromptTemplate>()
-        .catalog::<Prompt>()
+        .catalog::<CatalogRoutes>()
 }
 
-pub fn router(state: AppState) -> Router {
-    let api = api_routes().router;
-    let request_timeout = state.request_timeout;
-    ops::layered(api.merge(ops::routes()).with_state(state), request_timeout)
-}
+/// `POST /api/<kind>` and `PUT`/`DELETE /api/<kind>/{id}` of each catalog kind.
+struct CatalogRoutes;
 
-/// The API's routes with the method and path of each, so that tests can hold them against
-/// `schemas/openapi.yaml`: every route is registered through [`Routes::add`].
-#[derive(Default)]
-pub struct Routes {
-    pub router: Router<AppState>,
-    pub table: Vec<(Method, String)>,
-}
-
-impl Routes {
-    fn add<H, T>(mut self, method: Method, path: &str, handler: H) -> Self
-    where
-        H: Handler<T, AppState>,
-        T: 'static,
-    {
-        let filter = MethodFilter::try_from(method.clone()).expect("a standard HTTP method");
-        self.router = self.router.route(path, on(filter, handler));
-        self.table.push((method, path.to_owned()));
-        self
-    }
-
-    /// `POST /api/<kind>` and `PUT`/`DELETE /api/<kind>/{id}` of one catalog kind.
-    fn catalog<K: Kind>(self) -> Self {
-        let collection = format!("/api/{}", K::INFO.path);
-        let item = format!("{collection}/{{id}}");
-        self.add(Method::POST, &collection, catalog::create::<K>)
-            .add(Method::PUT, &item, catalog::update::<K>)
-            .add(Method::DELETE, &item, catalog::delete::<K>)
+impl KindRoutes<AppState> for CatalogRoutes {
+    fn add<K: Kind>(routes: Routes<AppState>, collection: &str, item: &str) -> Routes<AppState> {
+        routes
+            .add(Method::POST, collection, catalog::create::<K>)
+            .add(Method::PUT, item, catalog::update::<K>)
+            .add(Method::DELETE, item, catalog::delete::<K>)
     }
 }

@@ -14,11 +14,11 @@ use events::store::WriteSet;
 use events::user::{User, UserData};
 use events::views::MemberView;
 use events::{Action, Aggregate, DomainError, Loaded, Permission, Resource, Role};
+use http_layer::ApiError;
 use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::command::{execute, Outcome};
-use crate::error::ApiError;
 use crate::extract::{parse_id, Body, Write};
 use crate::{organizations, AppState};
 

@@ -23,22 +23,20 @@ use base64::Engine;
 use events::sessions::{self, random_token, token_hash, SESSION_COOKIE, SIGN_IN_SECONDS};
 use events::user::{User, UserCommand};
 use events::{Aggregate, EventStore, ExpectedVersion, RequestContext};
+use http_layer::config::{non_empty, whole_number};
+use http_layer::ApiError;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use crate::error::ApiError;
 use crate::extract::{check_same_origin, Context};
 use crate::AppState;
 
 /// Binds a sign-in to the browser that started it.
 const SIGN_IN_COOKIE: &str = "__Host-sign-in";
 const RETURN_TO_MAX: usize = 2_000;
-/// `SIGN_IN_ATTEMPTS_PER_IP` and `SIGN_IN_ATTEMPTS_MAX` when unset.
-pub const DEFAULT_MAX_ATTEMPTS_PER_IP: i64 = 20;
-pub const DEFAULT_MAX_ATTEMPTS: i64 = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct SignInConfig {
@@ -58,32 +56,55 @@ pub struct SignInConfig {
     pub max_attempts: i64,
 }
 
-impl SignInConfig {
-    pub fn from_env() -> anyhow::Result<Self> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let hours: i64 = var("SESSION_TTL_HOURS")
-            .map(|h| h.parse())
-            .transpose()
-            .map_err(|_| anyhow::anyhow!("SESSION_TTL_HOURS must be a whole number of hours"))?
-            .unwrap_or(12);
-        Ok(SignInConfig {
-            issuer: var("AUTH_ISSUER").ok_or_else(|| anyhow::anyhow!("AUTH_ISSUER is not set"))?,
-            client_id: var("AUTH_CLIENT_ID"),
-            client_secret: var("AUTH_CLIENT_SECRET"),
-            public_url: var("PUBLIC_URL")
-                .unwrap_or_else(|| "http://localhost:8080".into())
+/// Browser sign-in's settings (contract §1, `events/docs/contract.md`); the issuer is the APIs' own
+/// (`AUTH_ISSUER`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SignInArgs {
+    /// The OAuth client of browser sign-in at the issuer; without it sign-in is switched off.
+    #[arg(long, env = "AUTH_CLIENT_ID")]
+    pub auth_client_id: Option<String>,
+    /// That client's secret; without it the client is public and relies on PKCE alone.
+    #[arg(long, env = "AUTH_CLIENT_SECRET", hide_env_values = true)]
+    pub auth_client_secret: Option<String>,
+    /// The gateway's public base URL: the sign-in callback's, and the origin cookie-authenticated
+    /// writes must come from; `http://localhost:8080` when unset.
+    #[arg(long, env = "PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// How long a browser session lasts, in hours.
+    #[arg(long, env = "SESSION_TTL_HOURS", default_value = "12", value_parser = whole_number::<12>)]
+    pub session_ttl_hours: u64,
+    /// Sign-ins under way from one client address beyond which login answers 429.
+    #[arg(
+        long,
+        env = "SIGN_IN_ATTEMPTS_PER_IP",
+        default_value = "20",
+        value_parser = whole_number::<20>
+    )]
+    pub sign_in_attempts_per_ip: u64,
+    /// Sign-ins under way in all beyond which login answers 429.
+    #[arg(
+        long,
+        env = "SIGN_IN_ATTEMPTS_MAX",
+        default_value = "10000",
+        value_parser = whole_number::<10000>
+    )]
+    pub sign_in_attempts_max: u64,
+}
+
+impl SignInArgs {
+    pub fn config(&self, issuer: &str) -> SignInConfig {
+        SignInConfig {
+            issuer: issuer.to_owned(),
+            client_id: non_empty(&self.auth_client_id).map(str::to_owned),
+            client_secret: non_empty(&self.auth_client_secret).map(str::to_owned),
+            public_url: non_empty(&self.public_url)
+                .unwrap_or("http://localhost:8080")
                 .trim_end_matches('/')
                 .to_owned(),
-            session_ttl: chrono::Duration::hours(hours),
-            max_attempts_per_ip: events::settings::number(
-                "SIGN_IN_ATTEMPTS_PER_IP",
-                DEFAULT_MAX_ATTEMPTS_PER_IP as u64,
-            )? as i64,
-            max_attempts: events::settings::number(
-                "SIGN_IN_ATTEMPTS_MAX",
-                DEFAULT_MAX_ATTEMPTS as u64,
-            )? as i64,
-        })
+            session_ttl: chrono::Duration::hours(self.session_ttl_hours as i64),
+            max_attempts_per_ip: self.sign_in_attempts_per_ip as i64,
+            max_attempts: self.sign_in_attempts_max as i64,
+        }
     }
 }
 

@@ -14,9 +14,9 @@ use events::store::WriteSet;
 use events::user::{User, UserCommand};
 use events::views::UserView;
 use events::{Action, Aggregate, Permission, Resource};
+use http_layer::ApiError;
 
 use crate::command::{execute, Outcome};
-use crate::error::ApiError;
 use crate::extract::{parse_id, Write};
 use crate::members::{load_user, removals_of};
 use crate::AppState;

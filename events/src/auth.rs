@@ -6,7 +6,6 @@
 //! email or name records the change, so every other request costs one indexed query.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -23,34 +22,13 @@ use crate::user::{user_id, Identity, User};
 /// How many times recording a user is retried after losing a race for its stream.
 const RECORD_ATTEMPTS: usize = 5;
 
+/// How callers are authenticated; the APIs read it from `AUTH_ISSUER`, `AUTH_AUDIENCE`,
+/// `AUTH_JWKS_URL` and `SYSTEM_ADMINS` (contract §1, `events/docs/contract.md`).
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
     pub token: TokenConfig,
     /// Subjects that hold the System role.
     pub system_admins: HashSet<String>,
-}
-
-impl AuthConfig {
-    /// Reads `AUTH_ISSUER`, `AUTH_AUDIENCE`, `AUTH_JWKS_URL` and `SYSTEM_ADMINS` (contract §1,
-    /// `events/docs/contract.md`).
-    pub fn from_env() -> anyhow::Result<Self> {
-        let issuer =
-            std::env::var("AUTH_ISSUER").map_err(|_| anyhow::anyhow!("AUTH_ISSUER is not set"))?;
-        let audience = std::env::var("AUTH_AUDIENCE")
-            .map_err(|_| anyhow::anyhow!("AUTH_AUDIENCE is not set"))?;
-        let jwks_url = std::env::var("AUTH_JWKS_URL")
-            .unwrap_or_else(|_| format!("{issuer}.well-known/jwks.json"));
-        let system_admins = std::env::var("SYSTEM_ADMINS").unwrap_or_default();
-        Ok(AuthConfig {
-            token: TokenConfig {
-                issuer,
-                audience,
-                jwks_url,
-                refetch_interval: Duration::from_secs(10),
-            },
-            system_admins: parse_subjects(&system_admins),
-        })
-    }
 }
 
 pub fn parse_subjects(list: &str) -> HashSet<String> {

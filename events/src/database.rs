@@ -6,14 +6,14 @@
 //!   their statements take as long as the log is big.
 //! - `IDLE_IN_TRANSACTION_TIMEOUT_SECS` (default 60): a transaction left open without a statement
 //!   for that long is ended by the server, releasing its locks.
+//!
+//! The binaries read both settings (`http_layer::config`) and pass them in as [`Limits`].
 
 use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
-
-use crate::settings;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -23,13 +23,6 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn from_env() -> anyhow::Result<Self> {
-        Ok(Limits {
-            statement: Some(settings::seconds("STATEMENT_TIMEOUT_SECS", 30)?),
-            idle_in_transaction: settings::seconds("IDLE_IN_TRANSACTION_TIMEOUT_SECS", 60)?,
-        })
-    }
-
     /// The same, with no limit on a statement's duration: for long operator commands and migrations.
     pub fn without_statement_timeout(self) -> Self {
         Limits {

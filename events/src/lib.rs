@@ -1,6 +1,7 @@
 //! The shared kernel of the platform: domain events and their envelope, the aggregates that decide
 //! them, the event store, the actor and permission model, token verification and browser sessions.
-//! Nothing here knows about HTTP servers; the service crates build on it.
+//! Nothing here knows about HTTP servers or reads the environment: the service crates build on it and
+//! pass their configuration in.
 
 pub mod access;
 pub mod aggregate;
@@ -19,10 +20,8 @@ pub mod published;
 pub mod read_models;
 pub mod secrets;
 pub mod sessions;
-pub mod settings;
 pub mod shutdown;
 pub mod store;
-pub mod telemetry;
 pub mod token;
 pub mod upcast;
 pub mod user;

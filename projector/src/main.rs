@@ -2,14 +2,15 @@
 //! `KAFKA_BROKERS` is set); `projector rebuild <name|all>`, `projector verify [--log]`,
 //! `projector replay --until … --into …` and `projector status` are the operator's commands;
 //! `projector tail` prints the domain events from Kafka. Running, it stops on SIGTERM or SIGINT
-//! (see [`events::shutdown`]).
+//! (see [`events::shutdown`]), and serves its health and metrics with [`http_layer::serve`].
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use events::database::Limits;
 use events::shutdown::Shutdown;
+use http_layer::config::{seconds, ConnectionLimitArgs};
 use projector::housekeeping;
 use projector::publisher::{self, PublisherConfig};
 use projector::rebuild::rebuild;
@@ -29,6 +30,16 @@ struct Cli {
     /// Where /healthz, /readyz and /metrics are served while running.
     #[arg(long, env = "PROJECTOR_ADDR", default_value = "127.0.0.1:8083")]
     addr: SocketAddr,
+    #[command(flatten)]
+    limits: ConnectionLimitArgs,
+    /// How often expired sign-ins, sessions and idempotency records are deleted, in seconds.
+    #[arg(
+        long = "housekeeping-interval-secs",
+        env = "HOUSEKEEPING_INTERVAL_SECS",
+        default_value = "300",
+        value_parser = seconds::<300>
+    )]
+    housekeeping_interval: Duration,
     #[command(flatten)]
     kafka: KafkaArgs,
     #[command(subcommand)]
@@ -85,14 +96,14 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    events::telemetry::init();
+    http_layer::telemetry::init();
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
     // The request-sized statement limit is for the live workers; the operator's commands run long
     // statements over the whole log (and `status` and `tail` are the operator's too).
     let limits = match command {
-        Command::Run => Limits::from_env()?,
-        _ => Limits::from_env()?.without_statement_timeout(),
+        Command::Run => cli.limits.limits(),
+        _ => cli.limits.limits().without_statement_timeout(),
     };
     let pool = events::database::connect(&cli.database_url, 8, limits).await?;
 
@@ -124,29 +135,23 @@ async fn main() -> anyhow::Result<()> {
             }
             tasks.push(tokio::spawn(housekeeping::run(
                 pool.clone(),
-                events::settings::seconds("HOUSEKEEPING_INTERVAL_SECS", 300)?,
+                cli.housekeeping_interval,
                 shutdown.clone(),
             )));
-            let listener = tokio::net::TcpListener::bind(cli.addr).await?;
-            tracing::info!(addr = %cli.addr, "projector running");
-            let server = axum::serve(listener, projector::ops::router(pool, metrics))
-                .with_graceful_shutdown({
-                    let shutdown = shutdown.clone();
-                    async move { shutdown.requested().await }
-                });
             // Everything stops on the signal: the server after its requests, each worker after its
             // batch, the publisher once its messages in flight are acknowledged.
+            let ops = projector::ops::router(pool, metrics);
             let stopped = shutdown
                 .within_grace(async {
-                    let served = server.await;
+                    http_layer::serve("projector", cli.addr, ops, &shutdown).await?;
                     for task in tasks {
                         let _ = task.await;
                     }
-                    served
+                    anyhow::Ok(())
                 })
                 .await;
-            if let Some(served) = stopped {
-                served?;
+            if let Some(stopped) = stopped {
+                stopped?;
             }
             tracing::info!("projector stopped");
         }

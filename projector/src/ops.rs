@@ -1,5 +1,6 @@
 //! The projector's own HTTP surface: `/healthz`, `/readyz` (not ready while a projection is stuck at
-//! an event it cannot apply, naming it) and `/metrics` (each projection's lag, and its failure).
+//! an event it cannot apply, naming it) and `/metrics` (each projection's lag, and its failure). The
+//! projector serves it with `http_layer::serve`, as the APIs serve theirs.
 
 use axum::extract::State;
 use axum::http::StatusCode;

@@ -12,10 +12,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use events::history::StreamState;
 use events::store::{names_as_of, read_stream_as_of};
 use events::AccessError;
+use http_layer::ApiError;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::error::ApiError;
 use crate::extract::Params;
 
 /// The `asOf` query parameter, if the request has one.

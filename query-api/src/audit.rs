@@ -24,12 +24,12 @@ use events::json::Stored;
 use events::read_models::{audit_count, audit_resource_count, AuditRows, AUDIT};
 use events::{Action, Resource};
 use futures::SinkExt;
+use http_layer::ApiError;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::consistency::ReadConsistency;
-use crate::error::ApiError;
 use crate::extract::{Caller, Params};
 use crate::pagination::{Page, PageRequest};
 use crate::AppState;

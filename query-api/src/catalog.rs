@@ -22,12 +22,12 @@ use events::read_models::{
     catalog_count, catalog_environment_count, catalog_organization_count, CATALOG, TENANTS,
 };
 use events::{AccessError, Action, Actor, Aggregate};
+use http_layer::ApiError;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use crate::as_of;
 use crate::consistency::ReadConsistency;
-use crate::error::ApiError;
 use crate::extract::{parse_id, Caller, Params};
 use crate::pagination::{contains_pattern, Page, PageRequest};
 use crate::AppState;

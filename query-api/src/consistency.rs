@@ -24,11 +24,10 @@ use axum::http::request::Parts;
 use events::read_models::CHECKPOINT_CHANNEL;
 use events::store::log_head;
 use events::LogPosition;
+use http_layer::ApiError;
 use sqlx::PgPool;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
-
-use crate::error::ApiError;
 
 /// How often the watcher reads the checkpoints without a notification while requests wait (a lost
 /// notification costs a waiter at most this), and while none does.
@@ -195,7 +194,7 @@ impl Consistency {
             }
         };
         let _waiting = self.waiters.clone().try_acquire_owned().map_err(|_| ApiError::Busy {
-            retry_after: 1,
+            retry_after_seconds: 1,
             details: format!(
                 "{} reads are already waiting for the read models; retry, or send Consistency: eventual",
                 self.config.max_waiters

@@ -11,11 +11,11 @@ use events::organization::Organization;
 use events::read_models::{environments_count, TENANTS};
 use events::views::{EnvironmentView, NamedRef};
 use events::{Action, Aggregate, Resource};
+use http_layer::ApiError;
 use uuid::Uuid;
 
 use crate::as_of;
 use crate::consistency::ReadConsistency;
-use crate::error::ApiError;
 use crate::extract::{parse_id, Caller, Params};
 use crate::pagination::{contains_pattern, Page, PageRequest};
 use crate::AppState;

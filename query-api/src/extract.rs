@@ -8,9 +8,9 @@ use axum::extract::{ConnectInfo, FromRequestParts, Query};
 use axum::http::request::Parts;
 use events::auth::{Authenticated, Credentials};
 use events::RequestContext;
+use http_layer::ApiError;
 use uuid::Uuid;
 
-use crate::error::ApiError;
 use crate::AppState;
 
 /// The authenticated caller of a read, by bearer token or session cookie.

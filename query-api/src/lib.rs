@@ -1,36 +1,39 @@
 //! query-api: the read side of the REST API, over the read models the projector keeps. Every read
 //! first waits until the read model reflects what the request asks for (see [`consistency`]).
+//!
+//! [`build`] makes the API's state from its [`Config`], and [`router`] serves it: its binary (through
+//! `http_layer::process`) and the tests both start it that way. Its error answers, route table,
+//! operations routes and request layers are `http_layer`'s.
 
 pub mod as_of;
 pub mod audit;
 pub mod catalog;
 pub mod consistency;
 pub mod environments;
-pub mod error;
 pub mod extract;
 pub mod members;
-pub mod ops;
 pub mod organizations;
 pub mod pagination;
 pub mod session;
 pub mod users;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::handler::Handler;
 use axum::http::Method;
-use axum::routing::{on, MethodFilter};
 use axum::Router;
 use events::auth::Authenticator;
-use events::catalog::kinds::{
-    Model, Prompt, PromptTemplate, SystemModel, Variable, Workflow, WorkflowEntity,
-    WorkflowEntityType,
-};
 use events::catalog::Kind;
+use events::PgEventStore;
+use http_layer::config::ApiArgs;
+use http_layer::ops::OpsState;
+use http_layer::process::Api;
+use http_layer::routes::KindRoutes;
+use http_layer::Routes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
-use crate::consistency::Consistency;
+use crate::consistency::{Consistency, ConsistencyConfig};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -39,11 +42,65 @@ pub struct AppState {
     pub consistency: Consistency,
     pub metrics: PrometheusHandle,
     /// How long a request may take to produce its response head (`REQUEST_TIMEOUT_SECS`).
-    pub request_timeout: std::time::Duration,
+    pub request_timeout: Duration,
+}
+
+impl OpsState for AppState {
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn metrics(&self) -> &PrometheusHandle {
+        &self.metrics
+    }
+
+    fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+}
+
+/// query-api's configuration (contract §1, `events/docs/contract.md`); its command line adds where it
+/// listens and its database (`http_layer::process`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// How reads wait for the read models (not a setting: tests change it).
+    #[arg(skip)]
+    pub consistency: ConsistencyConfig,
+}
+
+/// query-api as `config` says, over `pool` (migrated), recording its metrics for `metrics`.
+pub fn build(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow::Result<AppState> {
+    Ok(AppState {
+        consistency: Consistency::start(pool.clone(), config.consistency),
+        auth: Arc::new(Authenticator::new(
+            config.api.auth_config()?,
+            PgEventStore::new(pool.clone()),
+        )),
+        pool,
+        metrics,
+        request_timeout: config.api.request_timeout,
+    })
+}
+
+impl Api for Config {
+    const NAME: &'static str = "query-api";
+    const ADDR_VARIABLE: &'static str = "QUERY_API_ADDR";
+    const DEFAULT_ADDR: &'static str = "127.0.0.1:8082";
+
+    fn app(&self, pool: PgPool, metrics: PrometheusHandle) -> anyhow::Result<Router> {
+        Ok(router(build(self, pool, metrics)?))
+    }
+}
+
+/// The API's router: its routes, the operations routes and the request layers.
+pub fn router(state: AppState) -> Router {
+    api_routes().into_router(state)
 }
 
 /// Every route of the API, recorded as it is registered (see [`Routes`]).
-pub fn api_routes() -> Routes {
+pub fn api_routes() -> Routes<AppState> {
     Routes::default()
         .add(Method::GET, "/api/organizations", organizations::list)
         .add(Method::GET, "/api/organizations/{id}", organizations::get)
@@ -84,49 +141,17 @@ pub fn api_routes() -> Routes {
             "/api/prompt-templates/{id}/versions/{version}",
             catalog::get_version,
         )
-        .catalog::<Variable>()
-        .catalog::<Model>()
-        .catalog::<SystemModel>()
-        .catalog::<Workflow>()
-        .catalog::<WorkflowEntity>()
-        .catalog::<WorkflowEntityType>()
-        .catalog::<PromptTemplate>()
-        .catalog::<Prompt>()
+        .catalog::<CatalogRoutes>()
 }
 
-pub fn router(state: AppState) -> Router {
-    let api = api_routes().router;
-    let request_timeout = state.request_timeout;
-    ops::layered(api.merge(ops::routes()).with_state(state), request_timeout)
-}
+/// `GET /api/<kind>` and `GET /api/<kind>/{id}` of each catalog kind.
+struct CatalogRoutes;
 
-/// The API's routes with the method and path of each, so that tests can hold them against
-/// `schemas/openapi.yaml`: every route is registered through [`Routes::add`].
-#[derive(Default)]
-pub struct Routes {
-    pub router: Router<AppState>,
-    pub table: Vec<(Method, String)>,
-}
-
-impl Routes {
-    fn add<H, T>(mut self, method: Method, path: &str, handler: H) -> Self
-    where
-        H: Handler<T, AppState>,
-        T: 'static,
-    {
-        let filter = MethodFilter::try_from(method.clone()).expect("a standard HTTP method");
-        self.router = self.router.route(path, on(filter, handler));
-        self.table.push((method, path.to_owned()));
-        self
-    }
-
-    /// `GET /api/<kind>` and `GET /api/<kind>/{id}` of one catalog kind.
-    fn catalog<K: Kind>(self) -> Self {
-        let collection = format!("/api/{}", K::INFO.path);
-        let item = format!("{collection}/{{id}}");
-        self.add(Method::GET, &collection, catalog::list::<K>).add(
+impl KindRoutes<AppState> for CatalogRoutes {
+    fn add<K: Kind>(routes: Routes<AppState>, collection: &str, item: &str) -> Routes<AppState> {
+        routes.add(Method::GET, collection, catalog::list::<K>).add(
             Method::GET,
-            &item,
+            item,
             catalog::get::<K>,
         )
     }

@@ -1,9 +1,8 @@
 //! `page`/`limit` parameters and the `{data, pagination}` envelope of list responses (contract §5,
 //! `events/docs/contract.md`).
 
+use http_layer::ApiError;
 use serde::Serialize;
-
-use crate::error::ApiError;
 
 pub const DEFAULT_LIMIT: i64 = 10;
 pub const MAX_LIMIT: i64 = 100;

@@ -4,11 +4,11 @@
 use axum::extract::State;
 use axum::Json;
 use events::read_models::TENANTS;
+use http_layer::ApiError;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::consistency::ReadConsistency;
-use crate::error::ApiError;
 use crate::extract::Caller;
 use crate::AppState;
 

@@ -10,12 +10,12 @@ use events::read_models::ACCESS;
 use events::user::User;
 use events::views::UserView;
 use events::{Action, Aggregate, Resource, Role};
+use http_layer::ApiError;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::as_of;
 use crate::consistency::ReadConsistency;
-use crate::error::ApiError;
 use crate::extract::{parse_id, Caller, Params};
 use crate::pagination::{contains_pattern, Page, PageRequest};
 use crate::AppState;

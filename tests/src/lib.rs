@@ -1,21 +1,20 @@
 //! What the black-box tests and the benchmark share: a fresh database, a local issuer, and the whole
-//! system (command-api, query-api, projector) started on real ports against them.
+//! system (command-api, query-api, projector) started on real ports against them, each API made by its
+//! own `build` from its `Config`.
 
 pub mod issuer;
 pub mod kafka;
 pub mod process;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use chrono::SubsecRound;
-use command_api::sign_in::{SignIn, SignInConfig};
-use events::auth::{parse_subjects, AuthConfig, Authenticator};
+use command_api::sign_in::SignInArgs;
 use events::secrets::Secrets;
-use events::token::TokenConfig;
 use events::{EventStore, PgEventStore};
+use http_layer::config::ApiArgs;
 use issuer::{Issuer, SigningKey};
 use query_api::consistency::{Consistency, ConsistencyConfig};
 use reqwest::Method;
@@ -167,8 +166,8 @@ pub struct TestApp {
     /// query-api's read-your-writes waits.
     pub consistency: Consistency,
     projector: Vec<JoinHandle<()>>,
-    auth: Arc<Authenticator>,
-    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// query-api as this app serves it, for more instances over other pools.
+    query: query_api::AppState,
 }
 
 impl TestApp {
@@ -187,22 +186,18 @@ impl TestApp {
             .await
             .expect("creating the test database");
         let issuer = start_issuer().await;
-        let store = PgEventStore::new(db.pool.clone());
-        let auth = Arc::new(Authenticator::new(
-            AuthConfig {
-                token: TokenConfig {
-                    issuer: issuer.url.clone(),
-                    audience: AUDIENCE.into(),
-                    jwks_url: format!("{}.well-known/jwks.json", issuer.url),
-                    refetch_interval: Duration::from_millis(200),
-                },
-                system_admins: parse_subjects(SYSTEM_ADMIN),
-            },
-            store.clone(),
-        ));
+        // Each API is built as its binary builds it, from what the binary would read from the
+        // environment; the signing keys are refetched every 200 ms at most, not every 10 s, so that a
+        // test of key rotation need not wait.
+        let api = ApiArgs {
+            request_timeout: Duration::from_secs(30),
+            auth_issuer: Some(issuer.url.clone()),
+            auth_audience: Some(AUDIENCE.into()),
+            auth_jwks_url: None,
+            system_admins: SYSTEM_ADMIN.into(),
+            keys_refetch_interval: Duration::from_millis(200),
+        };
         let metrics = metrics_handle();
-        let secrets =
-            Secrets::from_base64(&Secrets::generate_key()).expect("a generated key is valid");
         // Browser sign-in calls back to command-api, which therefore plays the public origin here.
         let command_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -211,50 +206,40 @@ impl TestApp {
             "http://{}",
             command_listener.local_addr().expect("a bound address")
         );
-        let sign_in = Arc::new(SignIn::new(SignInConfig {
-            issuer: issuer.url.clone(),
-            client_id: Some(issuer::CLIENT_ID.into()),
-            client_secret: Some(issuer::CLIENT_SECRET.into()),
-            public_url: command_url.clone(),
-            session_ttl: chrono::Duration::hours(1),
-            max_attempts_per_ip: command_api::sign_in::DEFAULT_MAX_ATTEMPTS_PER_IP,
-            max_attempts: command_api::sign_in::DEFAULT_MAX_ATTEMPTS,
-        }));
-        serve_on(
-            command_listener,
-            command_api::router(command_api::AppState {
-                store: store.clone(),
-                auth: auth.clone(),
-                metrics: metrics.clone(),
-                sign_in,
-                secrets: secrets.clone(),
-                request_timeout: command_api::ops::DEFAULT_REQUEST_TIMEOUT,
-            }),
-        );
-        let consistency = Consistency::start(db.pool.clone(), consistency);
-        let query = serve(query_api::router(query_api::AppState {
-            pool: db.pool.clone(),
-            auth: auth.clone(),
-            consistency: consistency.clone(),
-            metrics: metrics.clone(),
-            request_timeout: query_api::ops::DEFAULT_REQUEST_TIMEOUT,
-        }))
-        .await;
+        let command_config = command_api::Config {
+            api: api.clone(),
+            secrets_key: Some(Secrets::generate_key()),
+            sign_in: SignInArgs {
+                auth_client_id: Some(issuer::CLIENT_ID.into()),
+                auth_client_secret: Some(issuer::CLIENT_SECRET.into()),
+                public_url: Some(command_url.clone()),
+                session_ttl_hours: 1,
+                sign_in_attempts_per_ip: 20,
+                sign_in_attempts_max: 10_000,
+            },
+        };
+        let command = command_api::build(&command_config, db.pool.clone(), metrics.clone())
+            .expect("building command-api");
+        let secrets = command.secrets.clone();
+        serve_on(command_listener, command_api::router(command));
+        let query_config = query_api::Config { api, consistency };
+        let query =
+            query_api::build(&query_config, db.pool.clone(), metrics).expect("building query-api");
+        let query_url = format!("http://{}", serve(query_api::router(query.clone())).await);
         let admin_token = issuer.token(SYSTEM_ADMIN);
         let mut app = TestApp {
+            store: PgEventStore::new(db.pool.clone()),
             db,
-            store,
             issuer,
             command_url,
-            query_url: format!("http://{query}"),
+            query_url,
             http: reqwest::Client::new(),
             admin_token,
             admin_id: String::new(),
             secrets,
-            consistency,
+            consistency: query.consistency.clone(),
             projector: Vec::new(),
-            auth,
-            metrics,
+            query,
         };
         app.start_projector();
         app.admin_id = app.user_id(SYSTEM_ADMIN).await;
@@ -266,10 +251,7 @@ impl TestApp {
     pub async fn query_api_over(&self, pool: PgPool) -> String {
         let addr = serve(query_api::router(query_api::AppState {
             pool,
-            auth: self.auth.clone(),
-            consistency: self.consistency.clone(),
-            metrics: self.metrics.clone(),
-            request_timeout: query_api::ops::DEFAULT_REQUEST_TIMEOUT,
+            ..self.query.clone()
         }))
         .await;
         format!("http://{addr}")

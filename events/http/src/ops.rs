@@ -1,5 +1,6 @@
-//! Operations surface: `/healthz`, `/readyz`, `/metrics`, and the layers every request goes through
-//! (a request id on every log line and response, a tracing span, request metrics, a time limit).
+//! The APIs' operations surface: `/healthz`, `/readyz`, `/metrics`, and the layers every request goes
+//! through (a request id on every log line and response, a tracing span, request metrics, a time
+//! limit).
 
 use std::time::{Duration, Instant};
 
@@ -9,35 +10,44 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::error::ApiError;
-use crate::AppState;
+use crate::ApiError;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub fn routes() -> Router<AppState> {
+/// What the operations routes and layers need of an API's state.
+pub trait OpsState: Clone + Send + Sync + 'static {
+    /// The pool `/readyz` checks.
+    fn pool(&self) -> &PgPool;
+    /// What `/metrics` renders.
+    fn metrics(&self) -> &PrometheusHandle;
+    /// How long a request may take to produce its response head (`REQUEST_TIMEOUT_SECS`).
+    fn request_timeout(&self) -> Duration;
+}
+
+/// `/healthz` (alive), `/readyz` (the database answers) and `/metrics` (Prometheus text).
+pub fn routes<S: OpsState>() -> Router<S> {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz::<S>))
         .route(
             "/metrics",
-            get(|State(state): State<AppState>| async move { state.metrics.render() }),
+            get(|State(state): State<S>| async move { state.metrics().render() }),
         )
 }
 
-async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    match sqlx::query("SELECT 1").execute(state.store.pool()).await {
+async fn readyz<S: OpsState>(State(state): State<S>) -> (StatusCode, &'static str) {
+    match sqlx::query("SELECT 1").execute(state.pool()).await {
         Ok(_) => (StatusCode::OK, "ready"),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
     }
 }
 
-/// `REQUEST_TIMEOUT_SECS` when unset.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Wraps the application in the request-id, tracing, metrics and time-limit layers.
+/// Wraps an API in the request-id, tracing, metrics and time-limit layers (`REQUEST_TIMEOUT_SECS`).
 pub fn layered(app: Router, request_timeout: Duration) -> Router {
     app.layer(middleware::from_fn_with_state(request_timeout, time_limit))
         .layer(middleware::from_fn(record_metrics))

@@ -1,5 +1,5 @@
-//! The one error type of command-api: every failure becomes a status code and an `{error, details}`
-//! body here and nowhere else.
+//! The one error type of both APIs: every failure becomes a status code and an `{error, details}`
+//! body here and nowhere else (contract §4 and §5, `events/docs/contract.md`).
 
 use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderValue, StatusCode};
@@ -23,9 +23,13 @@ pub enum ApiError {
     CrossSite { details: String },
     #[error("{error}")]
     NotFound { error: String, details: String },
+    /// Existed once, and was deleted (a point-in-time read after the deletion).
+    #[error("{error}")]
+    Gone { error: String, details: String },
     #[error("{error}")]
     Conflict { error: String, details: String },
-    /// A name claim was lost; handlers say which resource and name (see `fields::name_taken`).
+    /// A name claim was lost; handlers say which resource and name (see command-api's
+    /// `fields::name_taken`).
     #[error("name taken")]
     NameTaken,
     /// The stream moved between load and append; retried unless the client pinned a version.
@@ -33,11 +37,12 @@ pub enum ApiError {
     VersionConflict,
     #[error("precondition failed")]
     PreconditionFailed { details: String },
+    /// A request body over the limit of that many bytes.
     #[error("payload too large")]
-    PayloadTooLarge,
+    PayloadTooLarge { limit_bytes: usize },
     #[error("unsupported media type")]
     UnsupportedMediaType,
-    /// Over a cap; the client may try again after that many seconds.
+    /// Over a cap; the client may try again after that many seconds (`429`).
     #[error("too many requests")]
     TooManyRequests {
         details: String,
@@ -45,6 +50,12 @@ pub enum ApiError {
     },
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// Too many requests are waiting already; the client may retry after that many seconds (`503`).
+    #[error("busy: {details}")]
+    Busy {
+        details: String,
+        retry_after_seconds: u64,
+    },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -61,6 +72,18 @@ impl ApiError {
         ApiError::NotFound {
             error: format!("{resource} not found"),
             details: format!("no {} with id {id}", resource.to_lowercase()),
+        }
+    }
+
+    /// Maps a refusal of access to `resource` `id`: `403`, or for another tenant's resource exactly
+    /// the `404` a missing one gets.
+    pub fn denied(
+        resource: &'static str,
+        id: impl std::fmt::Display,
+    ) -> impl FnOnce(AccessError) -> Self {
+        move |error| match error {
+            AccessError::Forbidden { .. } => ApiError::Forbidden(error.to_string()),
+            AccessError::Hidden => ApiError::not_found(resource, id),
         }
     }
 }
@@ -86,22 +109,8 @@ impl From<DomainError> for ApiError {
     }
 }
 
-impl ApiError {
-    /// Maps a refusal of access to `resource` `id`: `403`, or for another tenant's resource exactly
-    /// the `404` a missing one gets.
-    pub fn denied(
-        resource: &'static str,
-        id: impl std::fmt::Display,
-    ) -> impl FnOnce(AccessError) -> Self {
-        move |error| match error {
-            AccessError::Forbidden { .. } => ApiError::Forbidden(error.to_string()),
-            AccessError::Hidden => ApiError::not_found(resource, id),
-        }
-    }
-}
-
-/// For checks that cannot hide anything (platform-wide ones, and the early check before a request's
-/// organization is known), which only ever forbid.
+/// For checks that cannot hide anything (platform-wide ones, lists, and the early check before a
+/// request's organization is known), which only ever forbid.
 impl From<AccessError> for ApiError {
     fn from(error: AccessError) -> Self {
         match error {
@@ -179,6 +188,10 @@ impl IntoResponse for ApiError {
             ApiError::TooManyRequests {
                 retry_after_seconds,
                 ..
+            }
+            | ApiError::Busy {
+                retry_after_seconds,
+                ..
             } => Some(*retry_after_seconds),
             _ => None,
         };
@@ -194,6 +207,7 @@ impl IntoResponse for ApiError {
                 details,
             ),
             ApiError::NotFound { error, details } => (StatusCode::NOT_FOUND, error, details),
+            ApiError::Gone { error, details } => (StatusCode::GONE, error, details),
             ApiError::Conflict { error, details } => (StatusCode::CONFLICT, error, details),
             ApiError::NameTaken => (
                 StatusCode::CONFLICT,
@@ -210,13 +224,10 @@ impl IntoResponse for ApiError {
                 "Precondition Failed".into(),
                 details,
             ),
-            ApiError::PayloadTooLarge => (
+            ApiError::PayloadTooLarge { limit_bytes } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Payload Too Large".into(),
-                format!(
-                    "request bodies are limited to {} bytes",
-                    crate::extract::BODY_LIMIT
-                ),
+                format!("request bodies are limited to {limit_bytes} bytes"),
             ),
             ApiError::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -228,7 +239,7 @@ impl IntoResponse for ApiError {
                 "Too Many Requests".into(),
                 details,
             ),
-            ApiError::Unavailable(details) => (
+            ApiError::Unavailable(details) | ApiError::Busy { details, .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service Unavailable".into(),
                 details,

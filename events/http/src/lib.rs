@@ -1,0 +1,17 @@
+//! What the service processes share at their edge: the APIs' one error answer ([`ApiError`]), the
+//! route table every API route is registered in ([`Routes`]), the operations routes and request
+//! layers ([`ops`]), serving with graceful shutdown ([`serve()`], which command-api, query-api and
+//! the projector all use), the life of an API process ([`process`]), the settings the binaries read
+//! ([`config`]) and their logging ([`telemetry`]).
+
+pub mod config;
+pub mod error;
+pub mod ops;
+pub mod process;
+pub mod routes;
+pub mod serve;
+pub mod telemetry;
+
+pub use error::ApiError;
+pub use routes::Routes;
+pub use serve::serve;

@@ -1,0 +1,80 @@
+//! The route table of an API: its router together with the method and path of every route, so that
+//! `tests/tests/openapi.rs` can hold the routes against `schemas/openapi.yaml`. Every route of both
+//! APIs is registered through [`Routes::add`]; [`Routes::into_router`] adds the operations routes
+//! and the request layers.
+
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::routing::{on, MethodFilter};
+use axum::Router;
+use events::catalog::kinds::{
+    Model, Prompt, PromptTemplate, SystemModel, Variable, Workflow, WorkflowEntity,
+    WorkflowEntityType,
+};
+use events::catalog::Kind;
+
+use crate::ops::{self, OpsState};
+
+/// An API's routes over its state `S`, with the method and path of each.
+pub struct Routes<S> {
+    pub router: Router<S>,
+    pub table: Vec<(Method, String)>,
+}
+
+/// The routes an API serves for one catalog kind `K` (contract §8), at its collection path
+/// `/api/<kind>` and its item path `/api/<kind>/{id}`.
+pub trait KindRoutes<S> {
+    fn add<K: Kind>(routes: Routes<S>, collection: &str, item: &str) -> Routes<S>;
+}
+
+impl<S: Clone + Send + Sync + 'static> Default for Routes<S> {
+    fn default() -> Self {
+        Routes {
+            router: Router::new(),
+            table: Vec::new(),
+        }
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> Routes<S> {
+    pub fn add<H, T>(mut self, method: Method, path: &str, handler: H) -> Self
+    where
+        H: Handler<T, S>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("a standard HTTP method");
+        self.router = self.router.route(path, on(filter, handler));
+        self.table.push((method, path.to_owned()));
+        self
+    }
+
+    /// The routes `R` adds for every catalog kind (those of `events::catalog::kinds::ALL`).
+    pub fn catalog<R: KindRoutes<S>>(self) -> Self {
+        self.kind::<R, Variable>()
+            .kind::<R, Model>()
+            .kind::<R, SystemModel>()
+            .kind::<R, Workflow>()
+            .kind::<R, WorkflowEntity>()
+            .kind::<R, WorkflowEntityType>()
+            .kind::<R, PromptTemplate>()
+            .kind::<R, Prompt>()
+    }
+
+    fn kind<R: KindRoutes<S>, K: Kind>(self) -> Self {
+        let collection = format!("/api/{}", K::INFO.path);
+        let item = format!("{collection}/{{id}}");
+        R::add::<K>(self, &collection, &item)
+    }
+}
+
+impl<S: OpsState> Routes<S> {
+    /// The API's whole router over `state`: these routes and the operations routes, in the request
+    /// layers.
+    pub fn into_router(self, state: S) -> Router {
+        let request_timeout = state.request_timeout();
+        ops::layered(
+            self.router.merge(ops::routes()).with_state(state),
+            request_timeout,
+        )
+    }
+}
