@@ -1,6 +1,6 @@
 //! `schemas/events/` holds the JSON Schema of every event type's Kafka message value, generated from
 //! the Rust types (`events::published::schemas`). This test fails when the checked-in files differ
-//! from what the code generates; `UPDATE_SCHEMAS=1 cargo test -p tests --test event_schemas` rewrites
+//! from what the code generates; `UPDATE_SCHEMAS=1 cargo test -p tests --test it event_schemas::` rewrites
 //! them.
 
 use std::collections::BTreeMap;
@@ -51,13 +51,13 @@ fn the_checked_in_event_schemas_are_what_the_code_generates() {
         names(&checked_in),
         names(&generated),
         "schemas/events/ lists other event types than the code has; \
-         run UPDATE_SCHEMAS=1 cargo test -p tests --test event_schemas"
+         run UPDATE_SCHEMAS=1 cargo test -p tests --test it event_schemas::"
     );
     for (name, text) in &generated {
         assert!(
             checked_in[name] == *text,
             "schemas/events/{name} differs from the generated schema; \
-             run UPDATE_SCHEMAS=1 cargo test -p tests --test event_schemas"
+             run UPDATE_SCHEMAS=1 cargo test -p tests --test it event_schemas::"
         );
     }
 }
