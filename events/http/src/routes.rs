@@ -1,5 +1,5 @@
 //! The route table of an API: its router together with the method and path of every route, so that
-//! `tests/tests/openapi.rs` can hold the routes against `schemas/openapi.yaml`. Every route of both
+//! `tests/tests/it/openapi.rs` can hold the routes against `schemas/openapi.yaml`. Every route of both
 //! APIs is registered through [`Routes::add`]; [`Routes::into_router`] adds the operations routes
 //! and the request layers.
 
