@@ -331,3 +331,24 @@ async fn a_return_path_with_non_ascii_characters_comes_back_percent_encoded() {
         .unwrap();
     assert_eq!(sessions, 1);
 }
+
+#[tokio::test]
+async fn erasing_a_user_ends_its_browser_sessions() {
+    let app = TestApp::spawn().await;
+    let signed_in = finish(&start_sign_in(&app, "sam", "/").await).await;
+    let (token, _) = set_cookie(&signed_in, "__Host-session").expect("a session cookie");
+    let cookie = format!("__Host-session={token}");
+    let (status, session) = session_of(&app, &cookie).await;
+    assert_eq!(status, 200, "{session}");
+    let sam = session["user"]["id"].as_str().unwrap().to_owned();
+
+    assert_eq!(app.delete(&format!("/api/users/{sam}")).await.0, 200);
+    let (status, body) = session_of(&app, &cookie).await;
+    assert_eq!(status, 401, "the erased user's session still works: {body}");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions WHERE user_id = $1::uuid")
+        .bind(&sam)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the session rows go with the erasure");
+}
