@@ -6,7 +6,8 @@
 //! They are derived here, in Rust, from the events the write appends, each read as the current version
 //! of its type through `crate::upcast` (as every reader of the log reads them), so that a new version
 //! of an event cannot leave authorisation reading an old shape. `WriteSet::append` derives them and
-//! `append_write` (migration `0013`) applies them; nothing else writes those tables.
+//! `append_write` applies them with `apply_lookups` (migration `0013`); nothing else writes those
+//! tables.
 
 use std::collections::BTreeMap;
 

@@ -22,14 +22,64 @@ DROP FUNCTION keep_access_lookups();
 -- log's keys); the ones kept before go.
 DELETE FROM snapshots WHERE stream_id LIKE 'user-%';
 
--- append_write as in 0009, with what a write's events imply outside the log (w->'lookups', derived by
--- events::lookups) in place of the trigger and of 0009's destroy_data_key:
+-- What a write's events imply outside the log (w->'lookups', derived by events::lookups), applied in
+-- the append's transaction in place of the trigger and of 0009's destroy_data_key. A function of its
+-- own, so that a later change to what events imply restates this one and not append_write:
 --   registered, profiles, system_roles: access_users rows (a user's subject, email and name in
 --     plaintext, absent profile fields keeping their value);
 --   memberships, memberships_removed: access_memberships rows;
 --   organization_deleted: its memberships and its data key go;
 --   user_erased: the key of its personal data, its access lookups, its sessions and the responses kept
 --     for retries that it made or that mention it go.
+CREATE FUNCTION apply_lookups(l jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    erased      uuid := (l->>'user_erased')::uuid;
+    deleted_org uuid := (l->>'organization_deleted')::uuid;
+BEGIN
+    INSERT INTO access_users AS u (user_id, subject, email, name)
+    SELECT r.user_id, r.subject, r.email, r.name
+    FROM jsonb_to_recordset(l->'registered') AS r(user_id uuid, subject text, email text, name text)
+    ON CONFLICT (user_id) DO UPDATE SET subject = EXCLUDED.subject, email = EXCLUDED.email, name = EXCLUDED.name;
+    UPDATE access_users u SET email = coalesce(r.email, u.email), name = coalesce(r.name, u.name)
+    FROM jsonb_to_recordset(l->'profiles') AS r(user_id uuid, email text, name text)
+    WHERE u.user_id = r.user_id;
+    UPDATE access_users u SET system_role = r.granted
+    FROM jsonb_to_recordset(l->'system_roles') AS r(user_id uuid, granted boolean)
+    WHERE u.user_id = r.user_id;
+    INSERT INTO access_memberships (user_id, organization_id, role)
+    SELECT r.user_id, r.organization_id, r.role
+    FROM jsonb_to_recordset(l->'memberships') AS r(user_id uuid, organization_id uuid, role text)
+    ON CONFLICT (user_id, organization_id) DO UPDATE SET role = EXCLUDED.role;
+    DELETE FROM access_memberships m
+    USING jsonb_to_recordset(l->'memberships_removed') AS r(user_id uuid, organization_id uuid)
+    WHERE m.user_id = r.user_id AND m.organization_id = r.organization_id;
+
+    -- A deleted organization's write-only values go with it (events::secrets).
+    IF deleted_org IS NOT NULL THEN
+        DELETE FROM access_memberships WHERE organization_id = deleted_org;
+        DELETE FROM data_keys WHERE owner = deleted_org;
+    END IF;
+
+    -- Erasure (events::personal): the key that opens the user's personal data, and everything outside
+    -- the log that holds it in plaintext or lets the user act.
+    IF erased IS NOT NULL THEN
+        -- Waits for in-flight writes that depend on the user (adding it to an organization takes a
+        -- shared lock on its stream first thing in append_write), then refuses while a membership is left: the command
+        -- removes memberships first, and runs again when one was added meanwhile.
+        PERFORM pg_advisory_xact_lock(hashtextextended('user-' || erased, 0));
+        IF EXISTS (SELECT 1 FROM access_memberships WHERE user_id = erased) THEN
+            RAISE EXCEPTION 'stream_conflict' USING ERRCODE = 'ES001', DETAIL = 'user-' || erased;
+        END IF;
+        DELETE FROM personal_data_keys WHERE stream_id = 'user-' || erased;
+        DELETE FROM access_users WHERE user_id = erased;
+        DELETE FROM sessions WHERE user_id = erased;
+        DELETE FROM idempotency_keys WHERE caller = erased::text OR strpos(body, erased::text) > 0;
+    END IF;
+END;
+$$;
+
+-- append_write as in 0009, with apply_lookups in place of its destroy_data_key section.
 CREATE OR REPLACE FUNCTION append_write(w jsonb)
 RETURNS TABLE (version bigint, transaction_id bigint, global_position bigint)
 LANGUAGE plpgsql AS $$
@@ -38,8 +88,6 @@ DECLARE
     current    bigint;
     previous   bigint;
     referenced text;
-    erased     uuid := (w->'lookups'->>'user_erased')::uuid;
-    deleted_org uuid := (w->'lookups'->>'organization_deleted')::uuid;
     n          bigint := jsonb_array_length(w->'events');
 BEGIN
     -- Streams this write depends on without writing them: shared advisory locks, so that many writers
@@ -93,45 +141,8 @@ BEGIN
     SELECT max(a.stream_version), max(a.transaction_id), max(a.global_position)
     INTO version, transaction_id, global_position FROM appended a;
 
-    INSERT INTO access_users AS u (user_id, subject, email, name)
-    SELECT r.user_id, r.subject, r.email, r.name
-    FROM jsonb_to_recordset(w->'lookups'->'registered') AS r(user_id uuid, subject text, email text, name text)
-    ON CONFLICT (user_id) DO UPDATE SET subject = EXCLUDED.subject, email = EXCLUDED.email, name = EXCLUDED.name;
-    UPDATE access_users u SET email = coalesce(r.email, u.email), name = coalesce(r.name, u.name)
-    FROM jsonb_to_recordset(w->'lookups'->'profiles') AS r(user_id uuid, email text, name text)
-    WHERE u.user_id = r.user_id;
-    UPDATE access_users u SET system_role = r.granted
-    FROM jsonb_to_recordset(w->'lookups'->'system_roles') AS r(user_id uuid, granted boolean)
-    WHERE u.user_id = r.user_id;
-    INSERT INTO access_memberships (user_id, organization_id, role)
-    SELECT r.user_id, r.organization_id, r.role
-    FROM jsonb_to_recordset(w->'lookups'->'memberships') AS r(user_id uuid, organization_id uuid, role text)
-    ON CONFLICT (user_id, organization_id) DO UPDATE SET role = EXCLUDED.role;
-    DELETE FROM access_memberships m
-    USING jsonb_to_recordset(w->'lookups'->'memberships_removed') AS r(user_id uuid, organization_id uuid)
-    WHERE m.user_id = r.user_id AND m.organization_id = r.organization_id;
-
-    -- A deleted organization's write-only values go with it (events::secrets).
-    IF deleted_org IS NOT NULL THEN
-        DELETE FROM access_memberships WHERE organization_id = deleted_org;
-        DELETE FROM data_keys WHERE owner = deleted_org;
-    END IF;
-
-    -- Erasure (events::personal): the key that opens the user's personal data, and everything outside
-    -- the log that holds it in plaintext or lets the user act.
-    IF erased IS NOT NULL THEN
-        -- Waits for in-flight writes that depend on the user (adding it to an organization takes a
-        -- shared lock on its stream, above), then refuses while a membership is left: the command
-        -- removes memberships first, and runs again when one was added meanwhile.
-        PERFORM pg_advisory_xact_lock(hashtextextended('user-' || erased, 0));
-        IF EXISTS (SELECT 1 FROM access_memberships WHERE user_id = erased) THEN
-            RAISE EXCEPTION 'stream_conflict' USING ERRCODE = 'ES001', DETAIL = 'user-' || erased;
-        END IF;
-        DELETE FROM personal_data_keys WHERE stream_id = 'user-' || erased;
-        DELETE FROM access_users WHERE user_id = erased;
-        DELETE FROM sessions WHERE user_id = erased;
-        DELETE FROM idempotency_keys WHERE caller = erased::text OR strpos(body, erased::text) > 0;
-    END IF;
+    -- What the events imply outside the log, in this transaction.
+    PERFORM apply_lookups(w->'lookups');
 
     IF w->'response' IS NOT NULL AND w->'response' <> 'null'::jsonb THEN
         INSERT INTO idempotency_keys AS k (caller, key, request_hash, status, headers, body, permission, transaction_id, global_position)
