@@ -145,9 +145,7 @@ start projector
 RUN_DIR="$FUZZ_DIR"
 export RUN_DIR
 mkdir -p "$RUN_DIR/nginx-tmp"
-# shellcheck disable=SC2016 # the list names the variables envsubst may replace; no expansion here
-envsubst '${RUN_DIR} ${GATEWAY_ADDR} ${COMMAND_API_ADDR} ${QUERY_API_ADDR}' \
-    <"$REPO_ROOT/deploy/nginx.conf.template" >"$RUN_DIR/nginx.conf"
+render_gateway
 : >"$RUN_DIR/nginx-error.log"
 run_nginx -t -q
 run_nginx

@@ -382,6 +382,16 @@ ensure_tansu_database() {
 # nginx
 # ---------------------------------------------------------------------------------------------
 
+# render_gateway: writes the gateway's nginx config, $RUN_DIR/nginx.conf, from
+# deploy/nginx.conf.template with the addresses in GATEWAY_ADDR, COMMAND_API_ADDR and QUERY_API_ADDR,
+# and the routing rule of deploy/gateway-routes.map.
+render_gateway() {
+    # shellcheck disable=SC2016 # the list names the variables envsubst may replace; no expansion here
+    GATEWAY_ROUTES="$REPO_ROOT/deploy/gateway-routes.map" RUN_DIR="$RUN_DIR" \
+        envsubst '${RUN_DIR} ${GATEWAY_ADDR} ${COMMAND_API_ADDR} ${QUERY_API_ADDR} ${GATEWAY_ROUTES}' \
+        <"$REPO_ROOT/deploy/nginx.conf.template" >"$RUN_DIR/nginx.conf"
+}
+
 # run_nginx ARGS...: runs nginx on the gateway config rendered by up.sh, with the prefix and the
 # startup error log in $RUN_DIR (so /etc/nginx and /var/log/nginx are never used).
 # Examples: `run_nginx` starts it, `run_nginx -t` checks it, `run_nginx -s quit` stops it.

@@ -4,7 +4,7 @@
 #
 # It owns the test run: it makes sure the Rust toolchain, the build dependencies, nginx, a local
 # PostgreSQL (127.0.0.1:5432, see deploy/lib.sh) and the tansu Kafka broker are there, builds the
-# binaries, then runs `cargo test --workspace --locked` with TEST_DATABASE_URL pointing at that
+# binaries, then runs `cargo test` over the workspace with TEST_DATABASE_URL pointing at that
 # server's `postgres` database. Tests create (and drop) their own randomly named databases from it,
 # so nothing needs to be running beforehand and the local stack's database is not touched. Then it
 # fuzzes the API against schemas/openapi.yaml with deploy/fuzz.sh (on its own database and ports).
@@ -35,9 +35,14 @@ export TEST_DATABASE_URL="$PG_ADMIN_URL"
 log "cargo build --workspace --bins --locked"
 cargo build --workspace --bins --locked
 
-log "cargo test --workspace --locked $*"
 status=0
-cargo test --workspace --locked "$@" || status=$?
+log "cargo test --workspace --locked --no-fail-fast $* (holds_transactions one test at a time)"
+# The tests in tests/tests/holds_transactions hold transactions open, which holds back every reader of
+# the log on the server (the log's reading order, events/log/src/lib.rs): they run on their own, after
+# the others, and one at a time, so that none waits out another's held transaction.
+cargo test --workspace --locked --no-fail-fast --exclude tests "$@" || status=$?
+cargo test -p tests --locked --no-fail-fast --lib --bins --test it "$@" || status=$?
+RUST_TEST_THREADS=1 cargo test -p tests --locked --no-fail-fast --test holds_transactions "$@" || status=$?
 
 # Then the API against its description: Schemathesis over schemas/openapi.yaml (deploy/fuzz.sh).
 log "deploy/fuzz.sh"

@@ -167,9 +167,7 @@ start_process projector # no arguments: run the projection workers
 # are), check it, then start nginx, which daemonizes and writes $RUN_DIR/nginx.pid itself.
 export RUN_DIR
 mkdir -p "$RUN_DIR/nginx-tmp"
-# shellcheck disable=SC2016 # the list names the variables envsubst may replace; no expansion here
-envsubst '${RUN_DIR} ${GATEWAY_ADDR} ${COMMAND_API_ADDR} ${QUERY_API_ADDR}' \
-    <"$REPO_ROOT/deploy/nginx.conf.template" >"$RUN_DIR/nginx.conf"
+render_gateway
 : >"$RUN_DIR/nginx-error.log"
 if ! nginx_check="$(run_nginx -t -q 2>&1)"; then
     printf '%s\n' "$nginx_check" >&2

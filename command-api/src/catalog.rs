@@ -11,22 +11,21 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::Utc;
-use events::catalog::{
+use commands::{Outcome, StreamHead, WriteSet};
+use domain::catalog::{
     merge_update, parse_fields, view, Document, DocumentCommand, DocumentData, Fields, Kind,
     Nested, Reference, Scope,
 };
-use events::store::{stream_heads, StreamHead, WriteSet};
-use events::{Action, Actor, Aggregate, Loaded, Permission};
+use domain::{Action, Actor, Aggregate, Loaded, Permission};
 use http_layer::ApiError;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::command::{execute, Outcome};
-use crate::extract::{parse_id, Body, Write};
-use crate::fields::name_taken;
+use crate::command::execute;
+use crate::extract::{parse_id, Write};
+use crate::fields::claimant;
 use crate::AppState;
 
 /// Longest accepted write-only value (credentials and variable values).
@@ -38,10 +37,9 @@ type WriteOnlyValues = BTreeMap<String, Option<String>>;
 pub async fn create<K: Kind>(
     State(state): State<AppState>,
     write: Write,
-    body: Body,
 ) -> Result<Response, ApiError> {
     authorize_early::<K>(&write.actor, Action::Create)?;
-    let mut input: Fields = body.parse()?;
+    let mut input: Fields = write.parse()?;
     let values = take_write_only::<K>(&mut input, true)?;
     let (typed, fields) = parse_fields::<K>(input)?;
     let organization_id = organization_of(&fields);
@@ -53,12 +51,10 @@ pub async fn create<K: Kind>(
             Some(id) => ApiError::denied("Organization", id)(e),
             None => e.into(),
         })?;
-    let write = write.with_body(&body.digest);
     let id = Uuid::now_v7();
     let stream = Document::<K>::stream_id(id);
     let references = K::references(&typed);
     let claim = K::name_scope(&typed).map(|scope| (scope, name_key::<K>(&fields)));
-    let within = claim.as_ref().map_or("", |(scope, _)| scope.within);
     // The command may run more than once (module docs of `command`): it borrows what it needs.
     let (state, write, stream, fields, values, references, claim) = (
         &state,
@@ -91,14 +87,13 @@ pub async fn create<K: Kind>(
                 .add_reference(&head.stream_id);
         }
         if let Some((scope, key)) = claim {
-            changes = changes.claim_name(&scope.scope, key);
+            let claimant = claimant(K::INFO.label, name_of::<K>(fields), scope.within);
+            changes = changes.claim_name(&scope.scope, key, claimant);
         }
         let body = render(&doc, &heads)?;
-        Outcome::new(StatusCode::CREATED, body, changes.version_after())
+        Ok(Outcome::new(201, body, changes.version_after())
             .located(format!("/api/{}/{id}", K::INFO.path))
-            .commit(state, changes, write, permission)
-            .await
-            .map_err(name_taken(K::INFO.label, name_of::<K>(fields), within))
+            .appending(changes, permission))
     })
     .await
 }
@@ -107,12 +102,10 @@ pub async fn update<K: Kind>(
     State(state): State<AppState>,
     Path(id): Path<String>,
     write: Write,
-    body: Body,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     authorize_early::<K>(&write.actor, Action::Update)?;
-    let write = write.with_body(&body.digest);
-    let mut patch: Fields = body.parse()?;
+    let mut patch: Fields = write.parse()?;
     let values = take_write_only::<K>(&mut patch, false)?;
     let (state, write, patch, values) = (&state, &write, &patch, &values);
     execute(state, write, move || async move {
@@ -137,11 +130,7 @@ pub async fn update<K: Kind>(
             secrets,
         })?;
         if events.is_empty() {
-            return Ok(Outcome::new(
-                StatusCode::OK,
-                render(&doc, &heads)?,
-                doc.version,
-            ));
+            return Ok(Outcome::new(200, render(&doc, &heads)?, doc.version));
         }
         let events = doc.record(events, &write.metadata(role, organization_id), Utc::now());
         let mut changes = WriteSet::append(&stream, expected, events);
@@ -165,15 +154,12 @@ pub async fn update<K: Kind>(
                 changes = changes.release_name(&scope.scope, key);
             }
             if let Some((scope, key)) = &claim {
-                changes = changes.claim_name(&scope.scope, key);
+                let claimant = claimant(K::INFO.label, name_of::<K>(&fields), scope.within);
+                changes = changes.claim_name(&scope.scope, key, claimant);
             }
         }
-        let within = claim.as_ref().map_or("", |(scope, _)| scope.within);
         let body = render(&doc, &heads)?;
-        Outcome::new(StatusCode::OK, body, changes.version_after())
-            .commit(state, changes, write, permission)
-            .await
-            .map_err(name_taken(K::INFO.label, name_of::<K>(&fields), within))
+        Ok(Outcome::new(200, body, changes.version_after()).appending(changes, permission))
     })
     .await
 }
@@ -207,9 +193,7 @@ pub async fn delete<K: Kind>(
         if let Some(scope) = K::name_scope(&typed) {
             changes = changes.release_name(&scope.scope, &name_key::<K>(&live.fields));
         }
-        Outcome::deleted(id, changes.version_after())
-            .commit(state, changes, write, permission)
-            .await
+        Ok(Outcome::deleted(id, changes.version_after()).appending(changes, permission))
     })
     .await
 }
@@ -299,7 +283,7 @@ async fn seal(
                 state
                     .secrets
                     .seal(
-                        state.store.pool(),
+                        state.executor.pool(),
                         owner,
                         &format!("{stream}/{field}"),
                         &plain,
@@ -323,7 +307,7 @@ async fn resolve(
     organization_id: Option<Uuid>,
 ) -> Result<Vec<StreamHead>, ApiError> {
     let streams: Vec<String> = references.iter().map(|r| r.stream.clone()).collect();
-    let heads = stream_heads(state.store.pool(), &streams).await?;
+    let heads = state.executor.stream_heads(&streams).await?;
     for reference in references {
         let usable = heads.iter().any(|head| {
             head.stream_id == reference.stream
@@ -354,7 +338,7 @@ async fn load<K: Kind>(
     state: &AppState,
     id: Uuid,
 ) -> Result<(Loaded<Document<K>>, DocumentData), ApiError> {
-    let doc = state.store.load::<Document<K>>(id).await?;
+    let doc = state.executor.load::<Document<K>>(id).await?;
     match doc.state.state.live.clone() {
         Some(live) => Ok((doc, live)),
         None => Err(ApiError::not_found(K::INFO.label, id)),

@@ -1,23 +1,22 @@
 //! `POST`, `PUT` and `DELETE` of `/api/environments`.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::Utc;
-use events::environment::{Environment, EnvironmentChanges, EnvironmentCommand};
-use events::organization::Organization;
-use events::store::WriteSet;
-use events::values::{double_option, Description, Name};
-use events::views::EnvironmentView;
-use events::{Action, Aggregate, Loaded, Permission, Resource, Role};
+use commands::{Outcome, WriteSet};
+use contracts::views::EnvironmentView;
+use domain::environment::{Environment, EnvironmentChanges, EnvironmentCommand};
+use domain::organization::Organization;
+use domain::values::{double_option, Description, Name};
+use domain::{Action, Aggregate, Loaded, Permission, Resource, Role};
 use http_layer::ApiError;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::command::{execute, Outcome};
-use crate::extract::{parse_id, Body, Write};
+use crate::command::execute;
+use crate::extract::{parse_id, Write};
 use crate::fields::{
-    name_taken, optional_description, required_name, update_description, update_name,
+    claimant, optional_description, required_name, update_description, update_name,
 };
 use crate::{organizations, AppState};
 
@@ -46,22 +45,17 @@ pub struct UpdateEnvironment {
     description: Option<Option<String>>,
 }
 
-pub async fn create(
-    State(state): State<AppState>,
-    write: Write,
-    body: Body,
-) -> Result<Response, ApiError> {
+pub async fn create(State(state): State<AppState>, write: Write) -> Result<Response, ApiError> {
     write
         .actor
         .authorize_anywhere(Resource::Environments, Action::Create)?;
-    let input: CreateEnvironment = body.parse()?;
+    let input: CreateEnvironment = write.parse()?;
     let organization_id = input.organization_id;
     let permission = Permission::within(organization_id, Resource::Environments, Action::Create);
     let role = write
         .actor
         .authorize(&permission)
         .map_err(ApiError::denied("Organization", organization_id))?;
-    let write = write.with_body(&body.digest);
     let name = required_name(&input.name)?;
     let description = optional_description(input.description.as_deref())?;
     let id = Uuid::now_v7();
@@ -112,31 +106,29 @@ async fn create_once(
     // The organization must still be the one we loaded (in particular, not deleted) at commit.
     let changes = WriteSet::append(&stream, 0, events)
         .require_version(&org_stream, org.version)
-        .claim_name(&name_scope(organization_id), &name.unique_key())
+        .claim_name(
+            &name_scope(organization_id),
+            &name.unique_key(),
+            claimant("Environment", name.as_str(), WITHIN),
+        )
         .add_reference(&org_stream);
-    Outcome::new(
-        StatusCode::CREATED,
-        view(&env, organization_name)?,
-        changes.version_after(),
+    Ok(
+        Outcome::new(201, view(&env, organization_name)?, changes.version_after())
+            .located(format!("/api/environments/{id}"))
+            .appending(changes, permission),
     )
-    .located(format!("/api/environments/{id}"))
-    .commit(state, changes, write, permission)
-    .await
-    .map_err(name_taken("Environment", name.as_str(), WITHIN))
 }
 
 pub async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
     write: Write,
-    body: Body,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     write
         .actor
         .authorize_anywhere(Resource::Environments, Action::Update)?;
-    let write = write.with_body(&body.digest);
-    let input: UpdateEnvironment = body.parse()?;
+    let input: UpdateEnvironment = write.parse()?;
     let changes = EnvironmentChanges {
         name: update_name(input.name.as_ref())?,
         description: update_description(input.description.as_ref())?,
@@ -165,7 +157,7 @@ async fn update_once(
         .decide(EnvironmentCommand::Update(changes.clone()))?;
     if events.is_empty() {
         return Ok(Outcome::new(
-            StatusCode::OK,
+            200,
             view(&env, organization_name)?,
             env.version,
         ));
@@ -182,16 +174,13 @@ async fn update_once(
     if let Some(name) = &changes.name {
         write_set = write_set
             .release_name(&scope, &old_name.to_lowercase())
-            .claim_name(&scope, &name.unique_key());
+            .claim_name(
+                &scope,
+                &name.unique_key(),
+                claimant("Environment", name.as_str(), WITHIN),
+            );
     }
-    let outcome = Outcome::new(StatusCode::OK, body, write_set.version_after());
-    match &changes.name {
-        Some(name) => outcome
-            .commit(state, write_set, write, permission)
-            .await
-            .map_err(name_taken("Environment", name.as_str(), WITHIN)),
-        None => outcome.commit(state, write_set, write, permission).await,
-    }
+    Ok(Outcome::new(200, body, write_set.version_after()).appending(write_set, permission))
 }
 
 pub async fn delete(
@@ -228,14 +217,12 @@ async fn delete_once(state: &AppState, write: &Write, id: Uuid) -> Result<Outcom
         .refuse_if_referenced()
         .release_name(&name_scope(organization_id), &name.to_lowercase())
         .remove_reference(&org_stream);
-    Outcome::deleted(id, changes.version_after())
-        .commit(state, changes, write, permission)
-        .await
+    Ok(Outcome::deleted(id, changes.version_after()).appending(changes, permission))
 }
 
 /// Loads a live environment and its organization's id, or answers `404`.
 async fn load(state: &AppState, id: Uuid) -> Result<(Loaded<Environment>, Uuid), ApiError> {
-    let env = state.store.load::<Environment>(id).await?;
+    let env = state.executor.load::<Environment>(id).await?;
     match env.state.live.as_ref().map(|e| e.organization_id) {
         Some(organization_id) => Ok((env, organization_id)),
         None => Err(ApiError::not_found("Environment", id)),

@@ -1,15 +1,19 @@
-//! Extractors for write requests: the caller and request context ([`Write`]) and a JSON body parsed
-//! into a request type ([`Body`]), with the API's answers for bad input (400, 413, 415).
+//! The extractor of write requests ([`Write`]): the caller and request context, `If-Match`, the
+//! idempotency key with the request's fingerprint (method, path and body, so no handler has to
+//! remember it), and the body, parsed into a request type on demand, with the API's answers for bad
+//! input (400, 413, 415).
 
 use std::net::SocketAddr;
 
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
-use events::auth::{Authenticated, Credentials};
-use events::{Actor, EventMetadata, RequestContext, Role};
+use commands::{Caller, Idempotency};
+use domain::{Actor, EventMetadata, RequestContext, Role};
 use http_layer::ApiError;
+use identity::auth::{Authenticated, Credentials};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -20,25 +24,27 @@ use crate::AppState;
 pub const BODY_LIMIT: usize = 1024 * 1024;
 const IDEMPOTENCY_KEY_MAX: usize = 255;
 
-/// Everything about a write request except its body.
+/// A write request: who sends it, in which context, under which preconditions, and its body.
 #[derive(Clone)]
 pub struct Write {
     pub actor: Actor,
     pub context: RequestContext,
     /// The stream version the client requires (`If-Match`).
     pub if_match: Option<i64>,
-    pub idempotency_key: Option<String>,
-    /// Identifies the request for idempotency: method, path and (once [`Write::with_body`]) body.
-    pub fingerprint: String,
+    /// The idempotency key, with the fingerprint of this request (method, path and body).
+    pub idempotency: Option<Idempotency>,
+    /// Whether the body was declared as JSON (`Content-Type`).
+    json: bool,
+    body: Bytes,
 }
 
 impl Write {
-    pub fn with_body(mut self, body_digest: &str) -> Self {
-        self.fingerprint = hex(Sha256::digest(format!(
-            "{}\n{body_digest}",
-            self.fingerprint
-        )));
-        self
+    /// Who runs the command, for the executor.
+    pub fn caller(&self) -> Caller<'_> {
+        Caller {
+            actor: &self.actor,
+            idempotency: self.idempotency.as_ref(),
+        }
     }
 
     pub fn metadata(&self, role: Role, organization_id: Option<Uuid>) -> EventMetadata {
@@ -66,11 +72,12 @@ impl Write {
     }
 }
 
-impl FromRequestParts<AppState> for Write {
+impl FromRequest<AppState> for Write {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let (caller, context) = authenticate(parts, state).await?;
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (parts, body) = request.into_parts();
+        let (caller, context) = authenticate(&parts, state).await?;
         if caller.session.is_some() {
             check_same_origin(&parts.headers, state.sign_in.public_origin())?;
         }
@@ -78,7 +85,7 @@ impl FromRequestParts<AppState> for Write {
         let if_match = header(headers, "if-match")
             .map(parse_if_match)
             .transpose()?;
-        let idempotency_key = header(headers, "idempotency-key")
+        let key = header(headers, "idempotency-key")
             .map(|key| {
                 if key.is_empty() || key.len() > IDEMPOTENCY_KEY_MAX {
                     Err(ApiError::invalid(
@@ -90,12 +97,43 @@ impl FromRequestParts<AppState> for Write {
                 }
             })
             .transpose()?;
+        let json = header(headers, CONTENT_TYPE.as_str())
+            .and_then(|v| v.split(';').next())
+            .map(|mime| {
+                let mime = mime.trim().to_ascii_lowercase();
+                mime == "application/json"
+                    || (mime.starts_with("application/") && mime.ends_with("+json"))
+            })
+            .unwrap_or(false);
+        let declared =
+            header(headers, CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|length| length > BODY_LIMIT) {
+            return Err(ApiError::PayloadTooLarge {
+                limit_bytes: BODY_LIMIT,
+            });
+        }
+        // A body without a Content-Length (chunked) is cut off at the limit as it streams in.
+        let body = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
+            ApiError::PayloadTooLarge {
+                limit_bytes: BODY_LIMIT,
+            }
+        })?;
+        let idempotency = key.map(|key| Idempotency {
+            key,
+            fingerprint: hex(Sha256::digest(format!(
+                "{} {}\n{}",
+                parts.method,
+                parts.uri.path(),
+                hex(Sha256::digest(&body))
+            ))),
+        });
         Ok(Write {
             actor: caller.actor,
             context,
             if_match,
-            idempotency_key,
-            fingerprint: format!("{} {}", parts.method, parts.uri.path()),
+            idempotency,
+            json,
+            body,
         })
     }
 }
@@ -166,70 +204,31 @@ fn parse_if_match(value: &str) -> Result<i64, ApiError> {
         })
 }
 
-/// A JSON request body, checked for media type and size. It is parsed with [`Body::parse`] once the
-/// caller is known to be allowed to make the request, so that a forbidden caller gets `403`, not a
-/// verdict on its input.
-pub struct Body {
-    bytes: axum::body::Bytes,
-    /// A digest of the bytes, for idempotency.
-    pub digest: String,
-}
-
-impl<S: Send + Sync> FromRequest<S> for Body {
-    type Rejection = ApiError;
-
-    async fn from_request(request: Request, _state: &S) -> Result<Self, ApiError> {
-        let is_json = header(request.headers(), CONTENT_TYPE.as_str())
-            .and_then(|v| v.split(';').next())
-            .map(|mime| {
-                let mime = mime.trim().to_ascii_lowercase();
-                mime == "application/json"
-                    || (mime.starts_with("application/") && mime.ends_with("+json"))
-            })
-            .unwrap_or(false);
-        if !is_json {
+impl Write {
+    /// Parses the body into a request type; `400` names the offending field.
+    /// It is called once the caller is known to be allowed to make the request, so that a forbidden
+    /// caller gets `403`, not a verdict on its input.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        if !self.json {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let declared = header(request.headers(), CONTENT_LENGTH.as_str())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|length| length > BODY_LIMIT) {
-            return Err(ApiError::PayloadTooLarge {
-                limit_bytes: BODY_LIMIT,
-            });
-        }
-        // A body without a Content-Length (chunked) is cut off at the limit as it streams in.
-        let bytes = axum::body::to_bytes(request.into_body(), BODY_LIMIT)
-            .await
-            .map_err(|_| ApiError::PayloadTooLarge {
-                limit_bytes: BODY_LIMIT,
-            })?;
-        Ok(Body {
-            digest: hex(Sha256::digest(&bytes)),
-            bytes,
-        })
-    }
-}
-
-impl Body {
-    /// Parses the body into a request type; `400` names the offending field.
-    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
         let invalid = |details: String| ApiError::BadRequest {
             error: "Invalid request body".into(),
             details,
         };
         // Serde would also accept an array for a struct (field by position); the API takes objects only.
-        if self.bytes.trim_ascii_start().first() != Some(&b'{') {
+        if self.body.trim_ascii_start().first() != Some(&b'{') {
             return Err(invalid("the body must be a JSON object".into()));
         }
-        // Nesting and NUL characters are checked on the raw text first (see `events::json`), so
+        // Nesting and NUL characters are checked on the raw text first (see `domain::json`), so
         // nothing the log's readers could not read gets further, and parsing is bounded.
-        events::json::check(&self.bytes).map_err(|error| match error {
-            events::DomainError::Invalid { field, message } => {
+        domain::json::check(&self.body).map_err(|error| match error {
+            domain::DomainError::Invalid { field, message } => {
                 invalid(format!("{field}: {message}"))
             }
             other => ApiError::from(other),
         })?;
-        let mut deserializer = serde_json::Deserializer::from_slice(&self.bytes);
+        let mut deserializer = serde_json::Deserializer::from_slice(&self.body);
         serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();

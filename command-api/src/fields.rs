@@ -1,7 +1,8 @@
 //! Request fields shared by resources: names and descriptions turned into domain values (with the
 //! API's `400` answers), and the `409` for a taken name.
 
-use events::values::{Description, Name};
+use commands::Claimant;
+use domain::values::{Description, Name};
 use http_layer::ApiError;
 
 pub fn required_name(raw: &str) -> Result<Name, ApiError> {
@@ -30,30 +31,12 @@ pub fn update_description(
     raw.map(|d| optional_description(d.as_deref())).transpose()
 }
 
-/// Maps a lost name claim to `409` naming the resource; `within` says where names must be unique.
-pub fn name_taken<'a>(
-    resource: &'a str,
-    name: &'a str,
-    within: &'a str,
-) -> impl FnOnce(ApiError) -> ApiError + 'a {
-    move |error| match error {
-        ApiError::NameTaken => ApiError::Conflict {
-            error: format!("{resource} name already exists"),
-            details: format!(
-                "name: {} named {:?} already exists{within}",
-                article(resource),
-                name
-            ),
-        },
-        other => other,
-    }
-}
-
-fn article(resource: &str) -> String {
-    let lower = resource.to_lowercase();
-    if lower.starts_with(['a', 'e', 'i', 'o', 'u']) {
-        format!("an {lower}")
-    } else {
-        format!("a {lower}")
+/// Who claims a name, for the `409` when it is taken: `resource` named `name` already exists
+/// `within` (" in this organization", or "" for names unique platform-wide).
+pub fn claimant(resource: &str, name: &str, within: &str) -> Claimant {
+    Claimant {
+        resource: resource.to_owned(),
+        name: name.to_owned(),
+        within: within.to_owned(),
     }
 }

@@ -21,15 +21,15 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::http::Method;
 use axum::Router;
-use events::auth::Authenticator;
-use events::catalog::Kind;
-use events::secrets::Secrets;
-use events::PgEventStore;
+use commands::secrets::Secrets;
+use commands::Executor;
+use domain::catalog::Kind;
 use http_layer::config::{required, ApiArgs};
 use http_layer::ops::OpsState;
 use http_layer::process::Api;
 use http_layer::routes::KindRoutes;
 use http_layer::Routes;
+use identity::auth::Authenticator;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
@@ -60,7 +60,8 @@ impl Api for Config {
 
 #[derive(Clone)]
 pub struct AppState {
-    pub store: PgEventStore,
+    /// Runs every command: the one way this service appends.
+    pub executor: Executor,
     pub auth: Arc<Authenticator>,
     pub metrics: PrometheusHandle,
     /// How long a request may take to produce its response head (`REQUEST_TIMEOUT_SECS`).
@@ -77,11 +78,10 @@ pub fn build(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow
         "SECRETS_KEY is not set (base64 of 32 bytes)",
     )?;
     let secrets = Secrets::from_base64(secrets_key).context("SECRETS_KEY")?;
-    let store = PgEventStore::new(pool);
     Ok(AppState {
-        auth: Arc::new(Authenticator::new(config.api.auth_config()?, store.clone())),
+        auth: Arc::new(Authenticator::new(config.api.auth_config()?, pool.clone())),
         sign_in: Arc::new(SignIn::new(config.sign_in.config(config.api.issuer()?))),
-        store,
+        executor: Executor::new(pool),
         metrics,
         request_timeout: config.api.request_timeout,
         secrets,
@@ -95,7 +95,7 @@ pub fn router(state: AppState) -> Router {
 
 impl OpsState for AppState {
     fn pool(&self) -> &PgPool {
-        self.store.pool()
+        self.executor.pool()
     }
 
     fn metrics(&self) -> &PrometheusHandle {

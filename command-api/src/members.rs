@@ -2,24 +2,23 @@
 //! `/api/organizations/{id}/members/{userId}`: who belongs to an organization, in which role.
 //!
 //! All of an organization's memberships are one stream, so its version is the `ETag` of every member
-//! write, and the last-admin rule is decided against the whole membership (see `events::members`).
+//! write, and the last-admin rule is decided against the whole membership (see `domain::members`).
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::Utc;
-use events::members::{Members, MembersCommand};
-use events::organization::Organization;
-use events::store::WriteSet;
-use events::user::{User, UserData};
-use events::views::MemberView;
-use events::{Action, Aggregate, DomainError, Loaded, Permission, Resource, Role};
+use commands::{Outcome, WriteSet};
+use contracts::views::MemberView;
+use domain::members::{Members, MembersCommand};
+use domain::organization::Organization;
+use domain::user::{User, UserData};
+use domain::{Action, Aggregate, DomainError, Loaded, Permission, Resource, Role};
 use http_layer::ApiError;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::command::{execute, Outcome};
-use crate::extract::{parse_id, Body, Write};
+use crate::command::execute;
+use crate::extract::{parse_id, Write};
 use crate::{organizations, AppState};
 
 #[derive(Deserialize)]
@@ -42,12 +41,10 @@ pub async fn add(
     State(state): State<AppState>,
     Path(organization_id): Path<String>,
     write: Write,
-    body: Body,
 ) -> Result<Response, ApiError> {
     let organization_id = parse_id(&organization_id)?;
     let (role, permission) = authorize(&write, organization_id, Action::Create)?;
-    let write = write.with_body(&body.digest);
-    let input: AddMember = body.parse()?;
+    let input: AddMember = write.parse()?;
     let member_role = assignable_role(&input.role)?;
     let user_id = match (input.user_id, input.email.as_deref()) {
         (Some(user_id), None) => user_id,
@@ -70,16 +67,15 @@ pub async fn add(
         let changes = changes
             .expect("adding a member always appends")
             .require_version(&User::stream_id(user_id), user.version);
-        Outcome::new(
-            StatusCode::CREATED,
+        Ok(Outcome::new(
+            201,
             view(organization_id, &user, &members)?,
             changes.version_after(),
         )
         .located(format!(
             "/api/organizations/{organization_id}/members/{user_id}"
         ))
-        .commit(state, changes, write, permission)
-        .await
+        .appending(changes, permission))
     })
     .await
 }
@@ -88,13 +84,11 @@ pub async fn change_role(
     State(state): State<AppState>,
     Path((organization_id, user_id)): Path<(String, String)>,
     write: Write,
-    body: Body,
 ) -> Result<Response, ApiError> {
     let organization_id = parse_id(&organization_id)?;
     let user_id = parse_id(&user_id)?;
     let (role, permission) = authorize(&write, organization_id, Action::Update)?;
-    let write = write.with_body(&body.digest);
-    let input: ChangeRole = body.parse()?;
+    let input: ChangeRole = write.parse()?;
     let member_role = assignable_role(&input.role)?;
     let (state, write) = (&state, &write);
     execute(state, write, move || async move {
@@ -106,11 +100,9 @@ pub async fn change_role(
         let (members, changes) = decide(state, write, role, organization_id, command).await?;
         let body = view(organization_id, &user, &members)?;
         match changes {
-            None => Ok(Outcome::new(StatusCode::OK, body, members.version)),
+            None => Ok(Outcome::new(200, body, members.version)),
             Some(changes) => {
-                Outcome::new(StatusCode::OK, body, changes.version_after())
-                    .commit(state, changes, write, permission)
-                    .await
+                Ok(Outcome::new(200, body, changes.version_after()).appending(changes, permission))
             }
         }
     })
@@ -130,9 +122,7 @@ pub async fn remove(
         let command = MembersCommand::Remove { user_id };
         let (_, changes) = decide(state, write, role, organization_id, command).await?;
         let changes = changes.expect("removing a member always appends");
-        Outcome::deleted(user_id, changes.version_after())
-            .commit(state, changes, write, permission)
-            .await
+        Ok(Outcome::deleted(user_id, changes.version_after()).appending(changes, permission))
     })
     .await
 }
@@ -150,7 +140,7 @@ pub async fn removals_of(
         "SELECT organization_id FROM access_memberships WHERE user_id = $1 ORDER BY organization_id",
     )
     .bind(user_id)
-    .fetch_all(state.store.pool())
+    .fetch_all(state.executor.pool())
     .await?;
     // The erasure's `If-Match` pins the user, not the memberships it removes.
     let write = &write.without_if_match();
@@ -190,7 +180,7 @@ async fn decide(
         | MembersCommand::Remove { user_id } => *user_id,
     };
     let org = organizations::load(state, organization_id).await?;
-    let mut members = state.store.load::<Members>(organization_id).await?;
+    let mut members = state.executor.load::<Members>(organization_id).await?;
     write.check_if_match(members.version)?;
     let expected = members.version;
     let events = members.state.decide(command).map_err(|error| match error {
@@ -243,7 +233,7 @@ async fn user_by_email(state: &AppState, email: &str) -> Result<Uuid, ApiError> 
         "SELECT user_id FROM access_users WHERE lower(email) = lower($1) ORDER BY user_id LIMIT 2",
     )
     .bind(email.trim())
-    .fetch_all(state.store.pool())
+    .fetch_all(state.executor.pool())
     .await?;
     match users.as_slice() {
         [user_id] => Ok(*user_id),
@@ -260,7 +250,7 @@ async fn user_by_email(state: &AppState, email: &str) -> Result<Uuid, ApiError> 
 
 /// Loads a registered user, or answers `404`.
 pub async fn load_user(state: &AppState, id: Uuid) -> Result<Loaded<User>, ApiError> {
-    let user = state.store.load::<User>(id).await?;
+    let user = state.executor.load::<User>(id).await?;
     if user.state.live.is_none() {
         return Err(ApiError::not_found("User", id));
     }

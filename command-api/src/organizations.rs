@@ -1,22 +1,21 @@
 //! `POST`, `PUT` and `DELETE` of `/api/organizations`.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::Utc;
-use events::organization::{Organization, OrganizationChanges, OrganizationCommand};
-use events::store::WriteSet;
-use events::values::{double_option, Description, Name};
-use events::views::OrganizationView;
-use events::{Action, Aggregate, Loaded, Permission, Resource, Role};
+use commands::{Outcome, WriteSet};
+use contracts::views::OrganizationView;
+use domain::organization::{Organization, OrganizationChanges, OrganizationCommand};
+use domain::values::{double_option, Description, Name};
+use domain::{Action, Aggregate, Loaded, Permission, Resource, Role};
 use http_layer::ApiError;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::command::{execute, Outcome};
-use crate::extract::{parse_id, Body, Write};
+use crate::command::execute;
+use crate::extract::{parse_id, Write};
 use crate::fields::{
-    name_taken, optional_description, required_name, update_description, update_name,
+    claimant, optional_description, required_name, update_description, update_name,
 };
 use crate::AppState;
 
@@ -40,26 +39,20 @@ pub struct UpdateOrganization {
     description: Option<Option<String>>,
 }
 
-pub async fn create(
-    State(state): State<AppState>,
-    write: Write,
-    body: Body,
-) -> Result<Response, ApiError> {
+pub async fn create(State(state): State<AppState>, write: Write) -> Result<Response, ApiError> {
     let permission = Permission::platform(Resource::Organizations, Action::Create);
     let role = write.actor.authorize(&permission)?;
-    let write = write.with_body(&body.digest);
-    let input: CreateOrganization = body.parse()?;
+    let input: CreateOrganization = write.parse()?;
     let name = required_name(&input.name)?;
     let description = optional_description(input.description.as_deref())?;
     let id = Uuid::now_v7();
     execute(&state, &write, || {
-        create_once(&state, &write, (role, permission), id, &name, &description)
+        create_once(&write, (role, permission), id, &name, &description)
     })
     .await
 }
 
 async fn create_once(
-    state: &AppState,
     write: &Write,
     (role, permission): (Role, Permission),
     id: Uuid,
@@ -74,19 +67,20 @@ async fn create_once(
     })?;
     let stream = Organization::stream_id(id);
     let events = org.record(events, &write.metadata(role, Some(id)), Utc::now());
-    let changes = WriteSet::append(&stream, 0, events).claim_name(NAME_SCOPE, &name.unique_key());
-    Outcome::new(StatusCode::CREATED, view(&org)?, changes.version_after())
+    let changes = WriteSet::append(&stream, 0, events).claim_name(
+        NAME_SCOPE,
+        &name.unique_key(),
+        claimant("Organization", name.as_str(), ""),
+    );
+    Ok(Outcome::new(201, view(&org)?, changes.version_after())
         .located(format!("/api/organizations/{id}"))
-        .commit(state, changes, write, permission)
-        .await
-        .map_err(name_taken("Organization", name.as_str(), ""))
+        .appending(changes, permission))
 }
 
 pub async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
     write: Write,
-    body: Body,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let permission = Permission::within(id, Resource::Organizations, Action::Update);
@@ -94,8 +88,7 @@ pub async fn update(
         .actor
         .authorize(&permission)
         .map_err(ApiError::denied("Organization", id))?;
-    let write = write.with_body(&body.digest);
-    let input: UpdateOrganization = body.parse()?;
+    let input: UpdateOrganization = write.parse()?;
     let changes = OrganizationChanges {
         name: update_name(input.name.as_ref())?,
         description: update_description(input.description.as_ref())?,
@@ -121,7 +114,7 @@ async fn update_once(
         .state
         .decide(OrganizationCommand::Update(changes.clone()))?;
     if events.is_empty() {
-        return Ok(Outcome::new(StatusCode::OK, view(&org)?, org.version));
+        return Ok(Outcome::new(200, view(&org)?, org.version));
     }
     let events = org.record(events, &write.metadata(role, Some(id)), Utc::now());
     let body = view(&org)?;
@@ -130,16 +123,13 @@ async fn update_once(
     if let Some(name) = &changes.name {
         write_set = write_set
             .release_name(NAME_SCOPE, &old_name.to_lowercase())
-            .claim_name(NAME_SCOPE, &name.unique_key());
+            .claim_name(
+                NAME_SCOPE,
+                &name.unique_key(),
+                claimant("Organization", name.as_str(), ""),
+            );
     }
-    let outcome = Outcome::new(StatusCode::OK, body, write_set.version_after());
-    match &changes.name {
-        Some(name) => outcome
-            .commit(state, write_set, write, permission)
-            .await
-            .map_err(name_taken("Organization", name.as_str(), "")),
-        None => outcome.commit(state, write_set, write, permission).await,
-    }
+    Ok(Outcome::new(200, body, write_set.version_after()).appending(write_set, permission))
 }
 
 pub async fn delete(
@@ -173,18 +163,16 @@ async fn delete_once(
     let events = org.record(events, &write.metadata(role, Some(id)), Utc::now());
     let stream = Organization::stream_id(id);
     // Its write-only values go with it: they were sealed under its data key, which the deletion
-    // destroys (`events::lookups`). History still shows that they were set, never what they were.
+    // destroys (`commands::lookups`). History still shows that they were set, never what they were.
     let changes = WriteSet::append(&stream, expected, events)
         .refuse_if_referenced()
         .release_name(NAME_SCOPE, &name.to_lowercase());
-    Outcome::deleted(id, changes.version_after())
-        .commit(state, changes, write, permission)
-        .await
+    Ok(Outcome::deleted(id, changes.version_after()).appending(changes, permission))
 }
 
 /// Loads a live organization, or answers `404`.
 pub async fn load(state: &AppState, id: Uuid) -> Result<Loaded<Organization>, ApiError> {
-    let org = state.store.load::<Organization>(id).await?;
+    let org = state.executor.load::<Organization>(id).await?;
     if org.state.live.is_none() {
         return Err(ApiError::not_found("Organization", id));
     }

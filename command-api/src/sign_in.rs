@@ -20,11 +20,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use events::sessions::{self, random_token, token_hash, SESSION_COOKIE, SIGN_IN_SECONDS};
-use events::user::{User, UserCommand};
-use events::{Aggregate, EventStore, ExpectedVersion, RequestContext};
+use commands::{Caller, Outcome, WriteSet};
+use domain::user::{User, UserCommand};
+use domain::{Actor, ActorRef, Aggregate, RequestContext};
 use http_layer::config::{non_empty, whole_number};
 use http_layer::ApiError;
+use identity::sessions::{self, random_token, token_hash, SESSION_COOKIE, SIGN_IN_SECONDS};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -246,7 +247,7 @@ struct NewAttempt<'a> {
 /// the projector's housekeeping.
 async fn record_attempt(state: &AppState, attempt: NewAttempt<'_>) -> Result<(), ApiError> {
     let config = &state.sign_in.config;
-    let mut tx = state.store.pool().begin().await?;
+    let mut tx = state.executor.pool().begin().await?;
     // Serializes sign-in starts, so that concurrent ones cannot all pass on the same count.
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(SIGN_IN_CAP_LOCK)
@@ -343,7 +344,7 @@ pub async fn callback(
     )
     .bind(token_hash(sign_in_state))
     .bind(SIGN_IN_SECONDS as f64)
-    .fetch_optional(state.store.pool())
+    .fetch_optional(state.executor.pool())
     .await?
     .ok_or_else(|| refused("state: unknown, expired or already used; sign in again"))?;
     // Everything the answer needs that can fail is built before a session exists, so that a failure
@@ -404,7 +405,8 @@ pub async fn callback(
 
     let caller = state.auth.recognise(claims.identity(), &context).await?;
     let user_id = caller.actor.user_id;
-    let session = sessions::create(state.store.pool(), user_id, sign_in.config.session_ttl).await?;
+    let session =
+        sessions::create(state.executor.pool(), user_id, sign_in.config.session_ttl).await?;
     record(
         &state,
         user_id,
@@ -446,7 +448,7 @@ pub async fn logout(
     if let Some(token) = token {
         // Logging a browser out is a write like any other: a page elsewhere must not do it.
         check_same_origin(&headers, state.sign_in.public_origin())?;
-        if let Some(session) = sessions::end(state.store.pool(), token).await? {
+        if let Some(session) = sessions::end(state.executor.pool(), token).await? {
             record(
                 &state,
                 session.user_id,
@@ -465,24 +467,40 @@ pub async fn logout(
     Ok(response)
 }
 
-/// Appends a sign-in or sign-out to the user's stream. The user acts on its own account: no role.
+/// Appends a sign-in or sign-out to the user's stream, as a command of the user's own: no role, no
+/// permission, no idempotency key.
 async fn record(
     state: &AppState,
     user_id: Uuid,
     command: UserCommand,
     context: &RequestContext,
 ) -> Result<(), ApiError> {
-    let mut user = state.store.load::<User>(user_id).await?;
-    let events = user.state.decide(command)?;
-    let actor = events::ActorRef {
-        id: user_id.to_string(),
-        role: None,
+    let actor = Actor {
+        user_id,
+        system: false,
+        memberships: Default::default(),
     };
-    let events = user.record(events, &context.metadata(actor, None), chrono::Utc::now());
-    // These events do not depend on the user's state beyond its existence, so any version will do.
+    let caller = Caller {
+        actor: &actor,
+        idempotency: None,
+    };
+    let metadata = context.metadata(
+        ActorRef {
+            id: user_id.to_string(),
+            role: None,
+        },
+        None,
+    );
     state
-        .store
-        .append(&User::stream_id(user_id), ExpectedVersion::Any, events)
+        .executor
+        .run(caller, || async {
+            let mut user = state.executor.load::<User>(user_id).await?;
+            let expected = user.version;
+            let events = user.state.decide(command.clone())?;
+            let events = user.record(events, &metadata, chrono::Utc::now());
+            let write = WriteSet::append(&User::stream_id(user_id), expected, events);
+            Ok::<_, ApiError>(Outcome::new(200, (), write.version_after()).appending(write, None))
+        })
         .await?;
     Ok(())
 }

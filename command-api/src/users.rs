@@ -4,19 +4,18 @@
 //! `DELETE /api/users/{id}`: a System user erases a user. Its memberships are removed first (each an
 //! ordinary `member.removed`, refused with `409` for an organization's last admin before anything is
 //! removed); then `user.erased` is appended with the destruction of the key that seals the user's
-//! personal data (`events::personal`), its access lookups and its sessions, in one transaction.
+//! personal data (`event_log::personal`), its access lookups and its sessions, in one transaction.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::Utc;
-use events::store::WriteSet;
-use events::user::{User, UserCommand};
-use events::views::UserView;
-use events::{Action, Aggregate, Permission, Resource};
+use commands::{Outcome, WriteSet};
+use contracts::views::UserView;
+use domain::user::{User, UserCommand};
+use domain::{Action, Aggregate, Permission, Resource};
 use http_layer::ApiError;
 
-use crate::command::{execute, Outcome};
+use crate::command::execute;
 use crate::extract::{parse_id, Write};
 use crate::members::{load_user, removals_of};
 use crate::AppState;
@@ -52,19 +51,17 @@ async fn change_system_role(
         write.check_if_match(user.version)?;
         let expected = user.version;
         let events = user.state.decide(command())?;
-        let view = |user: &events::Loaded<User>| {
+        let view = |user: &domain::Loaded<User>| {
             user.state.live.as_ref().map(UserView::from).ok_or_else(|| {
                 ApiError::Internal(anyhow::anyhow!("user state missing after a decision"))
             })
         };
         if events.is_empty() {
-            return Ok(Outcome::new(StatusCode::OK, view(&user)?, user.version));
+            return Ok(Outcome::new(200, view(&user)?, user.version));
         }
         let events = user.record(events, &write.metadata(role, None), Utc::now());
         let changes = WriteSet::append(&User::stream_id(id), expected, events);
-        Outcome::new(StatusCode::OK, view(&user)?, changes.version_after())
-            .commit(state, changes, write, permission)
-            .await
+        Ok(Outcome::new(200, view(&user)?, changes.version_after()).appending(changes, permission))
     })
     .await
 }
@@ -81,17 +78,15 @@ pub async fn erase(
     execute(state, write, move || async move {
         let mut user = load_user(state, id).await?;
         write.check_if_match(user.version)?;
-        for removal in removals_of(state, write, role, id).await? {
-            state.store.commit(removal).await?;
-        }
+        let removals = removals_of(state, write, role, id).await?;
         let expected = user.version;
         let events = user.state.decide(UserCommand::Erase)?;
         let events = user.record(events, &write.metadata(role, None), Utc::now());
         // Refused while a membership is left (one added meanwhile): the command then runs again.
         let changes = WriteSet::append(&User::stream_id(id), expected, events);
-        Outcome::deleted(id, changes.version_after())
-            .commit(state, changes, write, permission)
-            .await
+        Ok(Outcome::deleted(id, changes.version_after())
+            .preceded_by(removals)
+            .appending(changes, permission))
     })
     .await
 }

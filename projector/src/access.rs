@@ -6,11 +6,11 @@
 //! statement each rather than folded per batch as `tenants` does.
 
 use async_trait::async_trait;
-use events::members::{Members, MembersEvent};
-use events::organization::{Organization, OrganizationEvent};
-use events::read_models::ACCESS;
-use events::user::{User, UserEvent};
-use events::{Aggregate, RecordedEvent};
+use contracts::read_models::ACCESS;
+use domain::members::{Members, MembersEvent};
+use domain::organization::{Organization, OrganizationEvent};
+use domain::user::{User, UserEvent};
+use domain::{Aggregate, RecordedEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
 

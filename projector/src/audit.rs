@@ -5,7 +5,7 @@
 //! changes of an event are computed from one stored row and not from the stream's history.
 //!
 //! A batch loads the states of the streams it touches, folds its events into them in log order with
-//! the aggregates' own `apply` ([`events::history`]), and writes rows, values and states back with a
+//! the aggregates' own `apply` ([`domain::history`]), and writes rows, values and states back with a
 //! few multi-row statements. Write-only values are `"[redacted]"` in the changes, and the states only
 //! record which write-only fields are set, so nothing here holds a secret or its ciphertext. Erasing a
 //! user rewrites its earlier rows' personal values to `"[erased]"`.
@@ -14,11 +14,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Context;
 use async_trait::async_trait;
-use events::history::{erase_personal_changes, fold_key, subject, StreamState};
-use events::json::Stored;
-use events::read_models::{audit_count, audit_resource_count, AuditRows, AUDIT};
-use events::user::User;
-use events::{Aggregate, RecordedEvent};
+use contracts::read_models::{audit_count, audit_resource_count, AuditRows, AUDIT};
+use domain::history::{erase_personal_changes, fold_key, subject, StreamState};
+use domain::user::User;
+use domain::{Aggregate, RecordedEvent};
+use event_log::Stored;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
@@ -60,7 +60,7 @@ impl Projection for Audit {
             .map(|changes| store_apart(changes, &mut values))
             .unzip();
         let subjects: Vec<_> = events.iter().map(subject).collect();
-        let metadata: Vec<_> = events.iter().map(|e| &e.metadata.0).collect();
+        let metadata: Vec<_> = events.iter().map(|e| &e.metadata).collect();
         sqlx::query(
             "INSERT INTO audit_index (global_position, organization_id, resource_type, resource_id, actor_id, occurred_at, \
                                       event_id, event_type, actor_role, request_id, client_ip, user_agent, changes, large_values) \

@@ -1,5 +1,5 @@
 //! The `catalog` projection: one `read_models.catalog` row per catalog resource (every kind of
-//! `events::catalog`), the list counts in `catalog_counts`, `workflow_entity_usage`, which says
+//! `domain::catalog`), the list counts in `catalog_counts`, `workflow_entity_usage`, which says
 //! which workflows use which workflow entities, and `prompt_template_versions`, one row per version of
 //! each live prompt template (its state after each created or updated event), so that a page of
 //! versions is read rather than folded from the template's whole stream.
@@ -13,12 +13,12 @@ use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use events::catalog::kinds::{by_type_name, PromptTemplate, Workflow, WorkflowFields};
-use events::catalog::{Change, DocumentData, DocumentState, Kind, KindInfo};
-use events::read_models::{
+use contracts::read_models::{
     catalog_count, catalog_environment_count, catalog_organization_count, CATALOG,
 };
-use events::RecordedEvent;
+use domain::catalog::kinds::{by_type_name, PromptTemplate, Workflow, WorkflowFields};
+use domain::catalog::{Change, DocumentData, DocumentState, Kind, KindInfo};
+use domain::RecordedEvent;
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -83,7 +83,7 @@ fn decode(events: &[RecordedEvent]) -> anyhow::Result<Vec<CatalogEvent>> {
             anyhow::anyhow!("event {} of {}: {reason}", event.event_id, event.stream_id)
         })?;
         let actor = if info.type_name == PromptTemplate::INFO.type_name {
-            Some(serde_json::to_value(&event.metadata.0.actor)?)
+            Some(serde_json::to_value(&event.metadata.actor)?)
         } else {
             None
         };

@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
-use events::sessions::SIGN_IN_SECONDS;
-use events::shutdown::Shutdown;
+use http_layer::shutdown::Shutdown;
+use identity::sessions::SIGN_IN_SECONDS;
 use sqlx::PgPool;
 
 /// Most rows one statement deletes.

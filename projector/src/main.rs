@@ -2,15 +2,15 @@
 //! `KAFKA_BROKERS` is set); `projector rebuild <name|all>`, `projector verify [--log]`,
 //! `projector replay --until … --into …` and `projector status` are the operator's commands;
 //! `projector tail` prints the domain events from Kafka. Running, it stops on SIGTERM or SIGINT
-//! (see [`events::shutdown`]), and serves its health and metrics with [`http_layer::serve`].
+//! (see [`http_layer::shutdown`]), and serves its health and metrics with [`http_layer::serve`].
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use events::shutdown::Shutdown;
 use http_layer::config::{seconds, ConnectionLimitArgs};
+use http_layer::shutdown::Shutdown;
 use projector::housekeeping;
 use projector::publisher::{self, PublisherConfig};
 use projector::rebuild::rebuild;
@@ -105,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run => cli.limits.limits(),
         _ => cli.limits.limits().without_statement_timeout(),
     };
-    let pool = events::database::connect(&cli.database_url, 8, limits).await?;
+    let pool = event_log::database::connect(&cli.database_url, 8, limits).await?;
 
     match command {
         Command::Run => {

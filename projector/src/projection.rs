@@ -2,9 +2,9 @@
 //! position and apply them, inside the caller's transaction.
 
 use async_trait::async_trait;
-use events::read_models::CHECKPOINT_CHANNEL;
-use events::store::read_log;
-use events::{LogPosition, RecordedEvent};
+use contracts::read_models::CHECKPOINT_CHANNEL;
+use domain::{LogPosition, RecordedEvent};
+use event_log::read_log;
 use sqlx::PgConnection;
 
 /// The schema live read models sit in; query-api reads from it.

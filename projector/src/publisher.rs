@@ -1,6 +1,6 @@
 //! The Kafka publisher: a projection whose "tables" are Kafka topics. It follows the log from its
 //! checkpoint (`kafka` in `projection_checkpoints`, so `projector status` and `/metrics` show its lag
-//! like any projection's) and produces every event as a CloudEvents message ([`events::published`]).
+//! like any projection's) and produces every event as a CloudEvents message ([`contracts::published`]).
 //!
 //! At least once, in order per stream:
 //! - the producer is idempotent with `acks=all` and never gives up on a message (no delivery timeout),
@@ -34,10 +34,10 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::projection::{ensure_checkpoint, save_checkpoint};
 use crate::worker::become_runner;
-use events::published::{aggregate_types, topic, Message};
-use events::shutdown::Shutdown;
-use events::store::{listen_for_appends, read_log};
-use events::LogPosition;
+use contracts::published::{aggregate_types, topic, Message};
+use domain::LogPosition;
+use event_log::{listen_for_appends, read_log};
+use http_layer::shutdown::Shutdown;
 
 /// The publisher's checkpoint name.
 pub const NAME: &str = "kafka";

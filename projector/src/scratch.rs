@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use events::store::read_log;
-use events::{LogPosition, RecordedEvent};
+use domain::{LogPosition, RecordedEvent};
+use event_log::read_log;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::projection::{apply_batch, Projection, LIVE_SCHEMA};

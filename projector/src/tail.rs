@@ -13,7 +13,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
-use events::published::{aggregate_types, header, topic};
+use contracts::published::{aggregate_types, header, topic};
 
 pub async fn tail(brokers: &str, topic_prefix: &str, group: &str) -> anyhow::Result<()> {
     let consumer: StreamConsumer = ClientConfig::new()

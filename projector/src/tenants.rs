@@ -11,10 +11,10 @@ use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use events::environment::{Environment, EnvironmentData, EnvironmentEvent};
-use events::organization::{Organization, OrganizationData, OrganizationEvent};
-use events::read_models::{environments_count, ORGANIZATIONS_COUNT, TENANTS};
-use events::{Aggregate, RecordedEvent};
+use contracts::read_models::{environments_count, ORGANIZATIONS_COUNT, TENANTS};
+use domain::environment::{Environment, EnvironmentData, EnvironmentEvent};
+use domain::organization::{Organization, OrganizationData, OrganizationEvent};
+use domain::{Aggregate, RecordedEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
 

@@ -22,8 +22,8 @@
 use std::cmp::Ordering;
 
 use anyhow::Context;
-use events::store::read_log;
-use events::{LogPosition, RecordedEvent};
+use domain::{LogPosition, RecordedEvent};
+use event_log::read_log;
 use futures::stream::BoxStream;
 use futures::TryStreamExt;
 use sha2::{Digest, Sha256};

@@ -19,8 +19,8 @@ use crate::projection::{
     apply_next_batch, ensure_checkpoint, lock_checkpoint, record_failure, save_checkpoint,
     Projection, LIVE_SCHEMA,
 };
-use events::shutdown::Shutdown;
-use events::store::listen_for_appends;
+use event_log::listen_for_appends;
+use http_layer::shutdown::Shutdown;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {

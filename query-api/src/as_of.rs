@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use events::history::StreamState;
-use events::store::{names_as_of, read_stream_as_of};
-use events::AccessError;
+use domain::history::StreamState;
+use domain::AccessError;
+use event_log::{names_as_of, read_stream_as_of};
 use http_layer::ApiError;
 use sqlx::PgPool;
 use uuid::Uuid;

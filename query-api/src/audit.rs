@@ -2,7 +2,7 @@
 //!
 //! Every row comes whole from `read_models.audit_index`, which the `audit` projection keeps: the
 //! filters, what the row shows, and its `changes`, computed when the event was indexed by folding it
-//! into its stream's state with the aggregates' own `apply` ([`events::history`]). Write-only values
+//! into its stream's state with the aggregates' own `apply` ([`domain::history`]). Write-only values
 //! show as `"[redacted]"`. Long values of changes are stored once in `audit_values` and put back in
 //! here. A page or an export batch therefore reads its own rows and the long values they show,
 //! whatever the length of the streams they belong to; the log itself is never read.
@@ -18,13 +18,13 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
-use events::auth::Authenticated;
-use events::history::resource_types;
-use events::json::Stored;
-use events::read_models::{audit_count, audit_resource_count, AuditRows, AUDIT};
-use events::{Action, Resource};
+use contracts::read_models::{audit_count, audit_resource_count, AuditRows, AUDIT};
+use domain::history::resource_types;
+use domain::{Action, Resource};
+use event_log::Stored;
 use futures::SinkExt;
 use http_layer::ApiError;
+use identity::auth::Authenticated;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;

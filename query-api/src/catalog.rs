@@ -12,17 +12,17 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
-use events::auth::Authenticated;
-use events::catalog::kinds::{Model, PromptTemplate, SystemModel, WorkflowEntity};
-use events::catalog::{view, Document, DocumentData, DocumentState, Kind, KindInfo, Nested, Scope};
-use events::environment::Environment;
-use events::history::StreamState;
-use events::organization::Organization;
-use events::read_models::{
+use contracts::read_models::{
     catalog_count, catalog_environment_count, catalog_organization_count, CATALOG, TENANTS,
 };
-use events::{AccessError, Action, Actor, Aggregate};
+use domain::catalog::kinds::{Model, PromptTemplate, SystemModel, WorkflowEntity};
+use domain::catalog::{view, Document, DocumentData, DocumentState, Kind, KindInfo, Nested, Scope};
+use domain::environment::Environment;
+use domain::history::StreamState;
+use domain::organization::Organization;
+use domain::{AccessError, Action, Actor, Aggregate};
 use http_layer::ApiError;
+use identity::auth::Authenticated;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -36,7 +36,7 @@ use crate::AppState;
 struct Row {
     id: Uuid,
     organization_id: Option<Uuid>,
-    fields: events::json::Stored,
+    fields: event_log::Stored,
     secrets: sqlx::types::Json<Vec<String>>,
     version: i64,
     created_at: DateTime<Utc>,
@@ -394,9 +394,9 @@ pub async fn usage_count(
 #[derive(sqlx::FromRow)]
 struct VersionRow {
     version: i64,
-    fields: events::json::Stored,
+    fields: event_log::Stored,
     secrets: sqlx::types::Json<Vec<String>>,
-    changed_by: events::json::Stored,
+    changed_by: event_log::Stored,
     changed_at: DateTime<Utc>,
     changes: sqlx::types::Json<Vec<String>>,
     created_at: DateTime<Utc>,

@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use events::read_models::CHECKPOINT_CHANNEL;
-use events::store::log_head;
-use events::LogPosition;
+use contracts::read_models::CHECKPOINT_CHANNEL;
+use domain::LogPosition;
+use event_log::log_head;
 use http_layer::ApiError;
 use sqlx::PgPool;
 use tokio::sync::{watch, Semaphore};

@@ -4,14 +4,14 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use events::auth::Authenticated;
-use events::environment::Environment;
-use events::history::StreamState;
-use events::organization::Organization;
-use events::read_models::{environments_count, TENANTS};
-use events::views::{EnvironmentView, NamedRef};
-use events::{Action, Aggregate, Resource};
+use contracts::read_models::{environments_count, TENANTS};
+use contracts::views::{EnvironmentView, NamedRef};
+use domain::environment::Environment;
+use domain::history::StreamState;
+use domain::organization::Organization;
+use domain::{Action, Aggregate, Resource};
 use http_layer::ApiError;
+use identity::auth::Authenticated;
 use uuid::Uuid;
 
 use crate::as_of;

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRequestParts, Query};
 use axum::http::request::Parts;
-use events::auth::{Authenticated, Credentials};
-use events::RequestContext;
+use domain::RequestContext;
 use http_layer::ApiError;
+use identity::auth::{Authenticated, Credentials};
 use uuid::Uuid;
 
 use crate::AppState;
@@ -65,12 +65,12 @@ impl Params {
     /// The `search` term, if any; an empty one means no filter.
     pub fn search(&self) -> Result<Option<&str>, ApiError> {
         match self.get("search") {
-            Some(s) if s.chars().count() > events::values::NAME_MAX_CHARS => {
+            Some(s) if s.chars().count() > domain::values::NAME_MAX_CHARS => {
                 Err(ApiError::invalid(
                     "search",
                     format!(
                         "must be at most {} characters",
-                        events::values::NAME_MAX_CHARS
+                        domain::values::NAME_MAX_CHARS
                     ),
                 ))
             }

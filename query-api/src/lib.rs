@@ -22,14 +22,13 @@ use std::time::Duration;
 
 use axum::http::Method;
 use axum::Router;
-use events::auth::Authenticator;
-use events::catalog::Kind;
-use events::PgEventStore;
+use domain::catalog::Kind;
 use http_layer::config::ApiArgs;
 use http_layer::ops::OpsState;
 use http_layer::process::Api;
 use http_layer::routes::KindRoutes;
 use http_layer::Routes;
+use identity::auth::Authenticator;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
@@ -74,10 +73,7 @@ pub struct Config {
 pub fn build(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow::Result<AppState> {
     Ok(AppState {
         consistency: Consistency::start(pool.clone(), config.consistency),
-        auth: Arc::new(Authenticator::new(
-            config.api.auth_config()?,
-            PgEventStore::new(pool.clone()),
-        )),
+        auth: Arc::new(Authenticator::new(config.api.auth_config()?, pool.clone())),
         pool,
         metrics,
         request_timeout: config.api.request_timeout,

@@ -4,14 +4,14 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use events::auth::Authenticated;
-use events::history::StreamState;
-use events::members::Members;
-use events::read_models::{ACCESS, TENANTS};
-use events::user::User;
-use events::views::MemberView;
-use events::{Action, Aggregate, Resource, Role};
+use contracts::read_models::{ACCESS, TENANTS};
+use contracts::views::MemberView;
+use domain::history::StreamState;
+use domain::members::Members;
+use domain::user::User;
+use domain::{Action, Aggregate, Resource, Role};
 use http_layer::ApiError;
+use identity::auth::Authenticated;
 use uuid::Uuid;
 
 use crate::as_of;

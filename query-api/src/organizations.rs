@@ -4,13 +4,13 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use events::auth::Authenticated;
-use events::history::StreamState;
-use events::organization::Organization;
-use events::read_models::{ORGANIZATIONS_COUNT, TENANTS};
-use events::views::OrganizationView;
-use events::{Action, Aggregate, Resource};
+use contracts::read_models::{ORGANIZATIONS_COUNT, TENANTS};
+use contracts::views::OrganizationView;
+use domain::history::StreamState;
+use domain::organization::Organization;
+use domain::{Action, Aggregate, Resource};
 use http_layer::ApiError;
+use identity::auth::Authenticated;
 use uuid::Uuid;
 
 use crate::as_of;

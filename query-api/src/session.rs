@@ -3,7 +3,7 @@
 
 use axum::extract::State;
 use axum::Json;
-use events::read_models::TENANTS;
+use contracts::read_models::TENANTS;
 use http_layer::ApiError;
 use serde_json::{json, Value};
 use uuid::Uuid;

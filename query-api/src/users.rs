@@ -4,13 +4,13 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use events::auth::Authenticated;
-use events::history::StreamState;
-use events::read_models::ACCESS;
-use events::user::User;
-use events::views::UserView;
-use events::{Action, Aggregate, Resource, Role};
+use contracts::read_models::ACCESS;
+use contracts::views::UserView;
+use domain::history::StreamState;
+use domain::user::User;
+use domain::{Action, Aggregate, Resource, Role};
 use http_layer::ApiError;
+use identity::auth::Authenticated;
 use serde_json::{json, Value};
 use uuid::Uuid;
 

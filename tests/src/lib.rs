@@ -12,8 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::SubsecRound;
 use command_api::sign_in::SignInArgs;
-use events::secrets::Secrets;
-use events::{EventStore, PgEventStore};
+use commands::secrets::Secrets;
 use http_layer::config::ApiArgs;
 use issuer::{Issuer, SigningKey};
 use query_api::consistency::{Consistency, ConsistencyConfig};
@@ -53,7 +52,7 @@ impl TestDb {
 
     pub async fn create_with_pool_size(max_connections: u32) -> anyhow::Result<Self> {
         let db = Self::create_empty(max_connections).await?;
-        events::store::migrate(&db.pool).await?;
+        event_log::migrate(&db.pool).await?;
         Ok(db)
     }
 
@@ -152,7 +151,6 @@ pub async fn start_issuer() -> Issuer {
 /// The whole system on local ports, over its own database.
 pub struct TestApp {
     pub db: TestDb,
-    pub store: PgEventStore,
     pub issuer: Issuer,
     pub command_url: String,
     pub query_url: String,
@@ -228,7 +226,6 @@ impl TestApp {
         let query_url = format!("http://{}", serve(query_api::router(query.clone())).await);
         let admin_token = issuer.token(SYSTEM_ADMIN);
         let mut app = TestApp {
-            store: PgEventStore::new(db.pool.clone()),
             db,
             issuer,
             command_url,
@@ -311,11 +308,9 @@ impl TestApp {
     /// A request through the gateway's routing: `GET`/`HEAD` to query-api, the rest and browser
     /// sign-in to command-api.
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let sign_in = path.starts_with("/api/auth/login") || path.starts_with("/api/auth/callback");
-        let base = if (method == Method::GET || method == Method::HEAD) && !sign_in {
-            &self.query_url
-        } else {
-            &self.command_url
+        let base = match gateway_upstream(&method, path) {
+            "query_api" => &self.query_url,
+            _ => &self.command_url,
         };
         self.http.request(method, format!("{base}{path}"))
     }
@@ -398,7 +393,7 @@ impl TestApp {
     pub async fn append_role_change_v1(&self, organization_id: &str, user_id: &str, role: &str) {
         let organization = organization_id.parse().expect("an organization id");
         let metadata = metadata(&self.admin_id, Some(organization));
-        let event = events::NewEvent {
+        let event = domain::NewEvent {
             event_id: uuid::Uuid::now_v7(),
             event_type: "member.role_changed".into(),
             schema_version: 1,
@@ -406,14 +401,13 @@ impl TestApp {
             metadata,
             recorded_at: chrono::Utc::now().trunc_subsecs(6),
         };
-        self.store
-            .append(
-                &format!("members-{organization_id}"),
-                events::ExpectedVersion::Any,
-                vec![event],
-            )
-            .await
-            .expect("appending a version 1 role change");
+        commands::testing::append(
+            &self.db.pool,
+            &format!("members-{organization_id}"),
+            vec![event],
+        )
+        .await
+        .expect("appending a version 1 role change");
     }
 
     pub async fn event_count(&self) -> i64 {
@@ -431,11 +425,11 @@ impl Drop for TestApp {
 }
 
 /// What a System actor's event appended by a test records about its request.
-pub fn metadata(actor_id: &str, organization_id: Option<uuid::Uuid>) -> events::EventMetadata {
-    events::EventMetadata {
-        actor: events::ActorRef {
+pub fn metadata(actor_id: &str, organization_id: Option<uuid::Uuid>) -> domain::EventMetadata {
+    domain::EventMetadata {
+        actor: domain::ActorRef {
             id: actor_id.into(),
-            role: Some(events::Role::System),
+            role: Some(domain::Role::System),
         },
         organization_id,
         request_id: "test".into(),
@@ -463,4 +457,41 @@ fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .build_recorder()
         .handle()
+}
+
+/// The gateway's routing rule, read from the file nginx includes (`deploy/gateway-routes.map`): the
+/// upstream (`query_api` or `command_api`) that serves `method` on `path` (its query left out, as
+/// nginx's `$uri` leaves it out).
+pub fn gateway_upstream(method: &Method, path: &str) -> &'static str {
+    static RULES: std::sync::LazyLock<(Vec<(regex::Regex, String)>, String)> =
+        std::sync::LazyLock::new(|| {
+            let map = include_str!("../../deploy/gateway-routes.map");
+            let mut rules = Vec::new();
+            let mut default = None;
+            for line in map.lines().map(str::trim) {
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let line = line.strip_suffix(';').expect("map lines end with ';'");
+                let (key, upstream) = line
+                    .rsplit_once(char::is_whitespace)
+                    .expect("key and value");
+                let (key, upstream) = (key.trim(), upstream.trim().to_owned());
+                match key.trim_matches('"').strip_prefix('~') {
+                    Some(pattern) => rules.push((
+                        regex::Regex::new(pattern).expect("a valid pattern"),
+                        upstream,
+                    )),
+                    None if key == "default" => default = Some(upstream),
+                    None => panic!("unexpected key {key:?} in gateway-routes.map"),
+                }
+            }
+            (rules, default.expect("a default upstream"))
+        });
+    let (rules, default) = &*RULES;
+    let key = format!("{method} {}", path.split('?').next().unwrap_or(path));
+    rules
+        .iter()
+        .find(|(pattern, _)| pattern.is_match(&key))
+        .map_or(default.as_str(), |(_, upstream)| upstream.as_str())
 }

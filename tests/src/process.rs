@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use events::secrets::Secrets;
+use commands::secrets::Secrets;
 
 use crate::issuer::{self, Issuer};
 use crate::{TestDb, AUDIENCE, SYSTEM_ADMIN};

@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use events::auth::{parse_subjects, AuthConfig};
-use events::database::Limits;
-use events::token::TokenConfig;
+use event_log::database::Limits;
+use identity::auth::{parse_subjects, AuthConfig};
+use identity::token::TokenConfig;
 use sqlx::PgPool;
 
-/// The limits every pooled connection of a service carries (see [`events::database`]).
+/// The limits every pooled connection of a service carries (see [`event_log::database`]).
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConnectionLimitArgs {
     /// The longest a statement may run, in seconds.
@@ -52,10 +52,10 @@ pub struct DatabaseArgs {
 
 impl DatabaseArgs {
     /// Applies the migrations, then opens a pool of `max_connections` (see
-    /// [`events::database::connect`]).
+    /// [`event_log::database::connect`]).
     pub async fn connect(&self, max_connections: u32) -> anyhow::Result<PgPool> {
         let url = required(&self.database_url, "DATABASE_URL is not set")?;
-        events::database::connect(url, max_connections, self.limits.limits()).await
+        event_log::database::connect(url, max_connections, self.limits.limits()).await
     }
 }
 

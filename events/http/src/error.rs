@@ -5,9 +5,10 @@ use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use events::auth::AuthError;
-use events::token::TokenError;
-use events::{AccessError, DomainError, StoreError};
+use commands::{CommandError, Refused, StoreError};
+use domain::{AccessError, DomainError};
+use identity::auth::AuthError;
+use identity::token::TokenError;
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,10 +29,6 @@ pub enum ApiError {
     Gone { error: String, details: String },
     #[error("{error}")]
     Conflict { error: String, details: String },
-    /// A name claim was lost; handlers say which resource and name (see command-api's
-    /// `fields::name_taken`).
-    #[error("name taken")]
-    NameTaken,
     /// The stream moved between load and append; retried unless the client pinned a version.
     #[error("concurrent write")]
     VersionConflict,
@@ -146,13 +143,53 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict { .. } | StoreError::IdempotencyKeyUsed => {
                 ApiError::VersionConflict
             }
-            StoreError::NameTaken { .. } => ApiError::NameTaken,
+            StoreError::NameTaken { claimant, .. } => ApiError::Conflict {
+                error: format!("{} name already exists", claimant.resource),
+                details: format!(
+                    "name: {} named {:?} already exists{}",
+                    article(&claimant.resource),
+                    claimant.name,
+                    claimant.within
+                ),
+            },
             StoreError::Referenced { sources } => ApiError::Conflict {
                 error: "Still referenced".into(),
                 details: format!("still referenced by {}", describe_streams(&sources)),
             },
             other => ApiError::Internal(other.into()),
         }
+    }
+}
+
+impl From<Refused> for ApiError {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::KeyReused => ApiError::Conflict {
+                error: "Idempotency key reused".into(),
+                details: "Idempotency-Key: this key was already used for a different request"
+                    .into(),
+            },
+            Refused::Denied { permission, error } => match permission.organization {
+                Some(organization) => ApiError::denied("Organization", organization)(error),
+                None => error.into(),
+            },
+        }
+    }
+}
+
+impl CommandError for ApiError {
+    fn lost_race(&self) -> bool {
+        matches!(self, ApiError::VersionConflict)
+    }
+}
+
+/// "an environment", "a workflow".
+fn article(resource: &str) -> String {
+    let lower = resource.to_lowercase();
+    if lower.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        format!("an {lower}")
+    } else {
+        format!("a {lower}")
     }
 }
 
@@ -209,11 +246,6 @@ impl IntoResponse for ApiError {
             ApiError::NotFound { error, details } => (StatusCode::NOT_FOUND, error, details),
             ApiError::Gone { error, details } => (StatusCode::GONE, error, details),
             ApiError::Conflict { error, details } => (StatusCode::CONFLICT, error, details),
-            ApiError::NameTaken => (
-                StatusCode::CONFLICT,
-                "Name already exists".into(),
-                "name: already taken".into(),
-            ),
             ApiError::VersionConflict => (
                 StatusCode::CONFLICT,
                 "Conflict".into(),

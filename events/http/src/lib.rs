@@ -10,6 +10,7 @@ pub mod ops;
 pub mod process;
 pub mod routes;
 pub mod serve;
+pub mod shutdown;
 pub mod telemetry;
 
 pub use error::ApiError;

@@ -4,10 +4,10 @@
 
 use std::net::SocketAddr;
 
+use crate::shutdown::Shutdown;
 use anyhow::Context;
 use axum::Router;
 use clap::{CommandFactory, FromArgMatches};
-use events::shutdown::Shutdown;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
 

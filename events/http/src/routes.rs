@@ -7,11 +7,11 @@ use axum::handler::Handler;
 use axum::http::Method;
 use axum::routing::{on, MethodFilter};
 use axum::Router;
-use events::catalog::kinds::{
+use domain::catalog::kinds::{
     Model, Prompt, PromptTemplate, SystemModel, Variable, Workflow, WorkflowEntity,
     WorkflowEntityType,
 };
-use events::catalog::Kind;
+use domain::catalog::Kind;
 
 use crate::ops::{self, OpsState};
 
@@ -48,7 +48,7 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         self
     }
 
-    /// The routes `R` adds for every catalog kind (those of `events::catalog::kinds::ALL`).
+    /// The routes `R` adds for every catalog kind (those of `domain::catalog::kinds::ALL`).
     pub fn catalog<R: KindRoutes<S>>(self) -> Self {
         self.kind::<R, Variable>()
             .kind::<R, Model>()

@@ -1,12 +1,12 @@
 //! Serving a service's HTTP surface, the same in every process: bind, answer until shutdown is
-//! requested (SIGTERM or SIGINT, see [`events::shutdown`]), then stop accepting and let the requests
+//! requested (SIGTERM or SIGINT, see [`http_layer::shutdown`]), then stop accepting and let the requests
 //! in flight finish within the grace period.
 
 use std::net::SocketAddr;
 
+use crate::shutdown::Shutdown;
 use anyhow::Context;
 use axum::Router;
-use events::shutdown::Shutdown;
 
 /// Serves `app` on `addr` until `shutdown` is requested and the requests in flight are answered, or
 /// the grace period after the signal has passed. `name` names the service in the log.

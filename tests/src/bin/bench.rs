@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use events::published::{topic, Message};
-use events::read_models::{catalog_count, catalog_organization_count};
-use events::store::{log_head, read_log};
-use events::LogPosition;
+use contracts::published::{topic, Message};
+use contracts::read_models::{catalog_count, catalog_organization_count};
+use domain::LogPosition;
+use event_log::{log_head, read_log};
 use futures::StreamExt;
 use projector::publisher::{self, PublisherConfig};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -144,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
         );
         // The other projections catch up on (c)'s events now, untimed, rather than during (d) to (h).
         for projection in projector::projections() {
-            if projection.name() != events::read_models::TENANTS {
+            if projection.name() != contracts::read_models::TENANTS {
                 projector::rebuild::rebuild(&app.db.pool, projection.as_ref(), |_| {}).await?;
             }
         }
@@ -400,7 +400,7 @@ async fn audit_latency(
     organization: Uuid,
     requests: usize,
 ) -> anyhow::Result<(Measured, i64, f64)> {
-    caught_up(app, &[events::read_models::AUDIT]).await?;
+    caught_up(app, &[contracts::read_models::AUDIT]).await?;
     let pages = page_latency(
         app,
         format!(
@@ -822,7 +822,7 @@ async fn append_versions(
     let stream = format!("prompt_template-{id}");
     let metadata = json!({ "actor": { "id": "bench", "role": "system" }, "organizationId": organization, "requestId": "bench",
         "correlationId": "bench", "causationId": null, "clientIp": null, "userAgent": null });
-    let schema_version = events::upcast::current_version("prompt_template.updated");
+    let schema_version = domain::upcast::current_version("prompt_template.updated");
     for first in (2..=versions as i64).step_by(1_000) {
         let last = (first + 999).min(versions as i64);
         let mut tx = pool.begin().await?;

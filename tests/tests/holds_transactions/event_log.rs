@@ -7,15 +7,66 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use events::organization::{Organization, OrganizationEvent};
-use events::store::{commit_in, log_head, read_log, WriteSet};
-use events::{
-    ActorRef, Aggregate, EventMetadata, EventStore, ExpectedVersion, NewEvent, PgEventStore, Role,
-    StoreError,
-};
+use commands::testing::{commit, commit_in};
+use commands::{Appended, Executor, StoreError, WriteSet};
+use domain::organization::{Organization, OrganizationEvent};
+use domain::{ActorRef, Aggregate, EventMetadata, Loaded, NewEvent, RecordedEvent, Role};
+use event_log::{log_head, read_log};
 use serde::Serialize;
+use sqlx::PgPool;
 use tests::TestDb;
 use uuid::Uuid;
+
+/// The version an append expects its stream to be at.
+#[derive(Debug, Clone, Copy)]
+enum ExpectedVersion {
+    /// Whatever it is (read before each try, again after a lost race).
+    Any,
+    NoStream,
+    Exact(i64),
+}
+
+/// The store's own operations as these tests drive them: direct commits (`commands::testing`),
+/// loads through the executor, reads through `event_log`.
+#[derive(Clone)]
+struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    fn new(pool: PgPool) -> Self {
+        Store { pool }
+    }
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, StoreError> {
+        match expected {
+            ExpectedVersion::Any => commands::testing::append(&self.pool, stream, events).await,
+            ExpectedVersion::NoStream => self.commit(WriteSet::append(stream, 0, events)).await,
+            ExpectedVersion::Exact(v) => self.commit(WriteSet::append(stream, v, events)).await,
+        }
+    }
+
+    async fn commit(&self, write: WriteSet) -> Result<Appended, StoreError> {
+        commit(&self.pool, write).await
+    }
+
+    async fn read_stream(&self, stream: &str, after: i64) -> sqlx::Result<Vec<RecordedEvent>> {
+        event_log::read_stream(&self.pool, stream, after).await
+    }
+
+    async fn load<A: Aggregate>(&self, id: Uuid) -> Result<Loaded<A>, StoreError> {
+        Executor::new(self.pool.clone()).load(id).await
+    }
+}
 
 #[derive(Serialize)]
 #[serde(tag = "type", content = "data")]
@@ -45,7 +96,7 @@ fn events(writer: usize, from: usize, count: usize) -> Vec<NewEvent> {
         .collect()
 }
 
-async fn stream_version(store: &PgEventStore, stream: &str) -> i64 {
+async fn stream_version(store: &Store, stream: &str) -> i64 {
     sqlx::query_scalar::<_, i64>("SELECT version FROM streams WHERE stream_id = $1")
         .bind(stream)
         .fetch_optional(store.pool())
@@ -67,7 +118,7 @@ async fn a_live_reader_sees_every_committed_event_exactly_once_in_log_order() {
     let db = TestDb::create_with_pool_size(WRITERS as u32 + 8)
         .await
         .unwrap();
-    let store = PgEventStore::new(db.pool.clone());
+    let store = Store::new(db.pool.clone());
     let writers_done = Arc::new(AtomicBool::new(false));
     let baseline = log_head(&db.pool).await.unwrap();
 
@@ -189,7 +240,7 @@ async fn a_live_reader_sees_every_committed_event_exactly_once_in_log_order() {
 #[tokio::test]
 async fn the_reader_does_not_pass_a_transaction_that_is_still_in_flight() {
     let db = TestDb::create().await.unwrap();
-    let store = PgEventStore::new(db.pool.clone());
+    let store = Store::new(db.pool.clone());
     let baseline = log_head(&db.pool).await.unwrap();
     let mut slow = db.pool.begin().await.unwrap();
     let slow_appended = commit_in(&mut *slow, &WriteSet::append("slow", 0, events(0, 0, 1)))
@@ -222,7 +273,7 @@ async fn the_reader_does_not_pass_a_transaction_that_is_still_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn of_concurrent_appends_at_one_expected_version_exactly_one_wins() {
     let db = TestDb::create_with_pool_size(40).await.unwrap();
-    let store = PgEventStore::new(db.pool.clone());
+    let store = Store::new(db.pool.clone());
     store
         .append("contested", ExpectedVersion::NoStream, events(0, 0, 1))
         .await
@@ -259,7 +310,7 @@ async fn of_concurrent_appends_at_one_expected_version_exactly_one_wins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn of_concurrent_creations_of_one_stream_exactly_one_wins() {
     let db = TestDb::create_with_pool_size(40).await.unwrap();
-    let store = PgEventStore::new(db.pool.clone());
+    let store = Store::new(db.pool.clone());
     let attempts: Vec<_> = (0..32)
         .map(|writer| {
             let store = store.clone();
@@ -283,7 +334,7 @@ async fn of_concurrent_creations_of_one_stream_exactly_one_wins() {
 #[tokio::test]
 async fn a_wrong_expected_version_appends_nothing() {
     let db = TestDb::create().await.unwrap();
-    let store = PgEventStore::new(db.pool.clone());
+    let store = Store::new(db.pool.clone());
     store
         .append("s", ExpectedVersion::NoStream, events(0, 0, 1))
         .await
@@ -310,7 +361,7 @@ async fn a_wrong_expected_version_appends_nothing() {
 
     // A write that fails its version check leaves none of its other writes behind either.
     let write = WriteSet::append("s", 7, events(0, 0, 1))
-        .claim_name("scope", "name")
+        .claim_name("scope", "name", Default::default())
         .add_reference("target");
     assert!(matches!(
         store.commit(write).await,
@@ -331,7 +382,7 @@ async fn a_wrong_expected_version_appends_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn appends_with_any_version_from_many_writers_use_every_version_once() {
     let db = TestDb::create_with_pool_size(40).await.unwrap();
-    let store = PgEventStore::new(db.pool.clone());
+    let store = Store::new(db.pool.clone());
     let writers: Vec<_> = (0..16)
         .map(|writer| {
             let store = store.clone();
@@ -361,7 +412,7 @@ async fn appends_with_any_version_from_many_writers_use_every_version_once() {
 #[tokio::test]
 async fn loading_a_long_stream_uses_a_snapshot_and_folds_the_same_state() {
     let db = TestDb::create().await.unwrap();
-    let store = PgEventStore::new(db.pool.clone());
+    let store = Store::new(db.pool.clone());
     let id = Uuid::now_v7();
     let stream = Organization::stream_id(id);
     let created = OrganizationEvent::Created {

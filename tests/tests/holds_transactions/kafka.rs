@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use events::published::{aggregate_types, topic, value};
-use events::store::{log_head, COLUMNS};
-use events::{LogPosition, RecordedEvent};
+use contracts::published::{aggregate_types, topic, value};
+use domain::{LogPosition, RecordedEvent};
+use event_log::{log_head, COLUMNS};
 use futures::future::join_all;
 use projector::publisher::{self, PublisherConfig};
 use serde_json::{json, Value};
@@ -68,12 +68,10 @@ impl Setup {
     async fn logged(&self) -> Vec<RecordedEvent> {
         // Every event, committed or not when the publisher last looked (`read_log` would leave out
         // those behind the server's oldest transaction, the broker's included).
-        sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM events ORDER BY transaction_id, global_position"
-        ))
-        .fetch_all(&self.app.db.pool)
-        .await
-        .expect("reading the log")
+        let sql = format!("SELECT {COLUMNS} FROM events ORDER BY transaction_id, global_position");
+        event_log::fetch_events(&self.app.db.pool, sqlx::query(&sql))
+            .await
+            .expect("reading the log")
     }
 
     async fn publisher_checkpoint(&self) -> LogPosition {

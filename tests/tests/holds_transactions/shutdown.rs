@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
-use events::published::{aggregate_types, topic};
+use contracts::published::{aggregate_types, topic};
 use serde_json::json;
 use sqlx::PgPool;
 use tests::kafka::{publisher_checkpoint, Broker, GroupMember};

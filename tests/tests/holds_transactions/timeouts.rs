@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use events::database::Limits;
+use event_log::database::Limits;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use tests::process::Stack;

@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 use tests::TestApp;
 
-/// The built-in `Event` workflow entity type (events::catalog::kinds::BUILT_IN_ENTITY_TYPES).
+/// The built-in `Event` workflow entity type (domain::catalog::kinds::BUILT_IN_ENTITY_TYPES).
 const EVENT_TYPE: &str = "01930000-0000-7000-8000-000000000101";
 
 fn keys(value: &Value) -> Vec<String> {

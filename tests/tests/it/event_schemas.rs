@@ -1,5 +1,5 @@
 //! `schemas/events/` holds the JSON Schema of every event type's Kafka message value, generated from
-//! the Rust types (`events::published::schemas`). This test fails when the checked-in files differ
+//! the Rust types (`contracts::published::schemas`). This test fails when the checked-in files differ
 //! from what the code generates; `UPDATE_SCHEMAS=1 cargo test -p tests --test it event_schemas::` rewrites
 //! them.
 
@@ -25,7 +25,7 @@ fn checked_in() -> BTreeMap<String, String> {
 }
 
 fn generated() -> BTreeMap<String, String> {
-    events::published::schemas()
+    contracts::published::schemas()
         .into_iter()
         .map(|(name, schema)| {
             let text = serde_json::to_string_pretty(&schema).expect("schemas serialise");
@@ -64,7 +64,7 @@ fn the_checked_in_event_schemas_are_what_the_code_generates() {
 
 #[test]
 fn every_schema_is_a_valid_json_schema() {
-    for (name, schema) in events::published::schemas() {
+    for (name, schema) in contracts::published::schemas() {
         jsonschema::meta::validate(&schema)
             .unwrap_or_else(|e| panic!("{name} is not a valid JSON Schema: {e}"));
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::json;
 use tests::process::free_addr;
-use tests::{send, TestApp};
+use tests::{gateway_upstream, send, TestApp};
 
 /// nginx on the rendered template, stopped (with its workers) when dropped.
 struct Gateway {
@@ -24,9 +24,11 @@ impl Gateway {
         std::fs::create_dir_all(dir.join("nginx-tmp")).expect("creating the run directory");
         let addr = free_addr();
         let template = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/nginx.conf.template");
+        let routes = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/gateway-routes.map");
         let rendered = Command::new("envsubst")
-            .arg("${RUN_DIR} ${GATEWAY_ADDR} ${COMMAND_API_ADDR} ${QUERY_API_ADDR}")
+            .arg("${RUN_DIR} ${GATEWAY_ADDR} ${COMMAND_API_ADDR} ${QUERY_API_ADDR} ${GATEWAY_ROUTES}")
             .env("RUN_DIR", &dir)
+            .env("GATEWAY_ROUTES", routes)
             .env("GATEWAY_ADDR", addr.to_string())
             .env(
                 "COMMAND_API_ADDR",
@@ -106,6 +108,33 @@ async fn the_gateway_serves_the_api_and_hides_the_operators_endpoints() {
     assert_eq!(body["name"], "Through the gateway");
     let (status, body) = send(http.get(format!("{}/healthz", gateway.url))).await;
     assert_eq!((status, body), (200, json!("ok")));
+
+    // Browser sign-in writes on GET: the gateway sends it to command-api, as the tests' client does
+    // (both route by deploy/gateway-routes.map).
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let path = "/api/auth/login?returnTo=/organizations";
+    assert_eq!(gateway_upstream(&Method::GET, path), "command_api");
+    let status = |url: String| {
+        let request = no_redirects.get(url);
+        async move { request.send().await.expect("a response").status() }
+    };
+    let direct = status(format!("{}{path}", app.command_url)).await;
+    assert!(
+        direct.is_redirection(),
+        "command-api answers sign-in with {direct}"
+    );
+    assert_eq!(status(format!("{}{path}", gateway.url)).await, direct);
+    assert_eq!(
+        gateway_upstream(&Method::HEAD, "/api/organizations"),
+        "query_api"
+    );
+    assert_eq!(
+        gateway_upstream(&Method::DELETE, "/api/organizations/x"),
+        "command_api"
+    );
 
     // Both services answer these themselves; the gateway does not pass them on.
     for service in [&app.command_url, &app.query_url] {

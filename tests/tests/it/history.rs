@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use events::catalog::kinds::BUILT_IN_ENTITY_TYPES;
+use domain::catalog::kinds::BUILT_IN_ENTITY_TYPES;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::Method;

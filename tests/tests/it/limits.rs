@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use events::json::MAX_DEPTH;
+use commands::WriteSet;
+use domain::json::MAX_DEPTH;
 use query_api::consistency::ConsistencyConfig;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -20,7 +21,7 @@ fn arrays(levels: usize) -> Value {
 }
 
 fn depth(body: &Value) -> usize {
-    events::json::depth(&serde_json::to_vec(body).unwrap())
+    domain::json::depth(&serde_json::to_vec(body).unwrap())
 }
 
 /// `make(n)` with `n` chosen so the body nests exactly `MAX_DEPTH + over` levels.
@@ -35,7 +36,7 @@ fn at_limit(make: &dyn Fn(usize) -> Value, over: usize) -> Value {
 fn deepest_tree(org: &str, presentation: Value) -> Value {
     let mut node =
         json!({"name": "leaf", "entityType": "event", "presentation": {"shape": presentation}});
-    for _ in 1..events::catalog::kinds::WORKFLOW_MAX_DEPTH {
+    for _ in 1..domain::catalog::kinds::WORKFLOW_MAX_DEPTH {
         node = json!({"name": "n", "entityType": "event", "children": [node]});
     }
     json!({"organizationId": org, "name": "Deep", "workflowData": {"root": node}})
@@ -217,7 +218,7 @@ async fn a_nul_character_in_any_text_field_is_refused_naming_the_field() {
 
 /// Appends one event straight to the log, as a bug or a log written by an older version could.
 async fn append_raw(app: &TestApp, stream: &str, event_type: &str, data: Value) -> i64 {
-    let event = events::NewEvent {
+    let event = domain::NewEvent {
         event_id: uuid::Uuid::now_v7(),
         event_type: event_type.into(),
         schema_version: 1,
@@ -225,14 +226,10 @@ async fn append_raw(app: &TestApp, stream: &str, event_type: &str, data: Value) 
         metadata: tests::metadata(&app.admin_id, None),
         recorded_at: chrono::Utc::now(),
     };
-    let appended = events::EventStore::append(
-        &app.store,
-        stream,
-        events::ExpectedVersion::NoStream,
-        vec![event],
-    )
-    .await
-    .unwrap();
+    let appended =
+        commands::testing::commit(&app.db.pool, WriteSet::append(stream, 0, vec![event]))
+            .await
+            .unwrap();
     appended.position.global_position
 }
 

@@ -3,8 +3,10 @@
 //! manual step.
 
 use chrono::Utc;
-use events::organization::OrganizationEvent;
-use events::{EventStore, ExpectedVersion, NewEvent, PgEventStore};
+use commands::testing::commit;
+use commands::WriteSet;
+use domain::organization::OrganizationEvent;
+use domain::NewEvent;
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use tests::TestDb;
@@ -21,9 +23,7 @@ async fn services_starting_at_once_migrate_a_fresh_database_once() {
                 .max_connections(2)
                 .connect_with(options)
                 .await?;
-            events::store::migrate(&pool)
-                .await
-                .map_err(anyhow::Error::from)
+            event_log::migrate(&pool).await.map_err(anyhow::Error::from)
         })
     });
     for start in futures::future::join_all(starts).await {
@@ -33,7 +33,7 @@ async fn services_starting_at_once_migrate_a_fresh_database_once() {
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert_eq!(applied as usize, events::store::MIGRATOR.iter().count());
+    assert_eq!(applied as usize, event_log::MIGRATOR.iter().count());
     let function_exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'append_write')")
             .fetch_one(&db.pool)
@@ -64,10 +64,11 @@ async fn an_audit_trail_indexed_before_changes_were_stored_is_refilled_by_the_ru
     let org = Uuid::now_v7();
     let metadata = tests::metadata("someone", Some(org));
     let event = |e: OrganizationEvent| NewEvent::new(&e, metadata.clone(), Utc::now());
-    PgEventStore::new(db.pool.clone())
-        .append(
+    commit(
+        &db.pool,
+        WriteSet::append(
             &format!("organization-{org}"),
-            ExpectedVersion::NoStream,
+            0,
             vec![
                 event(OrganizationEvent::Created {
                     id: org,
@@ -79,9 +80,10 @@ async fn an_audit_trail_indexed_before_changes_were_stored_is_refilled_by_the_ru
                     description: None,
                 }),
             ],
-        )
-        .await
-        .unwrap();
+        ),
+    )
+    .await
+    .unwrap();
     sqlx::raw_sql(
         "INSERT INTO read_models.audit_index (global_position, organization_id, resource_type, resource_id, actor_id, occurred_at) \
            SELECT global_position, (metadata->>'organizationId')::uuid, 'organization', (data->>'id')::uuid, 'someone', recorded_at FROM events; \
@@ -93,7 +95,7 @@ async fn an_audit_trail_indexed_before_changes_were_stored_is_refilled_by_the_ru
     .await
     .unwrap();
 
-    events::store::migrate(&db.pool).await.unwrap();
+    event_log::migrate(&db.pool).await.unwrap();
     let indexed: i64 = sqlx::query_scalar("SELECT count(*) FROM read_models.audit_index")
         .fetch_one(&db.pool)
         .await

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use events::store::log_head;
-use events::{EventStore, ExpectedVersion, LogPosition, NewEvent, PgEventStore, RecordedEvent};
+use domain::{LogPosition, NewEvent, RecordedEvent};
+use event_log::log_head;
 use projector::rebuild::rebuild;
 use projector::worker::{self, WorkerConfig};
 use projector::Projection;
@@ -103,16 +103,11 @@ enum TestEvent {
     Happened { n: usize },
 }
 
-async fn append_events(store: &PgEventStore, count: usize) {
+async fn append_events(pool: &PgPool, count: usize) {
     let metadata = tests::metadata("tester", None);
     for n in 0..count {
         let event = NewEvent::new(&TestEvent::Happened { n }, metadata.clone(), Utc::now());
-        store
-            .append(
-                &format!("stream-{}", n % 17),
-                ExpectedVersion::Any,
-                vec![event],
-            )
+        commands::testing::append(pool, &format!("stream-{}", n % 17), vec![event])
             .await
             .unwrap();
     }
@@ -190,12 +185,12 @@ fn config() -> WorkerConfig {
     }
 }
 
-async fn setup(events: usize) -> (TestDb, PgEventStore) {
+async fn setup(events: usize) -> (TestDb, PgPool) {
     let db = TestDb::create().await.unwrap();
     create_recorder_tables(&db.pool).await;
-    let store = PgEventStore::new(db.pool.clone());
-    append_events(&store, events).await;
-    (db, store)
+    append_events(&db.pool, events).await;
+    let pool = db.pool.clone();
+    (db, pool)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

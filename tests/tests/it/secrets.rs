@@ -211,7 +211,8 @@ async fn sealed_values_open_only_for_their_owner_and_field() {
         .await
         .is_err());
     let other_key =
-        events::secrets::Secrets::from_base64(&events::secrets::Secrets::generate_key()).unwrap();
+        commands::secrets::Secrets::from_base64(&commands::secrets::Secrets::generate_key())
+            .unwrap();
     assert!(other_key.open(pool, org, &context, &sealed).await.is_err());
 }
 
@@ -267,7 +268,7 @@ async fn deleting_an_organization_destroys_its_data_key_and_its_history_still_re
             app.secrets
                 .open(pool, owner, &format!("{stream}/{field}"), value)
                 .await,
-            Err(events::secrets::SecretsError::Destroyed(_))
+            Err(commands::secrets::SecretsError::Destroyed(_))
         ));
     }
 

@@ -9,10 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use chrono::Utc;
-use events::published::Message;
-use events::store::read_log;
-use events::EventStore;
-use events::LogPosition;
+use contracts::published::Message;
+use domain::LogPosition;
+use event_log::read_log;
 use projector::projections;
 use projector::rebuild::rebuild;
 use projector::replay::replay;
@@ -448,9 +447,9 @@ async fn the_hash_chain_holds_under_concurrent_writers_of_one_stream_and_multi_e
 
     // Several events in one append: each chained to the one inserted just before it.
     let metadata = tests::metadata("tester", None);
-    let batch = || -> Vec<events::NewEvent> {
+    let batch = || -> Vec<domain::NewEvent> {
         (0..5)
-            .map(|n| events::NewEvent {
+            .map(|n| domain::NewEvent {
                 event_id: uuid::Uuid::now_v7(),
                 event_type: "test.happened".into(),
                 schema_version: 1,
@@ -461,8 +460,7 @@ async fn the_hash_chain_holds_under_concurrent_writers_of_one_stream_and_multi_e
             .collect()
     };
     for _ in 0..2 {
-        app.store
-            .append("test-0", events::ExpectedVersion::Any, batch())
+        commands::testing::append(&app.db.pool, "test-0", batch())
             .await
             .unwrap();
     }

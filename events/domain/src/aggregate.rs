@@ -40,7 +40,7 @@ pub trait Aggregate:
     /// Bumped whenever the state's shape changes, so that stale snapshots are ignored.
     const SNAPSHOT_SCHEMA: i32 = 1;
     /// Whether loading keeps snapshots of the state. Users' do not: their state holds opened personal
-    /// data, which must live nowhere but under its key (`crate::personal`).
+    /// data, which must live nowhere but under its key (`event_log::personal`).
     const SNAPSHOTS: bool = true;
 
     type Event: Serialize + DeserializeOwned + Send + Sync;

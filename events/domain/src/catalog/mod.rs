@@ -10,7 +10,7 @@
 //! field present, validated, trimmed): a request is parsed into that struct at the edge
 //! ([`parse_fields`], [`merge_update`]), so the aggregate never sees unchecked input, and an update event
 //! carries exactly the fields whose normalised value changed. Write-only values never appear in the
-//! fields: events carry them sealed (see [`crate::secrets`]) under `secrets`, and the state only
+//! fields: events carry them sealed (see `commands::secrets`) under `secrets`, and the state only
 //! remembers which ones are set.
 
 pub mod kinds;
@@ -58,7 +58,7 @@ pub enum Scope {
 pub struct KindInfo {
     /// Stream prefix and event-type prefix, e.g. `prompt_template`.
     pub type_name: &'static str,
-    /// The JSON Schema of the kind's field struct (see [`crate::published`]).
+    /// The JSON Schema of the kind's field struct (see `contracts::published`).
     pub fields_schema: fn() -> schemars::Schema,
     /// For messages: `Prompt template`.
     pub label: &'static str,

@@ -60,7 +60,7 @@ fn required_text(field: &str, value: &str, max: usize) -> Result<(), DomainError
 /// An absolute http(s) URL with a host.
 fn model_url(value: &str) -> Result<(), DomainError> {
     bounded("modelUrl", value, URL_MAX_CHARS)?;
-    let url = reqwest::Url::parse(value)
+    let url = url::Url::parse(value)
         .map_err(|e| DomainError::invalid("modelUrl", format!("not an absolute URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(DomainError::invalid(

@@ -162,7 +162,8 @@ impl NewEvent {
 
 /// An event as read from the log, its payload upcast to the current version of its type (see
 /// [`crate::upcast`]): `schema_version` and `data` are the current shape, whatever the row holds.
-/// Personal data in it is opened ([`crate::personal`]), or reads as erased.
+/// Personal data in it is opened, or reads as erased ([`crate::personal`]). `event_log` decodes rows
+/// into it.
 #[derive(Debug, Clone)]
 pub struct RecordedEvent {
     pub global_position: i64,
@@ -173,34 +174,8 @@ pub struct RecordedEvent {
     pub event_type: String,
     pub schema_version: i32,
     pub data: Value,
-    pub metadata: sqlx::types::Json<EventMetadata>,
+    pub metadata: EventMetadata,
     pub recorded_at: DateTime<Utc>,
-}
-
-impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for RecordedEvent {
-    fn from_row(row: &'r sqlx::postgres::PgRow) -> sqlx::Result<Self> {
-        use sqlx::Row;
-        let event_type: String = row.try_get("event_type")?;
-        // Decoded past serde_json's default depth: see `crate::json`.
-        let crate::json::Stored(data) = row.try_get("data")?;
-        let (schema_version, mut data) =
-            crate::upcast::upcast(&event_type, row.try_get("schema_version")?, data);
-        let stream_id: String = row.try_get("stream_id")?;
-        let personal_key: Option<Vec<u8>> = row.try_get("personal_key")?;
-        crate::personal::open(&event_type, &stream_id, &mut data, personal_key.as_deref());
-        Ok(RecordedEvent {
-            global_position: row.try_get("global_position")?,
-            transaction_id: row.try_get("transaction_id")?,
-            stream_id,
-            stream_version: row.try_get("stream_version")?,
-            event_id: row.try_get("event_id")?,
-            event_type,
-            schema_version,
-            data,
-            metadata: row.try_get("metadata")?,
-            recorded_at: row.try_get("recorded_at")?,
-        })
-    }
 }
 
 impl RecordedEvent {
@@ -217,15 +192,9 @@ impl RecordedEvent {
     }
 }
 
-#[cfg(test)]
 impl RecordedEvent {
     /// An event as a unit test reads it from the log.
-    pub(crate) fn fixture(
-        stream_id: &str,
-        event_type: &str,
-        stream_version: i64,
-        data: Value,
-    ) -> Self {
+    pub fn fixture(stream_id: &str, event_type: &str, stream_version: i64, data: Value) -> Self {
         RecordedEvent {
             global_position: 40 + stream_version,
             transaction_id: 7,
@@ -235,16 +204,15 @@ impl RecordedEvent {
             event_type: event_type.into(),
             schema_version: 1,
             data,
-            metadata: sqlx::types::Json(EventMetadata::fixture()),
+            metadata: EventMetadata::fixture(),
             recorded_at: Utc::now(),
         }
     }
 }
 
-#[cfg(test)]
 impl EventMetadata {
     /// What a unit test's event records about its request.
-    pub(crate) fn fixture() -> Self {
+    pub fn fixture() -> Self {
         EventMetadata {
             actor: ActorRef {
                 id: "u".into(),

@@ -3,14 +3,15 @@
 //! in the log, and in whatever is folded or published from it afterwards, then reads as [`ERASED`],
 //! while the log stays append-only and its hash chain intact.
 //!
-//! Keys live in `personal_data_keys` (migration `0013`), one per user stream. Every read of the log
-//! selects a user event's key with its row (`store::COLUMNS`), and decoding the row opens the values
+//! Keys live in `personal_data_keys` (migration `0013`), one per user stream; the write side creates
+//! them (`commands::store`). Every read of the log selects a user event's key with its row
+//! ([`crate::COLUMNS`]), and decoding the row opens the values
 //! in place ([`open`]), so aggregates, projections, the audit trail, point-in-time reads and the
 //! publisher see plaintext or [`ERASED`] and never handle ciphertext. A value sealed under a key that
 //! is no longer its stream's (destroyed, or replaced when an erased subject signed in again) reads as
 //! [`ERASED`]; values recorded before sealing existed are plaintext and pass through.
 //!
-//! The keys are not wrapped by a master key, unlike write-only values' (`crate::secrets`): the read
+//! The keys are not wrapped by a master key, unlike write-only values' (`commands::secrets`): the read
 //! models serve current personal data in plaintext anyway, so a wrap would hide nothing that a copy of
 //! the database does not already show, and every service reading the log can open these values
 //! without holding a secret. What erasure relies on is that the key row is gone.
@@ -20,17 +21,9 @@ use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::Value;
-use sqlx::PgPool;
 use uuid::Uuid;
 
-/// What a personal value reads as once its user was erased.
-pub const ERASED: &str = "[erased]";
-
-/// The personal fields of user events' data.
-pub const FIELDS: [&str; 3] = ["subject", "email", "name"];
-
-/// The event types that carry personal fields (`store::COLUMNS` selects a key for these).
-pub const SEALED_EVENT_TYPES: [&str; 2] = ["user.registered", "user.profile_updated"];
+pub use domain::personal::{ERASED, FIELDS, SEALED_EVENT_TYPES};
 
 /// Marks a sealed personal value: `p1.<key id>.<base64 of nonce and ciphertext>`.
 const PREFIX: &str = "p1.";
@@ -44,39 +37,26 @@ pub struct PersonalKey {
 }
 
 impl PersonalKey {
-    /// The key of `stream_id` (a user stream), created on first use. Two writers creating it at once
-    /// keep the first one stored and both seal with that one.
-    pub async fn of_stream(pool: &PgPool, stream_id: &str) -> Result<Self, sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO personal_data_keys (stream_id, key_id, key) VALUES ($1, $2, $3) \
-             ON CONFLICT (stream_id) DO NOTHING",
-        )
-        .bind(stream_id)
-        .bind(Uuid::new_v4())
-        .bind(Aes256Gcm::generate_key(OsRng).as_slice())
-        .execute(pool)
-        .await?;
-        let (id, key): (Uuid, Vec<u8>) =
-            sqlx::query_as("SELECT key_id, key FROM personal_data_keys WHERE stream_id = $1")
-                .bind(stream_id)
-                .fetch_one(pool)
-                .await?;
-        Ok(PersonalKey {
+    /// A key from its stored parts: its id and its 32 bytes (`None` for any other length).
+    pub fn new(id: Uuid, key: &[u8]) -> Option<Self> {
+        (key.len() == 32).then(|| PersonalKey {
             id,
-            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key)),
+            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)),
         })
     }
 
-    /// A key as `store::COLUMNS` selects it: the key id's 16 bytes, then the key's 32.
+    /// A fresh random key's 32 bytes.
+    pub fn generate() -> Vec<u8> {
+        Aes256Gcm::generate_key(OsRng).to_vec()
+    }
+
+    /// A key as [`crate::COLUMNS`] selects it: the key id's 16 bytes, then the key's 32.
     fn from_column(bytes: &[u8]) -> Option<Self> {
         if bytes.len() != KEY_ID_LEN + 32 {
             return None;
         }
         let (id, key) = bytes.split_at(KEY_ID_LEN);
-        Some(PersonalKey {
-            id: Uuid::from_slice(id).ok()?,
-            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)),
-        })
+        PersonalKey::new(Uuid::from_slice(id).ok()?, key)
     }
 
     /// Seals the personal fields of a user event's `data` in place, each bound to its stream and field.
@@ -209,7 +189,7 @@ mod tests {
 
     #[test]
     fn every_read_of_the_log_selects_keys_for_the_sealed_event_types() {
-        let selected = crate::store::COLUMNS;
+        let selected = crate::COLUMNS;
         for event_type in SEALED_EVENT_TYPES {
             assert!(
                 selected.contains(&format!("'{event_type}'")),

@@ -12,14 +12,14 @@ use std::collections::BTreeMap;
 use chrono::SecondsFormat;
 use serde_json::{json, Map, Value};
 
-use crate::aggregate::Aggregate;
-use crate::catalog::{kinds, SEALED_VALUES};
-use crate::environment::{Environment, EnvironmentEvent};
-use crate::members::{Members, MembersEvent};
-use crate::organization::{Organization, OrganizationEvent};
-use crate::upcast::current_version;
-use crate::user::{User, UserEvent};
-use crate::RecordedEvent;
+use domain::aggregate::Aggregate;
+use domain::catalog::{kinds, SEALED_VALUES};
+use domain::environment::{Environment, EnvironmentEvent};
+use domain::members::{Members, MembersEvent};
+use domain::organization::{Organization, OrganizationEvent};
+use domain::upcast::current_version;
+use domain::user::{User, UserEvent};
+use domain::RecordedEvent;
 
 pub const SPEC_VERSION: &str = "1.0";
 
@@ -125,7 +125,7 @@ pub fn schemas() -> BTreeMap<String, Value> {
     ] {
         add_variants(&mut schemas, root.to_value());
     }
-    for (event_type, version, schema) in crate::upcast::superseded_schemas() {
+    for (event_type, version, schema) in domain::upcast::superseded_schemas() {
         insert_version(&mut schemas, event_type, version, schema.to_value());
     }
     for kind in kinds::ALL {
@@ -224,7 +224,7 @@ fn insert_version(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::LogPosition;
+    use domain::LogPosition;
     use uuid::Uuid;
 
     #[test]

@@ -1,10 +1,10 @@
 //! What a write's events imply outside the log, committed in the same transaction: the access lookups
 //! every request is authorised against (`access_users`, `access_memberships`), and the keys that go
 //! when an organization is deleted (its data key, `crate::secrets`) or a user erased (its personal
-//! data key, `crate::personal`, with its sessions and kept responses).
+//! data key, `event_log::personal`, with its sessions and kept responses).
 //!
 //! They are derived here, in Rust, from the events the write appends, each read as the current version
-//! of its type through `crate::upcast` (as every reader of the log reads them), so that a new version
+//! of its type through `domain::upcast` (as every reader of the log reads them), so that a new version
 //! of an event cannot leave authorisation reading an old shape. `WriteSet::append` derives them and
 //! `append_write` applies them with `apply_lookups` (migration `0013`); nothing else writes those
 //! tables.
@@ -16,12 +16,12 @@ use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::access::Role;
-use crate::aggregate::Aggregate;
-use crate::envelope::NewEvent;
-use crate::members::{Members, MembersEvent};
-use crate::organization::{Organization, OrganizationEvent};
-use crate::user::{User, UserEvent};
+use domain::access::Role;
+use domain::aggregate::Aggregate;
+use domain::envelope::NewEvent;
+use domain::members::{Members, MembersEvent};
+use domain::organization::{Organization, OrganizationEvent};
+use domain::user::{User, UserEvent};
 
 /// The lookups of one write (which appends to one stream).
 #[derive(Clone, Default, Serialize)]
@@ -171,7 +171,7 @@ impl Lookups {
 fn decoded<E: DeserializeOwned>(events: &[NewEvent]) -> impl Iterator<Item = E> + '_ {
     events.iter().map(|event| {
         let (_, data) =
-            crate::upcast::upcast(&event.event_type, event.schema_version, event.data.clone());
+            domain::upcast::upcast(&event.event_type, event.schema_version, event.data.clone());
         serde_json::from_value(json!({ "type": event.event_type, "data": data }))
             .unwrap_or_else(|error| panic!("a {} event does not decode: {error}", event.event_type))
     })
@@ -180,7 +180,7 @@ fn decoded<E: DeserializeOwned>(events: &[NewEvent]) -> impl Iterator<Item = E> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::EventMetadata;
+    use domain::envelope::EventMetadata;
     use serde_json::Value;
 
     fn event(event_type: &str, schema_version: i32, data: Value) -> NewEvent {

@@ -1,18 +1,11 @@
-//! The event store: appends with an expected version, reads of one stream, and reads of the whole log
-//! in an order that never skips a late commit.
+//! The write side of the event log: loading aggregates (from their latest snapshot), the heads of
+//! streams a write refers to, and committing a [`WriteSet`], everything one command decided, in one
+//! statement. Only the executor (`crate::executor`) commits; reads of the log are `event_log`'s.
 //!
-//! Ordering. Positions come from an identity column, handed out when a row is inserted, not when its
-//! transaction commits: a reader that took `position > checkpoint` could see 11 commit before 10 and
-//! lose 10 for ever. Every row therefore records its writing transaction's id, and [`read_log`] takes
-//! only rows whose transaction is older than the oldest one still in flight (the snapshot's xmin),
-//! ordered by `(transaction_id, global_position)`, in one statement and so in one snapshot. Anything
-//! that commits later has a transaction id at or above that xmin and so sorts after everything read.
-//!
-//! Per-stream order follows as long as every append states the stream version it expects and that
-//! version was read before the appending transaction began: a writer of version n+1 must have seen
-//! version n committed before its own transaction id was assigned, so it sorts after it. That is why
-//! [`WriteSet::append`] takes an exact version and [`ExpectedVersion::Any`] is resolved by reading the
-//! current version first and retrying on conflict.
+//! Versions. Every append states the stream version it expects, read before the appending transaction
+//! began: that is what keeps each stream's events in order in the log's gap-free reading order
+//! (`event_log`'s module docs). A write that finds another version loses the race
+//! ([`StoreError::Conflict`]), and the executor runs its command again.
 //!
 //! Writes. Everything one command decided (the streams it depends on, name claims, references, its
 //! events, the response kept under its idempotency key, what its events imply outside the log:
@@ -23,59 +16,32 @@
 //!
 //! Wake-ups. After a commit the store sends `NOTIFY` so that followers wake at once. It is sent from a
 //! background task, coalesced, outside the appending transaction: PostgreSQL serialises the commits of
-//! notifying transactions on a global lock, which would undo group commit. A lost notification costs a
-//! follower one poll interval, never an event.
+//! notifying transactions on a global lock, which would undo group commit.
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use domain::{Aggregate, EventMetadata, Loaded, LogPosition, NewEvent, Permission, RecordedEvent};
+use event_log::personal::PersonalKey;
+use event_log::{fetch_events, read_stream, APPENDED_CHANNEL, COLUMNS};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::postgres::{PgListener, PgPool};
+use sqlx::postgres::PgPool;
 use sqlx::PgExecutor;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::access::Permission;
-use crate::aggregate::{Aggregate, Loaded};
-use crate::envelope::{EventMetadata, LogPosition, NewEvent, RecordedEvent};
 use crate::lookups::Lookups;
-use crate::personal::PersonalKey;
-
-/// The channel followers `LISTEN` on; a notification means "new events may be readable".
-pub const APPENDED_CHANNEL: &str = "events_appended";
 
 /// A stream gets a snapshot once this many events have to be folded on top of the last one.
 const SNAPSHOT_EVERY: usize = 64;
-
-/// How many times [`EventStore::append`] with [`ExpectedVersion::Any`] retries a lost race.
-const ANY_VERSION_ATTEMPTS: u32 = 100;
-
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../schemas/migrations");
-
-/// Applies every migration under `schemas/migrations`. Safe to call from several processes at once:
-/// the migrator holds a PostgreSQL advisory lock while it works.
-pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExpectedVersion {
-    /// Append whatever the stream's version is.
-    Any,
-    /// The stream must not exist yet.
-    NoStream,
-    /// The stream must be at exactly this version.
-    Exact(i64),
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("stream {stream} is not at the expected version")]
     Conflict { stream: String },
     #[error("the name is already taken in {scope}")]
-    NameTaken { scope: String },
+    NameTaken { scope: String, claimant: Claimant },
     #[error("still referenced by {sources:?}")]
     Referenced { sources: Vec<String> },
     #[error("the idempotency key was used by another request")]
@@ -99,42 +65,18 @@ pub struct Appended {
     pub position: LogPosition,
 }
 
-#[async_trait]
-pub trait EventStore: Send + Sync {
-    async fn append(
-        &self,
-        stream_id: &str,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<Appended, StoreError>;
-
-    /// The stream's events after `after_version`, in version order.
-    async fn read_stream(
-        &self,
-        stream_id: &str,
-        after_version: i64,
-    ) -> Result<Vec<RecordedEvent>, StoreError>;
-
-    /// Up to `limit` events of the whole log after `after`, in log order (see the module docs).
-    async fn read_log(
-        &self,
-        after: LogPosition,
-        limit: i64,
-    ) -> Result<Vec<RecordedEvent>, StoreError>;
-}
-
 #[derive(Clone)]
-pub struct PgEventStore {
+pub(crate) struct Store {
     pool: PgPool,
     appended: Arc<Notify>,
 }
 
-impl PgEventStore {
+impl Store {
     /// Creates the store and spawns its notifier task on the current Tokio runtime.
     pub fn new(pool: PgPool) -> Self {
         let appended = Arc::new(Notify::new());
         tokio::spawn(notify_followers(pool.clone(), appended.clone()));
-        PgEventStore { pool, appended }
+        Store { pool, appended }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -142,7 +84,7 @@ impl PgEventStore {
     }
 
     /// Commits a write set on its own (one statement, so its own transaction).
-    pub async fn commit(&self, write: WriteSet) -> Result<Appended, StoreError> {
+    pub(crate) async fn commit(&self, write: WriteSet) -> Result<Appended, StoreError> {
         let appended = commit_in(&self.pool, &write).await?;
         self.appended.notify_one();
         Ok(appended)
@@ -151,14 +93,15 @@ impl PgEventStore {
     /// Folds an aggregate from its latest snapshot and the events after it.
     pub async fn load<A: Aggregate>(&self, id: Uuid) -> Result<Loaded<A>, StoreError> {
         let stream_id = A::stream_id(id);
-        let tail = sqlx::query_as::<_, RecordedEvent>(&format!(
+        let sql = format!(
             "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND stream_version > \
              COALESCE((SELECT version FROM snapshots WHERE stream_id = $1 AND schema_version = $2), 0) \
              ORDER BY stream_version"
-        ))
-        .bind(&stream_id)
-        .bind(A::SNAPSHOT_SCHEMA)
-        .fetch_all(&self.pool)
+        );
+        let tail = fetch_events(
+            &self.pool,
+            sqlx::query(&sql).bind(&stream_id).bind(A::SNAPSHOT_SCHEMA),
+        )
         .await?;
 
         let base_version = tail.first().map_or(-1, |e| e.stream_version - 1);
@@ -186,7 +129,7 @@ impl PgEventStore {
         &self,
         stream_id: &str,
     ) -> Result<Loaded<A>, StoreError> {
-        let events = self.read_stream(stream_id, 0).await?;
+        let events = read_stream(&self.pool, stream_id, 0).await?;
         let mut loaded = Loaded {
             state: A::default(),
             version: 0,
@@ -232,13 +175,28 @@ impl PgEventStore {
         Ok(())
     }
 
-    async fn current_version(&self, stream_id: &str) -> Result<i64, StoreError> {
-        let version: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1")
+    /// The key that seals the personal data of `stream_id` (a user stream), created on first use. Two
+    /// writers creating it at once keep the first one stored and both seal with that one.
+    pub async fn personal_key(&self, stream_id: &str) -> Result<PersonalKey, StoreError> {
+        sqlx::query(
+            "INSERT INTO personal_data_keys (stream_id, key_id, key) VALUES ($1, $2, $3) \
+             ON CONFLICT (stream_id) DO NOTHING",
+        )
+        .bind(stream_id)
+        .bind(Uuid::new_v4())
+        .bind(PersonalKey::generate())
+        .execute(&self.pool)
+        .await?;
+        let (id, key): (Uuid, Vec<u8>) =
+            sqlx::query_as("SELECT key_id, key FROM personal_data_keys WHERE stream_id = $1")
                 .bind(stream_id)
-                .fetch_optional(&self.pool)
+                .fetch_one(&self.pool)
                 .await?;
-        Ok(version.unwrap_or(0))
+        PersonalKey::new(id, &key).ok_or_else(|| {
+            StoreError::Database(sqlx::Error::Protocol(format!(
+                "the personal data key of {stream_id} is not 32 bytes"
+            )))
+        })
     }
 }
 
@@ -254,112 +212,12 @@ fn fold<A: Aggregate>(loaded: &mut Loaded<A>, events: &[RecordedEvent]) -> Resul
     Ok(())
 }
 
-#[async_trait]
-impl EventStore for PgEventStore {
-    async fn append(
-        &self,
-        stream_id: &str,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<Appended, StoreError> {
-        let fixed = match expected {
-            ExpectedVersion::NoStream => Some(0),
-            ExpectedVersion::Exact(version) => Some(version),
-            ExpectedVersion::Any => None,
-        };
-        for attempt in 1..=ANY_VERSION_ATTEMPTS {
-            // For `Any`, the version is read before the transaction begins (see the module docs).
-            let version = match fixed {
-                Some(version) => version,
-                None => self.current_version(stream_id).await?,
-            };
-            match self
-                .commit(WriteSet::append(stream_id, version, events.clone()))
-                .await
-            {
-                Ok(appended) => return Ok(appended),
-                Err(StoreError::Conflict { .. }) if fixed.is_none() => {
-                    tokio::time::sleep(retry_backoff(attempt)).await;
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        Err(StoreError::Conflict {
-            stream: stream_id.to_owned(),
-        })
-    }
-
-    async fn read_stream(
-        &self,
-        stream_id: &str,
-        after_version: i64,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        read_stream(&self.pool, stream_id, after_version).await
-    }
-
-    async fn read_log(
-        &self,
-        after: LogPosition,
-        limit: i64,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        read_log(&self.pool, after, limit).await
-    }
-}
-
 /// How long to wait before trying a write again after losing the race for a stream: growing with the
 /// attempt up to 16 ms, plus a random part, so that writers that collided spread apart instead of
 /// colliding again in step.
-pub fn retry_backoff(attempt: u32) -> std::time::Duration {
+pub(crate) fn retry_backoff(attempt: u32) -> std::time::Duration {
     let base = 1u64 << attempt.min(5);
     std::time::Duration::from_micros(base * 500 + rand::random::<u64>() % 1_000)
-}
-
-/// A stream's events after `after_version`, in version order, on any connection.
-pub async fn read_stream<'e>(
-    executor: impl PgExecutor<'e>,
-    stream_id: &str,
-    after_version: i64,
-) -> Result<Vec<RecordedEvent>, StoreError> {
-    Ok(sqlx::query_as::<_, RecordedEvent>(&format!(
-        "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND stream_version > $2 ORDER BY stream_version"
-    ))
-    .bind(stream_id)
-    .bind(after_version)
-    .fetch_all(executor)
-    .await?)
-}
-
-/// A stream's events recorded at or before `at`, in version order: the stream as it was then.
-pub async fn read_stream_as_of<'e>(
-    executor: impl PgExecutor<'e>,
-    stream_id: &str,
-    at: DateTime<Utc>,
-) -> Result<Vec<RecordedEvent>, StoreError> {
-    Ok(sqlx::query_as::<_, RecordedEvent>(&format!(
-        "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND recorded_at <= $2 ORDER BY stream_version"
-    ))
-    .bind(stream_id)
-    .bind(at)
-    .fetch_all(executor)
-    .await?)
-}
-
-/// The latest `name` each of `streams` had recorded at or before `at` (streams without one are left
-/// out), in one statement.
-pub async fn names_as_of<'e>(
-    executor: impl PgExecutor<'e>,
-    streams: &[String],
-    at: DateTime<Utc>,
-) -> Result<Vec<(String, String)>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT DISTINCT ON (stream_id) stream_id, data->>'name' FROM events \
-         WHERE stream_id = ANY($1) AND data ? 'name' AND recorded_at <= $2 \
-         ORDER BY stream_id, stream_version DESC",
-    )
-    .bind(streams)
-    .bind(at)
-    .fetch_all(executor)
-    .await?)
 }
 
 /// What a write needs to know of a stream it refers to, read without folding it.
@@ -398,63 +256,6 @@ pub async fn stream_heads<'e>(
     .await?)
 }
 
-/// What every read of the log selects from an unaliased `events` row to decode a [`RecordedEvent`]:
-/// the row, and for user events that carry personal data the key that opens it (`crate::personal`;
-/// `personal::SEALED_EVENT_TYPES`).
-pub const COLUMNS: &str =
-    "global_position, transaction_id, stream_id, stream_version, event_id, event_type, \
-     schema_version, data, metadata, recorded_at, \
-     CASE WHEN events.event_type IN ('user.registered', 'user.profile_updated') THEN \
-         (SELECT uuid_send(k.key_id) || k.key FROM personal_data_keys k WHERE k.stream_id = events.stream_id) \
-     END AS personal_key";
-
-/// Reads the log after `after` without ever skipping an event that commits later (module docs).
-/// Works on any connection, so that a projection can read and apply in one transaction.
-pub async fn read_log<'e>(
-    executor: impl PgExecutor<'e>,
-    after: LogPosition,
-    limit: i64,
-) -> Result<Vec<RecordedEvent>, StoreError> {
-    Ok(sqlx::query_as::<_, RecordedEvent>(&format!(
-        "SELECT {COLUMNS} FROM events \
-         WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
-           AND (transaction_id, global_position) > ($1, $2) \
-         ORDER BY transaction_id, global_position \
-         LIMIT $3"
-    ))
-    .bind(after.transaction_id)
-    .bind(after.global_position)
-    .bind(limit)
-    .fetch_all(executor)
-    .await?)
-}
-
-/// The position of the newest committed event: what a reader must reach to reflect every write that
-/// completed before now. `LogPosition::START` for an empty log.
-pub async fn log_head<'e>(executor: impl PgExecutor<'e>) -> Result<LogPosition, sqlx::Error> {
-    let head: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT transaction_id, global_position FROM events \
-         ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
-    )
-    .fetch_optional(executor)
-    .await?;
-    Ok(
-        head.map_or(LogPosition::START, |(transaction_id, global_position)| {
-            LogPosition {
-                transaction_id,
-                global_position,
-            }
-        }),
-    )
-}
-
-/// A listener woken by [`APPENDED_CHANNEL`] notifications.
-pub async fn listen_for_appends(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(APPENDED_CHANNEL).await?;
-    Ok(listener)
-}
-
 async fn notify_followers(pool: PgPool, appended: Arc<Notify>) {
     loop {
         // `Notify` keeps one permit, so any number of commits during the NOTIFY below cost one more.
@@ -469,8 +270,9 @@ async fn notify_followers(pool: PgPool, appended: Arc<Notify>) {
     }
 }
 
-/// Commits a write set inside the caller's transaction (for callers that hold one open on purpose).
-pub async fn commit_in<'e>(
+/// Commits a write set inside the caller's transaction (tests of the log's order hold one open on
+/// purpose; see the crate's `test-support` feature).
+pub(crate) async fn commit_in<'e>(
     executor: impl PgExecutor<'e>,
     write: &WriteSet,
 ) -> Result<Appended, StoreError> {
@@ -489,7 +291,7 @@ pub async fn commit_in<'e>(
     })
 }
 
-/// Everything one command writes, committed atomically by [`PgEventStore::commit`]: events appended to
+/// Everything one command writes, committed atomically by the executor: events appended to
 /// one stream at an expected version, plus the bookkeeping that must commit with them. Nothing is
 /// written until then, and a failed check writes nothing at all.
 #[derive(Debug, Clone, Serialize)]
@@ -531,6 +333,17 @@ struct NameClaim {
     scope: String,
     name: String,
     stream: String,
+    #[serde(skip)]
+    claimant: Claimant,
+}
+
+/// Who claims a name, in words, for the answer when the name is taken: `resource` named `name`
+/// already exists `within` (" in this organization", or "" for names unique platform-wide).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claimant {
+    pub resource: String,
+    pub name: String,
+    pub within: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -541,7 +354,7 @@ struct Reference {
 
 /// A response to keep under an idempotency key; stored with the write's log position.
 #[derive(Debug, Clone, Serialize)]
-pub struct StoredResponse {
+pub(crate) struct StoredResponse {
     pub caller: String,
     pub key: String,
     pub request_hash: String,
@@ -549,7 +362,7 @@ pub struct StoredResponse {
     pub headers: Value,
     pub body: String,
     /// What the write was allowed to do; a replay asks it again before answering.
-    pub permission: Permission,
+    pub permission: Option<Permission>,
 }
 
 impl WriteSet {
@@ -598,13 +411,15 @@ impl WriteSet {
         self
     }
 
-    /// Claims `name` (callers pass it case-folded) within `scope` for this write's stream.
-    pub fn claim_name(mut self, scope: &str, name: &str) -> Self {
+    /// Claims `name` (callers pass it case-folded) within `scope` for this write's stream; if another
+    /// stream holds it, the write fails with [`StoreError::NameTaken`] naming `claimant`.
+    pub fn claim_name(mut self, scope: &str, name: &str, claimant: Claimant) -> Self {
         let stream = self.stream.clone();
         self.claims.push(NameClaim {
             scope: scope.to_owned(),
             name: name.to_owned(),
             stream,
+            claimant,
         });
         self
     }
@@ -615,6 +430,7 @@ impl WriteSet {
             scope: scope.to_owned(),
             name: name.to_owned(),
             stream,
+            claimant: Claimant::default(),
         });
         self
     }
@@ -644,7 +460,7 @@ impl WriteSet {
         self
     }
 
-    /// Seals the personal data of the write's user events (`crate::personal`) under `key`. The access
+    /// Seals the personal data of the write's user events (`event_log::personal`) under `key`. The access
     /// lookups were derived before, from the plaintext.
     pub fn seal_personal_data(mut self, key: &PersonalKey) -> Self {
         for event in &mut self.events {
@@ -654,7 +470,7 @@ impl WriteSet {
     }
 
     /// Keeps `response` under its idempotency key, committed with the events.
-    pub fn remember_response(mut self, response: StoredResponse) -> Self {
+    pub(crate) fn remember_response(mut self, response: StoredResponse) -> Self {
         self.response = Some(response);
         self
     }
@@ -677,12 +493,10 @@ impl WriteSet {
             },
             Some("ES003") => StoreError::IdempotencyKeyUsed,
             _ if db.is_unique_violation() && db.constraint() == Some("name_claims_pkey") => {
+                let claim = self.claims.first();
                 StoreError::NameTaken {
-                    scope: self
-                        .claims
-                        .first()
-                        .map(|c| c.scope.clone())
-                        .unwrap_or_default(),
+                    scope: claim.map(|c| c.scope.clone()).unwrap_or_default(),
+                    claimant: claim.map(|c| c.claimant.clone()).unwrap_or_default(),
                 }
             }
             _ => StoreError::Database(error),

@@ -38,8 +38,8 @@ impl Claims {
     /// Who the token is about. An email the provider does not say it has verified (`email_verified`
     /// false or absent) is left out: members are added by email, and an unverified one could be
     /// anybody's.
-    pub fn identity(&self) -> crate::user::Identity {
-        crate::user::Identity {
+    pub fn identity(&self) -> domain::user::Identity {
+        domain::user::Identity {
             subject: self.sub.clone(),
             email: self
                 .email

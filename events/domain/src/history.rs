@@ -52,7 +52,7 @@ pub fn subject(event: &RecordedEvent) -> Subject {
         .stream_id
         .split_once('-')
         .unwrap_or((event.stream_id.as_str(), ""));
-    let organization_id = event.metadata.0.organization_id;
+    let organization_id = event.metadata.organization_id;
     if stream_type == Members::TYPE {
         return Subject {
             resource_type: MEMBER.into(),

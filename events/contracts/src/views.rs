@@ -7,11 +7,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, Serializer};
 use uuid::Uuid;
 
-use crate::access::Role;
-use crate::environment::EnvironmentData;
-use crate::members::Membership;
-use crate::organization::OrganizationData;
-use crate::user::UserData;
+use domain::access::Role;
+use domain::environment::EnvironmentData;
+use domain::members::Membership;
+use domain::organization::OrganizationData;
+use domain::user::UserData;
 
 /// Timestamps are rendered as the API shows them (contract §8): RFC 3339, milliseconds, `Z`.
 fn timestamp<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {

@@ -61,7 +61,7 @@ pub async fn connect(
         )
         .await
         .context("connecting to PostgreSQL")?;
-    crate::store::migrate(&migrations)
+    crate::migrate(&migrations)
         .await
         .context("applying migrations")?;
     migrations.close().await;

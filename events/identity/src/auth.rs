@@ -1,26 +1,22 @@
 //! Turning a request's credentials into an [`Actor`]: a bearer token or a session cookie names a user;
 //! the user's System role and memberships come from the access lookups, which every append keeps in
-//! its transaction (`crate::lookups`). Both APIs authenticate through here.
+//! its transaction (`commands::lookups`). Both APIs authenticate through here.
 //!
-//! The first request of a new subject records the user, and a request whose token reports a changed
-//! email or name records the change, so every other request costs one indexed query.
+//! The first request of a new subject registers the user, and a request whose token reports a changed
+//! email or name records the change, both as a command run by the command executor (so a first `GET`
+//! to query-api appends `user.registered`); every other request costs one indexed query.
 
 use std::collections::{HashMap, HashSet};
 
+use commands::{Caller, CommandError, Executor, Outcome, Refused, StoreError, WriteSet};
+use domain::user::{user_id, Identity, User};
+use domain::{Actor, ActorRef, Aggregate, RequestContext, Role};
 use sqlx::types::Json;
+use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::access::{Actor, Role};
-use crate::aggregate::Aggregate;
-use crate::envelope::{ActorRef, RequestContext};
-use crate::personal::PersonalKey;
 use crate::sessions::{token_hash, Session};
-use crate::store::{PgEventStore, StoreError, WriteSet};
 use crate::token::{TokenConfig, TokenError, TokenVerifier};
-use crate::user::{user_id, Identity, User};
-
-/// How many times recording a user is retried after losing a race for its stream.
-const RECORD_ATTEMPTS: usize = 5;
 
 /// How callers are authenticated; the APIs read it from `AUTH_ISSUER`, `AUTH_AUDIENCE`,
 /// `AUTH_JWKS_URL` and `SYSTEM_ADMINS` (contract §1, `events/docs/contract.md`).
@@ -96,10 +92,26 @@ impl From<sqlx::Error> for AuthError {
     }
 }
 
+impl From<Refused> for AuthError {
+    /// Recording a user uses no idempotency key, so the executor never refuses it; if it did, the
+    /// request could not be authenticated.
+    fn from(refused: Refused) -> Self {
+        AuthError::Store(StoreError::Database(sqlx::Error::Protocol(
+            refused.to_string(),
+        )))
+    }
+}
+
+impl CommandError for AuthError {
+    fn lost_race(&self) -> bool {
+        matches!(self, AuthError::Store(StoreError::Conflict { .. }))
+    }
+}
+
 pub struct Authenticator {
     verifier: TokenVerifier,
     system_admins: HashSet<String>,
-    store: PgEventStore,
+    executor: Executor,
 }
 
 /// A user as the access lookups know it.
@@ -119,12 +131,17 @@ const ACCESS_COLUMNS: &str = "u.user_id, u.subject, u.email, u.name, u.system_ro
                WHERE m.user_id = u.user_id), '{}'::jsonb) AS memberships";
 
 impl Authenticator {
-    pub fn new(config: AuthConfig, store: PgEventStore) -> Self {
+    /// An authenticator that reads the access lookups in `pool` and registers new users there.
+    pub fn new(config: AuthConfig, pool: PgPool) -> Self {
         Authenticator {
             verifier: TokenVerifier::new(config.token),
             system_admins: config.system_admins,
-            store,
+            executor: Executor::new(pool),
         }
+    }
+
+    fn pool(&self) -> &PgPool {
+        self.executor.pool()
     }
 
     pub fn verifier(&self) -> &TokenVerifier {
@@ -149,7 +166,7 @@ impl Authenticator {
                      WHERE s.token_hash = $1 AND s.expires_at > now()"
                 ))
                 .bind(token_hash(token))
-                .fetch_optional(self.store.pool())
+                .fetch_optional(self.pool())
                 .await?;
                 row.map(|row| self.authenticated(row))
                     .ok_or(AuthError::SessionEnded)
@@ -164,20 +181,13 @@ impl Authenticator {
         context: &RequestContext,
     ) -> Result<Authenticated, AuthError> {
         let id = user_id(&identity.subject);
-        for _ in 0..RECORD_ATTEMPTS {
-            let row = self.lookup(id).await?;
-            if let Some(row) = &row {
-                if !identity.differs_from(row.email.as_deref(), row.name.as_deref()) {
-                    return Ok(self.authenticated(row.clone()));
-                }
-            }
-            match self.record(id, &identity, context).await {
-                Ok(()) => {}
-                // Another request of the same user recorded it first; look again.
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(error) => return Err(error.into()),
+        let known = self.lookup(id).await?;
+        if let Some(row) = known {
+            if !identity.differs_from(row.email.as_deref(), row.name.as_deref()) {
+                return Ok(self.authenticated(row));
             }
         }
+        self.record(id, &identity, context).await?;
         let row = self.lookup(id).await?;
         row.map(|row| self.authenticated(row))
             .ok_or(AuthError::Store(StoreError::Conflict {
@@ -190,34 +200,50 @@ impl Authenticator {
             "SELECT {ACCESS_COLUMNS}, NULL::uuid AS session_id FROM access_users u WHERE u.user_id = $1"
         ))
         .bind(id)
-        .fetch_optional(self.store.pool())
+        .fetch_optional(self.pool())
         .await
     }
 
     /// Registers the user, or records the profile claims that changed, sealed under the user's key
-    /// and in plaintext in the access lookups. The user acts on its own account, so the events carry
-    /// no role.
+    /// (and kept in plaintext in the access lookups), as a command of the user's own: the events carry
+    /// no role, and no permission is needed. A concurrent first request of the same subject makes the
+    /// executor run it again, and the second run finds nothing left to record.
     async fn record(
         &self,
         id: Uuid,
         identity: &Identity,
         context: &RequestContext,
-    ) -> Result<(), StoreError> {
-        let mut user = self.store.load::<User>(id).await?;
-        let events = user.state.recognise(identity.clone());
-        if events.is_empty() {
-            return Ok(());
-        }
-        let expected = user.version;
-        let actor = ActorRef {
-            id: id.to_string(),
-            role: None,
+    ) -> Result<(), AuthError> {
+        let actor = Actor {
+            user_id: id,
+            system: false,
+            memberships: HashMap::new(),
+        };
+        let caller = Caller {
+            actor: &actor,
+            idempotency: None,
         };
         let stream = User::stream_id(id);
-        let events = user.record(events, &context.metadata(actor, None), chrono::Utc::now());
-        let key = PersonalKey::of_stream(self.store.pool(), &stream).await?;
-        self.store
-            .commit(WriteSet::append(&stream, expected, events).seal_personal_data(&key))
+        self.executor
+            .run(caller, || async {
+                let mut user = self.executor.load::<User>(id).await?;
+                let expected = user.version;
+                let events = user.state.recognise(identity.clone());
+                if events.is_empty() {
+                    return Ok::<_, AuthError>(Outcome::new(200, (), expected));
+                }
+                let metadata = context.metadata(
+                    ActorRef {
+                        id: id.to_string(),
+                        role: None,
+                    },
+                    None,
+                );
+                let events = user.record(events, &metadata, chrono::Utc::now());
+                let key = self.executor.personal_key(&stream).await?;
+                let write = WriteSet::append(&stream, expected, events).seal_personal_data(&key);
+                Ok(Outcome::new(200, (), user.version).appending(write, None))
+            })
             .await?;
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! The user aggregate: someone who signed in through the identity provider, recorded on their first
 //! authenticated request, with the System role when another System user granted it, and their browser
 //! sign-ins and sign-outs (so that the audit trail shows them). A System user can erase a user: the
-//! personal data its events carry (sealed per user, `crate::personal`) becomes unreadable, and a later
+//! personal data its events carry (sealed per user, `event_log::personal`) becomes unreadable, and a later
 //! request of the same subject registers a new user in the same stream.
 //!
 //! A user's id is derived from the token's subject (a name-based UUID), so the id of a subject is known
@@ -28,7 +28,7 @@ pub fn user_id(subject: &str) -> Uuid {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", content = "data", rename_all_fields = "camelCase")]
 pub enum UserEvent {
-    /// `subject`, `email` and `name` are sealed in the log (`crate::personal`); once the user is
+    /// `subject`, `email` and `name` are sealed in the log (`event_log::personal`); once the user is
     /// erased they read `"[erased]"`, in messages published from then on too.
     #[serde(rename = "user.registered")]
     Registered {
@@ -68,6 +68,7 @@ pub struct Identity {
     pub name: Option<String>,
 }
 
+#[derive(Debug, Clone)]
 pub enum UserCommand {
     /// Records the user if new, or updates the profile fields the provider now reports differently.
     Recognise(Identity),
