@@ -22,7 +22,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use commands::{Caller, Outcome, WriteSet};
 use domain::user::{User, UserCommand};
-use domain::{Actor, ActorRef, Aggregate, RequestContext};
+use domain::{Actor, Aggregate, RequestContext};
 use http_layer::config::{non_empty, whole_number};
 use http_layer::ApiError;
 use identity::sessions::{self, random_token, token_hash, SESSION_COOKIE, SIGN_IN_SECONDS};
@@ -475,22 +475,12 @@ async fn record(
     command: UserCommand,
     context: &RequestContext,
 ) -> Result<(), ApiError> {
-    let actor = Actor {
-        user_id,
-        system: false,
-        memberships: Default::default(),
-    };
+    let actor = Actor::own_account(user_id);
     let caller = Caller {
         actor: &actor,
         idempotency: None,
     };
-    let metadata = context.metadata(
-        ActorRef {
-            id: user_id.to_string(),
-            role: None,
-        },
-        None,
-    );
+    let metadata = context.metadata(actor.as_own_ref(), None);
     state
         .executor
         .run(caller, || async {

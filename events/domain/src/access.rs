@@ -263,6 +263,23 @@ impl Actor {
         })
     }
 
+    /// A user acting on its own account (registering, signing in or out): no role, no memberships.
+    pub fn own_account(user_id: Uuid) -> Self {
+        Actor {
+            user_id,
+            system: false,
+            memberships: HashMap::new(),
+        }
+    }
+
+    /// The actor as recorded in an event of its own account: without a role.
+    pub fn as_own_ref(&self) -> ActorRef {
+        ActorRef {
+            id: self.user_id.to_string(),
+            role: None,
+        }
+    }
+
     /// The actor as recorded in an event, acting in `role`.
     pub fn as_ref_with(&self, role: Role) -> ActorRef {
         ActorRef {

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use commands::{Caller, CommandError, Executor, Outcome, Refused, StoreError, WriteSet};
 use domain::user::{user_id, Identity, User};
-use domain::{Actor, ActorRef, Aggregate, RequestContext, Role};
+use domain::{Actor, Aggregate, RequestContext, Role};
 use sqlx::types::Json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -214,15 +214,12 @@ impl Authenticator {
         identity: &Identity,
         context: &RequestContext,
     ) -> Result<(), AuthError> {
-        let actor = Actor {
-            user_id: id,
-            system: false,
-            memberships: HashMap::new(),
-        };
+        let actor = Actor::own_account(id);
         let caller = Caller {
             actor: &actor,
             idempotency: None,
         };
+        let metadata = context.metadata(actor.as_own_ref(), None);
         let stream = User::stream_id(id);
         self.executor
             .run(caller, || async {
@@ -232,13 +229,6 @@ impl Authenticator {
                 if events.is_empty() {
                     return Ok::<_, AuthError>(Outcome::new(200, (), expected));
                 }
-                let metadata = context.metadata(
-                    ActorRef {
-                        id: id.to_string(),
-                        role: None,
-                    },
-                    None,
-                );
                 let events = user.record(events, &metadata, chrono::Utc::now());
                 let key = self.executor.personal_key(&stream).await?;
                 let write = WriteSet::append(&stream, expected, events).seal_personal_data(&key);

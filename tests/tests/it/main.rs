@@ -14,6 +14,7 @@ mod gateway;
 mod history;
 mod housekeeping;
 mod http_contract;
+mod layering;
 mod limits;
 mod migrations;
 mod openapi;
