@@ -106,23 +106,12 @@ ensure_tansu_database "${TANSU_STORAGE_URL##*/}"
 # 3. Build
 # ---------------------------------------------------------------------------------------------
 
-# The broker (built once, then kept in ~/.cargo/bin) builds beside the workspace: each leaves the
-# other core idle for parts of its build. Only the binaries the stack runs are built, in the dev
-# profile: three minutes on 2 cores instead of ten for a release build, and the tests reuse them.
-# The benchmark builds its own release binaries when it is run.
-ensure_rust
-mkdir -p "$RUN_DIR"
-broker_build_log="$RUN_DIR/tansu-build.log"
-(timed "the Kafka broker" ensure_tansu) >"$broker_build_log" 2>&1 &
-broker_build=$!
-log "cargo build (command-api, query-api, projector, dev-issuer), the broker beside it ($broker_build_log)"
+timed "the Kafka broker" ensure_tansu
+# Only the binaries the stack runs, in the dev profile: three minutes on 2 cores instead of ten for a
+# release build, and the tests reuse them. The benchmark builds its own release binaries when run.
+log "cargo build (command-api, query-api, projector, dev-issuer)"
 timed "the build" cargo build --locked -p command-api -p query-api -p projector -p tests \
     --bin command-api --bin query-api --bin projector --bin dev-issuer
-if ! wait "$broker_build"; then
-    tail -n 40 "$broker_build_log" >&2
-    die "building the Kafka broker failed (above: the end of $broker_build_log)"
-fi
-tail -n 1 "$broker_build_log" >&2
 
 # ---------------------------------------------------------------------------------------------
 # 4. Start the processes

@@ -1,5 +1,7 @@
-//! command-api: the write side of the REST API. Each endpoint parses and validates its request,
-//! authorises the caller, loads the aggregate, decides, appends and answers (see [`command`]).
+//! command-api: the write side of the REST API. Each endpoint parses and validates its request and
+//! authorises the caller; its command (load, decide, the write set) runs through the command executor,
+//! `commands::Executor`, which retries it, keeps its answer under the idempotency key and commits it
+//! ([`command`]).
 //!
 //! [`build`] makes the API's state from its [`Config`], and [`router`] serves it: its binary (through
 //! `http_layer::process`) and the tests both start it that way. Its error answers, route table,
