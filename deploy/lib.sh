@@ -356,13 +356,13 @@ wait_port() {
 TANSU_VERSION="0.6.0"
 
 # ensure_tansu: makes sure `tansu` $TANSU_VERSION is on PATH, building it with cargo when it is
-# not (about 11 minutes on 2 cores). The binary stays in ~/.cargo/bin, so later runs skip this.
+# not (about 13 minutes on 2 cores). The binary stays in ~/.cargo/bin, so later runs skip this.
 ensure_tansu() {
     ensure_rust
     if command -v tansu >/dev/null 2>&1 && [ "$(tansu --version 2>/dev/null)" = "tansu $TANSU_VERSION" ]; then
         return 0
     fi
-    log "building the tansu $TANSU_VERSION Kafka broker (about 11 minutes on 2 idle cores; kept in ~/.cargo/bin)"
+    log "building the tansu $TANSU_VERSION Kafka broker (about 13 minutes on 2 idle cores; kept in ~/.cargo/bin)"
     cargo install tansu --version "$TANSU_VERSION" --locked --features postgres
 }
 

@@ -7,8 +7,8 @@
 #   2. the `admin_platform` database and the `.env` file at the repository root (written once,
 #      never overwritten: edit it to change addresses or keys; settings added since it was written
 #      are appended to it with their defaults);
-#   3. a build of the binaries the stack runs (dev profile), and of the tansu broker beside it the
-#      first time;
+#   3. the tansu broker (built the first time, then kept in ~/.cargo/bin), and a build of the
+#      binaries the stack runs (dev profile);
 #   4. the processes, in the background, each logging to deploy/.run/<name>.log with its pid in
 #      deploy/.run/<name>.pid: the tansu Kafka broker (PostgreSQL storage in its own database, so
 #      its data survives a restart), dev-issuer (local token issuer), command-api, query-api,

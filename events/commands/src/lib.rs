@@ -23,12 +23,14 @@ pub mod testing {
     use domain::NewEvent;
     use sqlx::{PgExecutor, PgPool};
 
-    use crate::store::{retry_backoff, Store, StoreError, WriteSet};
+    use crate::store::{notify, retry_backoff, StoreError, WriteSet};
     use crate::Appended;
 
-    /// Commits `write` on its own, as the executor would.
+    /// Commits `write` on its own and wakes the log's followers, as the executor would.
     pub async fn commit(pool: &PgPool, write: WriteSet) -> Result<Appended, StoreError> {
-        Store::new(pool.clone()).commit(write).await
+        let appended = crate::store::commit_in(pool, &write).await?;
+        notify(pool).await;
+        Ok(appended)
     }
 
     /// The version `stream` is at (0: it does not exist).
@@ -48,15 +50,11 @@ pub mod testing {
         stream: &str,
         events: Vec<NewEvent>,
     ) -> Result<Appended, StoreError> {
-        let store = Store::new(pool.clone());
         let mut attempt = 0;
         loop {
             attempt += 1;
             let version = stream_version(pool, stream).await?;
-            match store
-                .commit(WriteSet::append(stream, version, events.clone()))
-                .await
-            {
+            match commit(pool, WriteSet::append(stream, version, events.clone())).await {
                 Err(StoreError::Conflict { .. }) if attempt < 100 => {
                     tokio::time::sleep(retry_backoff(attempt)).await;
                 }

@@ -260,13 +260,18 @@ async fn notify_followers(pool: PgPool, appended: Arc<Notify>) {
     loop {
         // `Notify` keeps one permit, so any number of commits during the NOTIFY below cost one more.
         appended.notified().await;
-        if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
-            .bind(APPENDED_CHANNEL)
-            .execute(&pool)
-            .await
-        {
-            tracing::warn!(%error, "could not notify followers; they will find the events by polling");
-        }
+        notify(&pool).await;
+    }
+}
+
+/// Tells the log's followers that new events may be readable.
+pub(crate) async fn notify(pool: &PgPool) {
+    if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
+        .bind(APPENDED_CHANNEL)
+        .execute(pool)
+        .await
+    {
+        tracing::warn!(%error, "could not notify followers; they will find the events by polling");
     }
 }
 

@@ -31,11 +31,15 @@ enum ExpectedVersion {
 #[derive(Clone)]
 struct Store {
     pool: PgPool,
+    executor: Executor,
 }
 
 impl Store {
     fn new(pool: PgPool) -> Self {
-        Store { pool }
+        Store {
+            executor: Executor::new(pool.clone()),
+            pool,
+        }
     }
 
     fn pool(&self) -> &PgPool {
@@ -64,7 +68,7 @@ impl Store {
     }
 
     async fn load<A: Aggregate>(&self, id: Uuid) -> Result<Loaded<A>, StoreError> {
-        Executor::new(self.pool.clone()).load(id).await
+        self.executor.load(id).await
     }
 }
 
