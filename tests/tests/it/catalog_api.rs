@@ -1238,3 +1238,79 @@ async fn a_page_of_versions_reads_the_page_and_not_the_log() {
 
     app.drop_role(restricted, &role).await;
 }
+
+#[tokio::test]
+async fn models_carry_their_provider_and_prices_and_refuse_bad_ones() {
+    let app = TestApp::spawn().await;
+    let (org, _) = tenant(&app).await;
+    let claude = created(
+        &app,
+        "/api/models",
+        json!({"organizationId": org, "name": "Claude", "modelUrl": "https://api.anthropic.com/v1/messages",
+               "inputPricePerMillionTokens": 3, "outputPricePerMillionTokens": 15, "currency": "USD"}),
+    )
+    .await;
+    let path = format!("/api/models/{}", claude["id"].as_str().unwrap());
+    let (status, read) = app.get(&path).await;
+    assert_eq!(status, 200, "{read}");
+    for body in [&claude, &read] {
+        assert_eq!(body["provider"], "anthropic", "{body}");
+        assert_eq!(body["inputPricePerMillionTokens"], 3.0);
+        assert_eq!(body["outputPricePerMillionTokens"], 15.0);
+        assert_eq!(body["currency"], "USD");
+    }
+
+    // A local server speaks the OpenAI wire format unless the model says otherwise.
+    let local = created(
+        &app,
+        "/api/system-models",
+        json!({"name": "Local", "modelUrl": "http://localhost:8000/v1/chat/completions"}),
+    )
+    .await;
+    assert_eq!(local["provider"], "openai");
+    assert_eq!(local["currency"], Value::Null);
+
+    // Moving the model keeps the provider it has; `null` infers it again from the new URL.
+    let (status, moved) = app
+        .put(
+            &path,
+            json!({"modelUrl": "https://gateway.example/v1/chat/completions"}),
+        )
+        .await;
+    assert_eq!(
+        (status, &moved["provider"]),
+        (200, &json!("anthropic")),
+        "{moved}"
+    );
+    let (status, reinferred) = app.put(&path, json!({"provider": null})).await;
+    assert_eq!(
+        (status, &reinferred["provider"]),
+        (200, &json!("openai")),
+        "{reinferred}"
+    );
+
+    let events = app.event_count().await;
+    for (bad, field) in [
+        (
+            json!({"outputPricePerMillionTokens": -0.5}),
+            "outputPricePerMillionTokens",
+        ),
+        (json!({"currency": "dollars"}), "currency"),
+        (json!({"provider": "cohere"}), "provider"),
+        (json!({"currency": null}), "currency"),
+    ] {
+        let (status, body) = app.put(&path, bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(
+            body["details"].as_str().unwrap().contains(field),
+            "{bad}: {body}"
+        );
+    }
+    assert_eq!(
+        app.event_count().await,
+        events,
+        "a refused change appended events"
+    );
+    let (_, unchanged) = app.get(&path).await;
+    assert_eq!(unchanged["currency"], "USD");
+}

@@ -71,6 +71,68 @@ fn model_url(value: &str) -> Result<(), DomainError> {
     Ok(())
 }
 
+/// The wire format a model is called with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// OpenAI-compatible Chat Completions (`Authorization: Bearer`): OpenAI, and what most gateways
+    /// and local model servers speak.
+    Openai,
+    /// Anthropic Messages (`x-api-key`, `anthropic-version`).
+    Anthropic,
+}
+
+impl Provider {
+    /// The provider a model URL implies when none is given: Anthropic for its API's host
+    /// (`anthropic.com` and its subdomains), OpenAI-compatible for every other.
+    pub fn inferred_from(model_url: &str) -> Provider {
+        let host = url::Url::parse(model_url)
+            .ok()
+            .and_then(|url| url.host_str().map(str::to_ascii_lowercase));
+        match host {
+            Some(host) if host == "anthropic.com" || host.ends_with(".anthropic.com") => {
+                Provider::Anthropic
+            }
+            _ => Provider::Openai,
+        }
+    }
+}
+
+/// The highest price per million tokens a model may state (in its currency).
+pub const PRICE_MAX: f64 = 1_000_000.0;
+
+/// What a model's calls cost: optional prices per million input and output tokens, and the ISO 4217
+/// code of their currency, which prices require.
+fn pricing(
+    input: Option<f64>,
+    output: Option<f64>,
+    currency: &Option<String>,
+) -> Result<(), DomainError> {
+    for (field, price) in [
+        ("inputPricePerMillionTokens", input),
+        ("outputPricePerMillionTokens", output),
+    ] {
+        if let Some(price) = price {
+            if !price.is_finite() || !(0.0..=PRICE_MAX).contains(&price) {
+                return Err(DomainError::invalid(
+                    field,
+                    format!("must be a number from 0 to {PRICE_MAX}"),
+                ));
+            }
+        }
+    }
+    match currency {
+        Some(code) if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_uppercase()) => Err(
+            DomainError::invalid("currency", "must be an ISO 4217 code such as USD or EUR"),
+        ),
+        None if input.is_some() || output.is_some() => Err(DomainError::invalid(
+            "currency",
+            "is required with inputPricePerMillionTokens or outputPricePerMillionTokens",
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn organization(id: Uuid) -> Reference {
     Reference::new("organizationId", ORGANIZATION, id)
 }
@@ -168,6 +230,16 @@ pub struct ModelFields {
     #[serde(default)]
     pub description: Option<String>,
     pub model_url: String,
+    /// The wire format it is called with; inferred from `modelUrl` when not given.
+    #[serde(default)]
+    pub provider: Option<Provider>,
+    #[serde(default)]
+    pub input_price_per_million_tokens: Option<f64>,
+    #[serde(default)]
+    pub output_price_per_million_tokens: Option<f64>,
+    /// The ISO 4217 code of the prices' currency.
+    #[serde(default)]
+    pub currency: Option<String>,
 }
 
 impl Kind for Model {
@@ -190,7 +262,13 @@ impl Kind for Model {
     fn check(f: &mut ModelFields) -> Result<(), DomainError> {
         name("name", &mut f.name)?;
         description(&f.description)?;
-        model_url(&f.model_url)
+        model_url(&f.model_url)?;
+        f.provider = f.provider.or(Some(Provider::inferred_from(&f.model_url)));
+        pricing(
+            f.input_price_per_million_tokens,
+            f.output_price_per_million_tokens,
+            &f.currency,
+        )
     }
 
     fn references(f: &ModelFields) -> Vec<Reference> {
@@ -218,6 +296,16 @@ pub struct SystemModelFields {
     /// Whether every signed-in user sees it (`GET /api/system-models/visible`).
     #[serde(default)]
     pub visible: bool,
+    /// The wire format it is called with; inferred from `modelUrl` when not given.
+    #[serde(default)]
+    pub provider: Option<Provider>,
+    #[serde(default)]
+    pub input_price_per_million_tokens: Option<f64>,
+    #[serde(default)]
+    pub output_price_per_million_tokens: Option<f64>,
+    /// The ISO 4217 code of the prices' currency.
+    #[serde(default)]
+    pub currency: Option<String>,
 }
 
 impl Kind for SystemModel {
@@ -240,7 +328,13 @@ impl Kind for SystemModel {
     fn check(f: &mut SystemModelFields) -> Result<(), DomainError> {
         name("name", &mut f.name)?;
         description(&f.description)?;
-        model_url(&f.model_url)
+        model_url(&f.model_url)?;
+        f.provider = f.provider.or(Some(Provider::inferred_from(&f.model_url)));
+        pricing(
+            f.input_price_per_million_tokens,
+            f.output_price_per_million_tokens,
+            &f.currency,
+        )
     }
 
     fn references(_: &SystemModelFields) -> Vec<Reference> {
@@ -862,6 +956,78 @@ mod tests {
         match parse::<K>(value) {
             Err(DomainError::Invalid { field, .. }) => field,
             other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_models_provider_is_inferred_from_its_url_unless_given() {
+        let org = Uuid::now_v7();
+        let provider = |body: Value| parse::<Model>(body).unwrap()["provider"].clone();
+        for (url, expected) in [
+            ("https://api.anthropic.com/v1/messages", "anthropic"),
+            ("https://api.openai.com/v1/chat/completions", "openai"),
+            ("http://localhost:8000/v1/chat/completions", "openai"),
+            ("https://anthropic.com.example/v1", "openai"),
+        ] {
+            assert_eq!(
+                provider(json!({"organizationId": org, "name": "m", "modelUrl": url})),
+                expected,
+                "{url}"
+            );
+        }
+        assert_eq!(
+            provider(json!({"organizationId": org, "name": "m",
+                "modelUrl": "https://gateway.example/v1/messages", "provider": "anthropic"})),
+            "anthropic"
+        );
+        assert_eq!(
+            invalid_field::<SystemModel>(
+                json!({"name": "m", "modelUrl": "https://m.example", "provider": "cohere"})
+            ),
+            "provider"
+        );
+    }
+
+    #[test]
+    fn prices_are_bounded_and_need_a_currency() {
+        let model = |extra: Value| {
+            let mut body = json!({"name": "m", "modelUrl": "https://m.example"});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            body
+        };
+        let priced = parse::<SystemModel>(model(json!({
+            "inputPricePerMillionTokens": 2.5, "outputPricePerMillionTokens": 10, "currency": "USD"
+        })))
+        .unwrap();
+        assert_eq!(priced["inputPricePerMillionTokens"], 2.5);
+        assert_eq!(priced["outputPricePerMillionTokens"], 10.0);
+        assert_eq!(priced["currency"], "USD");
+        let unpriced = parse::<SystemModel>(model(json!({}))).unwrap();
+        assert_eq!(unpriced["inputPricePerMillionTokens"], Value::Null);
+        for (bad, field) in [
+            (
+                json!({"inputPricePerMillionTokens": -1, "currency": "USD"}),
+                "inputPricePerMillionTokens",
+            ),
+            (
+                json!({"outputPricePerMillionTokens": 1e7, "currency": "USD"}),
+                "outputPricePerMillionTokens",
+            ),
+            (json!({"inputPricePerMillionTokens": 1}), "currency"),
+            (json!({"currency": "usd"}), "currency"),
+            (json!({"currency": "EURO"}), "currency"),
+            (
+                json!({"inputPricePerMillionTokens": "1", "currency": "USD"}),
+                "inputPricePerMillionTokens",
+            ),
+        ] {
+            assert_eq!(
+                invalid_field::<SystemModel>(model(bad.clone())),
+                field,
+                "{bad}"
+            );
         }
     }
 
