@@ -81,6 +81,11 @@ async fn the_seed_examples_answer_with_the_seed_fields() {
             "name",
             "description",
             "modelUrl",
+            // Beyond the seed's fields: how the model is called and what it costs.
+            "provider",
+            "inputPricePerMillionTokens",
+            "outputPricePerMillionTokens",
+            "currency",
             "hasToken",
             "hasClientKey",
             "hasSecretKey",

@@ -436,7 +436,8 @@ impl Script {
         let n = self.steps;
         let body = json!({
             "organizationId": self.organization, "name": format!("Model {n}"), "description": format!("model {n}"),
-            "modelUrl": format!("https://models.test/{n}/v1"), "token": format!("sk-history-token-{n}"),
+            "modelUrl": format!("https://models.test/{n}/v1"), "provider": "openai",
+            "token": format!("sk-history-token-{n}"),
         });
         self.create("models", "model", body, as_alice).await
     }
@@ -521,7 +522,8 @@ impl Script {
                 }
                 None => {
                     let body = json!({ "name": format!("System {n}"), "description": null,
-                                       "modelUrl": "https://system.test/v1", "visible": true });
+                                       "modelUrl": "https://system.test/v1", "provider": "openai",
+                                       "visible": true });
                     self.create("system-models", "system_model", body, false)
                         .await;
                 }
