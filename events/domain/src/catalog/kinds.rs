@@ -101,13 +101,17 @@ impl Provider {
 /// The highest price per million tokens a model may state (in its currency).
 pub const PRICE_MAX: f64 = 1_000_000.0;
 
-/// What a model's calls cost: optional prices per million input and output tokens, and the ISO 4217
+/// How a model (or system model) is called and what a call costs: its URL, its provider (inferred
+/// from the URL when not given), optional prices per million input and output tokens, and the ISO 4217
 /// code of their currency, which prices require.
-fn pricing(
-    input: Option<f64>,
-    output: Option<f64>,
+fn calling(
+    url: &str,
+    provider: &mut Option<Provider>,
+    [input, output]: [Option<f64>; 2],
     currency: &Option<String>,
 ) -> Result<(), DomainError> {
+    model_url(url)?;
+    provider.get_or_insert_with(|| Provider::inferred_from(url));
     for (field, price) in [
         ("inputPricePerMillionTokens", input),
         ("outputPricePerMillionTokens", output),
@@ -262,11 +266,13 @@ impl Kind for Model {
     fn check(f: &mut ModelFields) -> Result<(), DomainError> {
         name("name", &mut f.name)?;
         description(&f.description)?;
-        model_url(&f.model_url)?;
-        f.provider = f.provider.or(Some(Provider::inferred_from(&f.model_url)));
-        pricing(
-            f.input_price_per_million_tokens,
-            f.output_price_per_million_tokens,
+        calling(
+            &f.model_url,
+            &mut f.provider,
+            [
+                f.input_price_per_million_tokens,
+                f.output_price_per_million_tokens,
+            ],
             &f.currency,
         )
     }
@@ -328,11 +334,13 @@ impl Kind for SystemModel {
     fn check(f: &mut SystemModelFields) -> Result<(), DomainError> {
         name("name", &mut f.name)?;
         description(&f.description)?;
-        model_url(&f.model_url)?;
-        f.provider = f.provider.or(Some(Provider::inferred_from(&f.model_url)));
-        pricing(
-            f.input_price_per_million_tokens,
-            f.output_price_per_million_tokens,
+        calling(
+            &f.model_url,
+            &mut f.provider,
+            [
+                f.input_price_per_million_tokens,
+                f.output_price_per_million_tokens,
+            ],
             &f.currency,
         )
     }
