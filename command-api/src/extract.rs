@@ -209,6 +209,18 @@ impl Write {
     /// It is called once the caller is known to be allowed to make the request, so that a forbidden
     /// caller gets `403`, not a verdict on its input.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        self.parse_body()
+    }
+
+    /// As [`Write::parse`], for requests whose every field is optional: an empty body is `T::default()`.
+    pub fn parse_or_default<T: DeserializeOwned + Default>(&self) -> Result<T, ApiError> {
+        if self.body.trim_ascii().is_empty() {
+            return Ok(T::default());
+        }
+        self.parse_body()
+    }
+
+    fn parse_body<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
         if !self.json {
             return Err(ApiError::UnsupportedMediaType);
         }

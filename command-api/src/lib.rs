@@ -10,10 +10,14 @@
 pub mod catalog;
 pub mod command;
 pub mod environments;
+pub mod executions;
 pub mod extract;
 pub mod fields;
 pub mod members;
 pub mod organizations;
+pub mod outbound;
+pub mod providers;
+pub mod sentiment;
 pub mod sign_in;
 pub mod users;
 
@@ -48,6 +52,31 @@ pub struct Config {
     pub secrets_key: Option<String>,
     #[command(flatten)]
     pub sign_in: SignInArgs,
+    #[command(flatten)]
+    pub executions: ExecutionArgs,
+}
+
+/// How prompt templates are executed against models.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExecutionArgs {
+    /// Internal networks model URLs may reach besides public addresses: comma-separated addresses or
+    /// networks (`127.0.0.1/32,10.0.0.0/8`). Empty: none.
+    #[arg(long = "outbound-allow", env = "OUTBOUND_ALLOW", default_value = "")]
+    pub outbound_allow: String,
+    /// How long to wait on a model provider (for its answer, or for each piece of a stream), in seconds.
+    #[arg(
+        long = "provider-timeout-secs",
+        env = "PROVIDER_TIMEOUT_SECS",
+        default_value = "60"
+    )]
+    pub provider_timeout_secs: u64,
+    /// The most executions one organization may run at once in this process.
+    #[arg(
+        long = "executions-per-organization",
+        env = "EXECUTIONS_PER_ORGANIZATION",
+        default_value = "16"
+    )]
+    pub executions_per_organization: usize,
 }
 
 impl Api for Config {
@@ -69,8 +98,10 @@ pub struct AppState {
     /// How long a request may take to produce its response head (`REQUEST_TIMEOUT_SECS`).
     pub request_timeout: Duration,
     pub sign_in: Arc<sign_in::SignIn>,
-    /// Seals write-only values before they enter an event.
+    /// Seals write-only values before they enter an event, and opens model credentials for a call.
     pub secrets: Secrets,
+    /// Calls models, within each organization's cap.
+    pub executions: executions::Executions,
 }
 
 /// command-api as `config` says, over `pool` (migrated), recording its metrics for `metrics`.
@@ -80,6 +111,12 @@ pub fn build(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow
         "SECRETS_KEY is not set (base64 of 32 bytes)",
     )?;
     let secrets = Secrets::from_base64(secrets_key).context("SECRETS_KEY")?;
+    let guard =
+        outbound::Guard::parse(&config.executions.outbound_allow).map_err(anyhow::Error::msg)?;
+    let models = providers::ModelClient::new(
+        guard,
+        Duration::from_secs(config.executions.provider_timeout_secs.max(1)),
+    );
     Ok(AppState {
         auth: Arc::new(Authenticator::new(config.api.auth_config()?, pool.clone())),
         sign_in: Arc::new(SignIn::new(config.sign_in.config(config.api.issuer()?))),
@@ -87,6 +124,10 @@ pub fn build(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow
         metrics,
         request_timeout: config.api.request_timeout,
         secrets,
+        executions: executions::Executions::new(
+            models,
+            config.executions.executions_per_organization.max(1),
+        ),
     })
 }
 
@@ -155,6 +196,16 @@ pub fn api_routes() -> Routes<AppState> {
             Method::DELETE,
             "/api/users/{id}/system-role",
             users::revoke_system_role,
+        )
+        .add_self_timed(
+            Method::POST,
+            "/api/prompt-templates/{id}/execute",
+            executions::execute,
+        )
+        .add_self_timed(
+            Method::POST,
+            "/api/prompt-templates/{id}/analyze-sentiment",
+            sentiment::analyze,
         )
         .add(Method::GET, "/api/auth/login", sign_in::login)
         .add(Method::GET, "/api/auth/callback", sign_in::callback)

@@ -19,7 +19,7 @@ use contracts::read_models::{
 use domain::catalog::kinds::{by_type_name, PromptTemplate, Workflow, WorkflowFields};
 use domain::catalog::{Change, DocumentData, DocumentState, Kind, KindInfo};
 use domain::RecordedEvent;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -131,6 +131,8 @@ struct StoredRow {
     kind: String,
     fields: Value,
     secrets: sqlx::types::Json<HashSet<String>>,
+    annotations: sqlx::types::Json<Map<String, Value>>,
+    annotation_events: i64,
     version: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -146,7 +148,8 @@ impl BatchState {
             .map(|e| e.id)
             .collect();
         let stored: Vec<StoredRow> = sqlx::query_as(
-            "SELECT id, kind, fields, secrets, version, created_at, updated_at FROM catalog WHERE id = ANY($1)",
+            "SELECT id, kind, fields, secrets, annotations, annotation_events, version, created_at, updated_at \
+             FROM catalog WHERE id = ANY($1)",
         )
         .bind(&existing)
         .fetch_all(&mut *conn)
@@ -164,6 +167,8 @@ impl BatchState {
                     id: row.id,
                     fields,
                     secrets: row.secrets.0.into_iter().collect(),
+                    annotations: row.annotations.0,
+                    annotation_events: row.annotation_events,
                     created_at: row.created_at,
                     updated_at: row.updated_at,
                 }),
@@ -206,16 +211,16 @@ impl BatchState {
         if event.info.type_name == Workflow::INFO.type_name {
             self.workflows.insert(event.id);
         }
-        if let (Some(actor), Some(live)) = (&event.actor, &row.state.live) {
-            let changes = match &event.change {
-                Change::Created { fields, .. } | Change::Updated { fields, .. } => {
-                    fields.keys().cloned().collect()
-                }
-                Change::Deleted => Vec::new(),
-            };
+        // Created and updated events make versions; annotations and deletions do not.
+        let changed = match &event.change {
+            Change::Created { fields, .. } | Change::Updated { fields, .. } => Some(fields),
+            Change::Deleted | Change::SentimentAnalyzed { .. } => None,
+        };
+        if let (Some(actor), Some(live), Some(fields)) = (&event.actor, &row.state.live, changed) {
+            let changes = fields.keys().cloned().collect();
             self.versions.push(Version {
                 template: event.id,
-                version: event.version,
+                version: live.content_version(event.version),
                 data: live.clone(),
                 changed_by: actor.clone(),
                 changed_at: event.at,
@@ -232,11 +237,13 @@ impl BatchState {
             .collect();
         if !live.is_empty() {
             sqlx::query(
-                "INSERT INTO catalog (id, kind, organization_id, environment_id, model_id, name, fields, secrets, version, created_at, updated_at) \
+                "INSERT INTO catalog (id, kind, organization_id, environment_id, model_id, name, fields, secrets, version, created_at, updated_at, \
+                                     annotations, annotation_events) \
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[], $6::text[], $7::jsonb[], $8::jsonb[], \
-                                      $9::bigint[], $10::timestamptz[], $11::timestamptz[]) \
+                                      $9::bigint[], $10::timestamptz[], $11::timestamptz[], $12::jsonb[], $13::bigint[]) \
                  ON CONFLICT (id) DO UPDATE SET model_id = EXCLUDED.model_id, name = EXCLUDED.name, fields = EXCLUDED.fields, \
-                   secrets = EXCLUDED.secrets, version = EXCLUDED.version, updated_at = EXCLUDED.updated_at",
+                   secrets = EXCLUDED.secrets, version = EXCLUDED.version, updated_at = EXCLUDED.updated_at, \
+                   annotations = EXCLUDED.annotations, annotation_events = EXCLUDED.annotation_events",
             )
             .bind(live.iter().map(|(_, d)| d.id).collect::<Vec<_>>())
             .bind(live.iter().map(|(r, _)| r.info.type_name).collect::<Vec<_>>())
@@ -249,6 +256,8 @@ impl BatchState {
             .bind(live.iter().map(|(r, _)| r.version).collect::<Vec<_>>())
             .bind(live.iter().map(|(_, d)| d.created_at).collect::<Vec<_>>())
             .bind(live.iter().map(|(_, d)| d.updated_at).collect::<Vec<_>>())
+            .bind(live.iter().map(|(_, d)| Value::Object(d.annotations.clone())).collect::<Vec<_>>())
+            .bind(live.iter().map(|(_, d)| d.annotation_events).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         }

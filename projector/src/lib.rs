@@ -9,6 +9,7 @@
 pub mod access;
 pub mod audit;
 pub mod catalog;
+pub mod executions;
 pub mod housekeeping;
 pub mod ops;
 pub mod projection;
@@ -32,6 +33,7 @@ pub fn projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(tenants::Tenants),
         Arc::new(access::Access),
         Arc::new(catalog::Catalog),
+        Arc::new(executions::Executions),
         Arc::new(audit::Audit),
     ]
 }

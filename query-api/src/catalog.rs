@@ -33,11 +33,13 @@ use crate::pagination::{contains_pattern, Page, PageRequest};
 use crate::AppState;
 
 #[derive(sqlx::FromRow)]
-struct Row {
+pub(crate) struct Row {
     id: Uuid,
     organization_id: Option<Uuid>,
     fields: event_log::Stored,
     secrets: sqlx::types::Json<Vec<String>>,
+    annotations: sqlx::types::Json<Map<String, Value>>,
+    annotation_events: i64,
     version: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -47,6 +49,11 @@ struct Row {
 }
 
 impl Row {
+    /// How many versions the template has: its created and updated events (annotations are not).
+    fn content_version(&self) -> i64 {
+        self.version - self.annotation_events
+    }
+
     fn view(self, info: &KindInfo) -> Value {
         let data = DocumentData {
             id: self.id,
@@ -55,6 +62,8 @@ impl Row {
                 _ => Map::new(),
             },
             secrets: self.secrets.0.into_iter().collect(),
+            annotations: self.annotations.0,
+            annotation_events: self.annotation_events,
             created_at: self.created_at,
             updated_at: self.updated_at,
         };
@@ -72,7 +81,8 @@ impl Row {
 /// catalog alone.
 fn with_names(matching: &str) -> String {
     format!(
-        "SELECT c.id, c.organization_id, c.fields, c.secrets, c.version, c.created_at, c.updated_at, \
+        "SELECT c.id, c.organization_id, c.fields, c.secrets, c.annotations, c.annotation_events, c.version, \
+                c.created_at, c.updated_at, \
                 o.name AS organization_name, e.name AS environment_name, m.name AS model_name \
          FROM ({matching}) c \
          LEFT JOIN read_models.organizations o ON o.id = c.organization_id \
@@ -270,7 +280,7 @@ async fn get_as_of<K: Kind>(
 }
 
 /// A row the caller may read, or the `404` a missing one gets.
-async fn load<K: Kind>(
+pub(crate) async fn load<K: Kind>(
     state: &AppState,
     actor: &Actor,
     consistency: ReadConsistency,
@@ -415,6 +425,8 @@ impl VersionRow {
                 _ => Map::new(),
             },
             secrets: self.secrets.0.into_iter().collect(),
+            annotations: Map::new(),
+            annotation_events: 0,
             created_at: self.created_at,
             updated_at: self.updated_at,
         };
@@ -463,10 +475,10 @@ pub async fn list_versions(
     let page = PageRequest::parse(params.get("page"), params.get("limit"))?;
     // The current row decides access (and answers 404 for deleted or hidden templates).
     let current = load::<PromptTemplate>(&state, &actor, consistency, id).await?;
-    // Every event of a live template made a version, so its stream version is how many it has. The
-    // page is bounded by it too, so that a version committed since `current` was read is not shown
-    // under a total that does not count it.
-    let total = current.version;
+    // Every created or updated event of a live template made a version, so that is how many it has.
+    // The page is bounded by it too, so that a version committed since `current` was read is not
+    // shown under a total that does not count it.
+    let total = current.content_version();
     let rows: Vec<VersionRow> =
         sqlx::query_as(&versions_query("ORDER BY version DESC LIMIT $3 OFFSET $4"))
             .bind(id)
@@ -497,15 +509,15 @@ pub async fn get_version(
         error: "Version not found".into(),
         details: format!(
             "prompt template {id} has {} versions; there is no version {number}",
-            current.version
+            current.content_version()
         ),
     };
-    if number > current.version {
+    if number > current.content_version() {
         return Err(missing());
     }
     let row: Option<VersionRow> = sqlx::query_as(&versions_query("AND version = $3"))
         .bind(id)
-        .bind(current.version)
+        .bind(current.content_version())
         .bind(number)
         .fetch_optional(&state.pool)
         .await?;

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod catalog;
 pub mod consistency;
 pub mod environments;
+pub mod executions;
 pub mod extract;
 pub mod members;
 pub mod organizations;
@@ -137,6 +138,12 @@ pub fn api_routes() -> Routes<AppState> {
             "/api/prompt-templates/{id}/versions/{version}",
             catalog::get_version,
         )
+        .add(
+            Method::GET,
+            "/api/prompt-templates/{id}/executions",
+            executions::list_for_template,
+        )
+        .add(Method::GET, "/api/executions/{id}", executions::get)
         .catalog::<CatalogRoutes>()
 }
 

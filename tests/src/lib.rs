@@ -2,6 +2,7 @@
 //! system (command-api, query-api, projector) started on real ports against them, each API made by its
 //! own `build` from its `Config`.
 
+pub mod fake_provider;
 pub mod issuer;
 pub mod kafka;
 pub mod process;
@@ -25,6 +26,12 @@ use tokio::task::JoinHandle;
 /// The subject that holds the System role in tests.
 pub const SYSTEM_ADMIN: &str = "system-admin";
 pub const AUDIENCE: &str = "admin-platform-tests";
+/// The test system's outbound allow-list: IPv4 loopback only, where the fake provider listens. Other
+/// loopback addresses (`127.0.0.2`, `::1`) stay refused, which the outbound guard's tests rely on.
+pub const EXECUTIONS_OUTBOUND_ALLOW: &str = "127.0.0.1/32";
+/// Short, so that the timeout tests are quick.
+pub const EXECUTIONS_PROVIDER_TIMEOUT_SECS: u64 = 2;
+pub const EXECUTIONS_PER_ORGANIZATION: usize = 4;
 
 pub fn fixture_key(n: u8) -> SigningKey {
     let path = format!("{}/fixtures/issuer-key-{n}.pem", env!("CARGO_MANIFEST_DIR"));
@@ -214,6 +221,11 @@ impl TestApp {
                 session_ttl_hours: 1,
                 sign_in_attempts_per_ip: 20,
                 sign_in_attempts_max: 10_000,
+            },
+            executions: command_api::ExecutionArgs {
+                outbound_allow: EXECUTIONS_OUTBOUND_ALLOW.into(),
+                provider_timeout_secs: EXECUTIONS_PROVIDER_TIMEOUT_SECS,
+                executions_per_organization: EXECUTIONS_PER_ORGANIZATION,
             },
         };
         let command = command_api::build(&command_config, db.pool.clone(), metrics.clone())

@@ -13,10 +13,12 @@ use chrono::SecondsFormat;
 use serde_json::{json, Map, Value};
 
 use domain::aggregate::Aggregate;
-use domain::catalog::{kinds, SEALED_VALUES};
+use domain::catalog::{kinds, SEALED_VALUES, SENTIMENT_ANALYZED};
 use domain::environment::{Environment, EnvironmentEvent};
+use domain::execution::{Execution, ExecutionEvent};
 use domain::members::{Members, MembersEvent};
 use domain::organization::{Organization, OrganizationEvent};
+use domain::sentiment::SentimentAnalysis;
 use domain::upcast::current_version;
 use domain::user::{User, UserEvent};
 use domain::RecordedEvent;
@@ -43,6 +45,7 @@ pub fn aggregate_types() -> Vec<&'static str> {
         Environment::TYPE,
         User::TYPE,
         Members::TYPE,
+        Execution::TYPE,
     ];
     types.extend(kinds::ALL.iter().map(|kind| kind.type_name));
     types
@@ -122,6 +125,7 @@ pub fn schemas() -> BTreeMap<String, Value> {
         schemars::schema_for!(EnvironmentEvent),
         schemars::schema_for!(UserEvent),
         schemars::schema_for!(MembersEvent),
+        schemars::schema_for!(ExecutionEvent),
     ] {
         add_variants(&mut schemas, root.to_value());
     }
@@ -134,6 +138,9 @@ pub fn schemas() -> BTreeMap<String, Value> {
             kind.type_name,
             (kind.fields_schema)().to_value(),
         );
+        if !kind.read_only_nulls.is_empty() {
+            add_sentiment_analyzed(&mut schemas, kind.type_name, kind.read_only_nulls);
+        }
     }
     schemas
 }
@@ -184,6 +191,30 @@ fn add_catalog_kind(schemas: &mut BTreeMap<String, Value>, type_name: &str, fiel
         schemas,
         &format!("{type_name}.deleted"),
         json!({ "type": "object" }),
+    );
+}
+
+/// `<type>.sentiment_analyzed`: the analyses it sets, each an analysis object or `null`.
+fn add_sentiment_analyzed(schemas: &mut BTreeMap<String, Value>, type_name: &str, fields: &[&str]) {
+    let analysis = schemars::schema_for!(SentimentAnalysis).to_value();
+    let mut properties = Map::new();
+    for field in fields {
+        properties.insert(
+            (*field).into(),
+            json!({ "anyOf": [{ "$ref": "#/$defs/SentimentAnalysis" }, { "type": "null" }] }),
+        );
+    }
+    let mut definitions = analysis.get("$defs").cloned().unwrap_or_else(|| json!({}));
+    let mut own = analysis;
+    if let Value::Object(own) = &mut own {
+        own.remove("$defs");
+        own.remove("$schema");
+    }
+    definitions["SentimentAnalysis"] = own;
+    insert(
+        schemas,
+        &format!("{type_name}.{SENTIMENT_ANALYZED}"),
+        json!({ "type": "object", "properties": properties, "$defs": definitions }),
     );
 }
 

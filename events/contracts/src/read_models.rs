@@ -74,3 +74,6 @@ pub fn audit_count(rows: AuditRows, resource_type: Option<&str>) -> String {
 pub fn audit_resource_count(rows: AuditRows, resource_type: &str, resource_id: Uuid) -> String {
     format!("{}:{resource_id}", audit_count(rows, Some(resource_type)))
 }
+
+/// The projection that keeps `executions` and `execution_totals`.
+pub const EXECUTIONS: &str = "executions";

@@ -17,6 +17,7 @@ use crate::aggregate::Aggregate;
 use crate::catalog::kinds::{self, by_type_name};
 use crate::catalog::{Change, DocumentState, KindInfo, SEALED_VALUES};
 use crate::environment::Environment;
+use crate::execution::Execution;
 use crate::members::Members;
 use crate::organization::Organization;
 use crate::personal::{self, ERASED};
@@ -31,7 +32,13 @@ pub const MEMBER: &str = "member";
 
 /// Every resource type the audit trail files events under.
 pub fn resource_types() -> Vec<&'static str> {
-    let mut types = vec![Organization::TYPE, Environment::TYPE, User::TYPE, MEMBER];
+    let mut types = vec![
+        Organization::TYPE,
+        Environment::TYPE,
+        User::TYPE,
+        MEMBER,
+        Execution::TYPE,
+    ];
     types.extend(kinds::ALL.iter().map(|kind| kind.type_name));
     types
 }
@@ -90,6 +97,8 @@ pub enum StreamState {
     Environment(Environment),
     User(User),
     Members(Members),
+    /// Boxed: an execution's state is much larger than the other states.
+    Execution(Box<Execution>),
     Document(&'static KindInfo, DocumentState),
 }
 
@@ -111,6 +120,7 @@ impl StreamState {
             Environment::TYPE => StreamState::Environment(Environment::default()),
             User::TYPE => StreamState::User(User::default()),
             Members::TYPE => StreamState::Members(Members::default()),
+            Execution::TYPE => StreamState::Execution(Box::default()),
             other => StreamState::Document(by_type_name(other)?, DocumentState::default()),
         })
     }
@@ -123,6 +133,7 @@ impl StreamState {
             StreamState::Environment(state) => serde_json::to_value(state),
             StreamState::User(state) => serde_json::to_value(state),
             StreamState::Members(state) => serde_json::to_value(state),
+            StreamState::Execution(state) => serde_json::to_value(state),
             StreamState::Document(_, state) => serde_json::to_value(state),
         }
     }
@@ -142,6 +153,7 @@ impl StreamState {
             }
             StreamState::User(_) => StreamState::User(serde_json::from_value(stored)?),
             StreamState::Members(_) => StreamState::Members(serde_json::from_value(stored)?),
+            StreamState::Execution(_) => StreamState::Execution(serde_json::from_value(stored)?),
             StreamState::Document(info, _) => {
                 StreamState::Document(info, serde_json::from_value(stored)?)
             }
@@ -176,6 +188,9 @@ impl StreamState {
             StreamState::Members(state) => {
                 state.apply(&event.decode().map_err(|e| failed(e.to_string()))?, at)
             }
+            StreamState::Execution(state) => {
+                state.apply(&event.decode().map_err(|e| failed(e.to_string()))?, at)
+            }
             StreamState::Document(info, state) => {
                 let action = event
                     .event_type
@@ -200,7 +215,7 @@ impl StreamState {
             StreamState::Environment(state) => state.deleted_at,
             StreamState::Document(_, state) => state.deleted_at,
             StreamState::User(state) => state.erased_at,
-            StreamState::Members(_) => None,
+            StreamState::Members(_) | StreamState::Execution(_) => None,
         }
     }
 
@@ -235,9 +250,25 @@ impl StreamState {
                     fields.insert("role".into(), json!(member.role));
                 }
             }
+            StreamState::Execution(state) => {
+                if let Some(execution) = &state.live {
+                    fields.insert("status".into(), json!(execution.status));
+                    fields.insert("templateId".into(), json!(execution.template_id));
+                    fields.insert("templateVersion".into(), json!(execution.template_version));
+                    fields.insert("modelId".into(), json!(execution.model_id));
+                    fields.insert("provider".into(), json!(execution.provider));
+                    fields.insert("usage".into(), json!(execution.usage));
+                    fields.insert("cost".into(), json!(execution.cost));
+                    fields.insert("latencyMs".into(), json!(execution.latency_ms));
+                    if let Some(failure) = &execution.failure {
+                        fields.insert("failureReason".into(), json!(failure.reason));
+                    }
+                }
+            }
             StreamState::Document(info, state) => {
                 if let Some(live) = &state.live {
                     fields.extend(live.fields.clone());
+                    fields.extend(live.annotations.clone());
                     for slot in info.write_only {
                         if live.secrets.contains(slot.field) {
                             fields.insert(slot.field.into(), json!(REDACTED));

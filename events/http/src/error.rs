@@ -45,6 +45,9 @@ pub enum ApiError {
         details: String,
         retry_after_seconds: u64,
     },
+    /// An upstream service (a model provider) answered with something unusable (`502`).
+    #[error("{error}")]
+    BadGateway { error: String, details: String },
     #[error("service unavailable: {0}")]
     Unavailable(String),
     /// Too many requests are waiting already; the client may retry after that many seconds (`503`).
@@ -271,6 +274,7 @@ impl IntoResponse for ApiError {
                 "Too Many Requests".into(),
                 details,
             ),
+            ApiError::BadGateway { error, details } => (StatusCode::BAD_GATEWAY, error, details),
             ApiError::Unavailable(details) | ApiError::Busy { details, .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service Unavailable".into(),

@@ -2,6 +2,7 @@
 //! through (a request id on every log line and response, a tracing span, request metrics, a time
 //! limit).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -48,8 +49,13 @@ async fn readyz<S: OpsState>(State(state): State<S>) -> (StatusCode, &'static st
 }
 
 /// Wraps an API in the request-id, tracing, metrics and time-limit layers (`REQUEST_TIMEOUT_SECS`).
-pub fn layered(app: Router, request_timeout: Duration) -> Router {
-    app.layer(middleware::from_fn_with_state(request_timeout, time_limit))
+/// Routes in `self_timed` (their paths as registered) bound their own time and are not cut off.
+pub fn layered(app: Router, request_timeout: Duration, self_timed: Vec<String>) -> Router {
+    let limit = TimeLimit {
+        limit: request_timeout,
+        self_timed: Arc::new(self_timed),
+    };
+    app.layer(middleware::from_fn_with_state(limit, time_limit))
         .layer(middleware::from_fn(record_metrics))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
@@ -57,6 +63,12 @@ pub fn layered(app: Router, request_timeout: Duration) -> Router {
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
         }))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+#[derive(Clone)]
+struct TimeLimit {
+    limit: Duration,
+    self_timed: Arc<Vec<String>>,
 }
 
 async fn record_metrics(request: Request, next: Next) -> Response {
@@ -83,12 +95,19 @@ async fn record_metrics(request: Request, next: Next) -> Response {
 /// Dropping the handler does not stop a statement the database is already running: a write cut off
 /// this way may still be recorded (within `STATEMENT_TIMEOUT_SECS`), which is what a retry with the
 /// same `Idempotency-Key` is for.
-async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
+async fn time_limit(State(limit): State<TimeLimit>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
+    if route.is_some_and(|route| limit.self_timed.iter().any(|timed| timed == route)) {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(limit.limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::Unavailable(format!(
             "the request did not complete within {} s; retry later",
-            limit.as_secs_f64()
+            limit.limit.as_secs_f64()
         ))
         .into_response(),
     }

@@ -19,6 +19,8 @@ use crate::ops::{self, OpsState};
 pub struct Routes<S> {
     pub router: Router<S>,
     pub table: Vec<(Method, String)>,
+    /// Routes that bound their own time (see [`Routes::add_self_timed`]).
+    pub self_timed: Vec<String>,
 }
 
 /// The routes an API serves for one catalog kind `K` (contract §8), at its collection path
@@ -32,6 +34,7 @@ impl<S: Clone + Send + Sync + 'static> Default for Routes<S> {
         Routes {
             router: Router::new(),
             table: Vec::new(),
+            self_timed: Vec::new(),
         }
     }
 }
@@ -46,6 +49,17 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         self.router = self.router.route(path, on(filter, handler));
         self.table.push((method, path.to_owned()));
         self
+    }
+
+    /// A route that bounds its own time (a model call, which has its own timeout, may outlast
+    /// `REQUEST_TIMEOUT_SECS`): the request time limit does not cut it off.
+    pub fn add_self_timed<H, T>(mut self, method: Method, path: &str, handler: H) -> Self
+    where
+        H: Handler<T, S>,
+        T: 'static,
+    {
+        self.self_timed.push(path.to_owned());
+        self.add(method, path, handler)
     }
 
     /// The routes `R` adds for every catalog kind (those of `domain::catalog::kinds::ALL`).
@@ -75,6 +89,7 @@ impl<S: OpsState> Routes<S> {
         ops::layered(
             self.router.merge(ops::routes()).with_state(state),
             request_timeout,
+            self.self_timed,
         )
     }
 }

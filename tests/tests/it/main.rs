@@ -10,6 +10,7 @@ mod catalog_access;
 mod catalog_api;
 mod erasure;
 mod event_schemas;
+mod executions;
 mod gateway;
 mod history;
 mod housekeeping;

@@ -24,6 +24,7 @@ pub const WORKFLOW_MAX_DEPTH: usize = (crate::json::MAX_DEPTH - 3) / 2;
 pub const CONDITION_MAX_DEPTH: usize = 32;
 pub const CONDITION_MAX_NODES: usize = 1_000;
 pub const URL_MAX_CHARS: usize = 2_000;
+pub const PROVIDER_MODEL_MAX_CHARS: usize = 200;
 
 const ORGANIZATION: &str = "organization";
 const ENVIRONMENT: &str = "environment";
@@ -237,6 +238,10 @@ pub struct ModelFields {
     /// The wire format it is called with; inferred from `modelUrl` when not given.
     #[serde(default)]
     pub provider: Option<Provider>,
+    /// The model identifier sent to the provider (`gpt-4o`, `claude-sonnet-4-5`); `name` when not
+    /// given.
+    #[serde(default)]
+    pub provider_model: Option<String>,
     #[serde(default)]
     pub input_price_per_million_tokens: Option<f64>,
     #[serde(default)]
@@ -266,6 +271,9 @@ impl Kind for Model {
     fn check(f: &mut ModelFields) -> Result<(), DomainError> {
         name("name", &mut f.name)?;
         description(&f.description)?;
+        if let Some(model) = &f.provider_model {
+            required_text("providerModel", model, PROVIDER_MODEL_MAX_CHARS)?;
+        }
         calling(
             &f.model_url,
             &mut f.provider,
@@ -305,6 +313,10 @@ pub struct SystemModelFields {
     /// The wire format it is called with; inferred from `modelUrl` when not given.
     #[serde(default)]
     pub provider: Option<Provider>,
+    /// The model identifier sent to the provider (`gpt-4o`, `claude-sonnet-4-5`); `name` when not
+    /// given.
+    #[serde(default)]
+    pub provider_model: Option<String>,
     #[serde(default)]
     pub input_price_per_million_tokens: Option<f64>,
     #[serde(default)]
@@ -334,6 +346,9 @@ impl Kind for SystemModel {
     fn check(f: &mut SystemModelFields) -> Result<(), DomainError> {
         name("name", &mut f.name)?;
         description(&f.description)?;
+        if let Some(model) = &f.provider_model {
+            required_text("providerModel", model, PROVIDER_MODEL_MAX_CHARS)?;
+        }
         calling(
             &f.model_url,
             &mut f.provider,

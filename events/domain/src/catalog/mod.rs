@@ -12,6 +12,12 @@
 //! carries exactly the fields whose normalised value changed. Write-only values never appear in the
 //! fields: events carry them sealed (see `commands::secrets`) under `secrets`, and the state only
 //! remembers which ones are set.
+//!
+//! Prompt templates also carry annotations: the sentiment analyses of their text and of an
+//! execution's output (`rawSentimentAnalysis`, `resultSentimentAnalysis`), recorded by
+//! `<type>.sentiment_analyzed` events. An annotation is not an edit: it changes neither the fields nor
+//! `updatedAt`, and the template's `version` counts its created and updated events only, so the
+//! stream version (the `ETag`) runs ahead of `version` by the number of annotations.
 
 pub mod kinds;
 
@@ -184,8 +190,18 @@ pub struct DocumentData {
     pub fields: Fields,
     /// Which write-only fields hold a value.
     pub secrets: BTreeSet<String>,
+    /// Read-only fields set by annotation events (sentiment analyses), by field.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub annotations: Fields,
+    /// How many annotation events the stream holds: its version minus this is the content version.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub annotation_events: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl DocumentData {
@@ -203,6 +219,12 @@ impl DocumentData {
 
     pub fn model_id(&self) -> Option<Uuid> {
         self.uuid_field("modelId")
+    }
+
+    /// The version a versioned kind shows at stream version `stream_version`: its created and
+    /// updated events, annotations not counted.
+    pub fn content_version(&self, stream_version: i64) -> i64 {
+        stream_version - self.annotation_events
     }
 
     /// The value `search` matches and names are unique by.
@@ -230,7 +252,14 @@ pub enum Change {
         secrets: BTreeMap<String, Option<String>>,
     },
     Deleted,
+    /// Read-only annotation fields set (`rawSentimentAnalysis`, `resultSentimentAnalysis`).
+    SentimentAnalyzed {
+        analyses: Fields,
+    },
 }
+
+/// The action of [`Change::SentimentAnalyzed`] events.
+pub const SENTIMENT_ANALYZED: &str = "sentiment_analyzed";
 
 impl Change {
     /// The stored `data` of the event.
@@ -257,6 +286,10 @@ impl Change {
                     .collect()
             }
             Change::Deleted => Map::new(),
+            Change::SentimentAnalyzed { analyses } => {
+                data.extend(analyses.clone());
+                Map::new()
+            }
         };
         if !secrets.is_empty() {
             data.insert(SEALED_VALUES.into(), Value::Object(secrets));
@@ -299,6 +332,7 @@ impl Change {
                     .collect(),
             }),
             "deleted" => Ok(Change::Deleted),
+            SENTIMENT_ANALYZED => Ok(Change::SentimentAnalyzed { analyses: data }),
             other => Err(format!("unknown action {other:?}")),
         }
     }
@@ -315,6 +349,8 @@ impl Change {
                     id: *id,
                     fields: fields.clone(),
                     secrets: secrets.keys().cloned().collect(),
+                    annotations: Fields::new(),
+                    annotation_events: 0,
                     created_at: at,
                     updated_at: at,
                 })
@@ -335,6 +371,13 @@ impl Change {
             Change::Deleted => {
                 state.live = None;
                 state.deleted_at = Some(at);
+            }
+            Change::SentimentAnalyzed { analyses } => {
+                if let Some(live) = &mut state.live {
+                    live.annotations
+                        .extend(analyses.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    live.annotation_events += 1;
+                }
             }
         }
     }
@@ -368,6 +411,7 @@ impl<K: Kind> DocumentEvent<K> {
             Change::Created { .. } => "created",
             Change::Updated { .. } => "updated",
             Change::Deleted => "deleted",
+            Change::SentimentAnalyzed { .. } => SENTIMENT_ANALYZED,
         };
         format!("{}.{action}", K::INFO.type_name)
     }
@@ -420,6 +464,10 @@ pub enum DocumentCommand {
         secrets: BTreeMap<String, Option<String>>,
     },
     Delete,
+    /// Sets read-only annotation fields of kinds that have them (prompt templates' sentiment).
+    AnalyzeSentiment {
+        analyses: Fields,
+    },
 }
 
 /// A catalog resource of kind `K`.
@@ -484,9 +532,24 @@ impl<K: Kind> Aggregate for Document<K> {
                 Change::Updated { fields, secrets }
             }
             (DocumentCommand::Delete, Some(_)) => Change::Deleted,
-            (DocumentCommand::Update { .. } | DocumentCommand::Delete, None) => {
-                return Err(DomainError::NotFound)
+            (DocumentCommand::AnalyzeSentiment { analyses }, Some(_)) => {
+                if let Some(field) = analyses
+                    .keys()
+                    .find(|f| !K::INFO.read_only_nulls.contains(&f.as_str()))
+                {
+                    return Err(DomainError::invalid(
+                        field.clone(),
+                        format!("a {} has no such annotation", K::INFO.label),
+                    ));
+                }
+                Change::SentimentAnalyzed { analyses }
             }
+            (
+                DocumentCommand::Update { .. }
+                | DocumentCommand::Delete
+                | DocumentCommand::AnalyzeSentiment { .. },
+                None,
+            ) => return Err(DomainError::NotFound),
         };
         Ok(vec![DocumentEvent::new(change)])
     }
@@ -518,7 +581,7 @@ pub fn view(info: &KindInfo, data: &DocumentData, version: i64, nested: &Nested)
         );
     }
     if info.versioned {
-        view.insert("version".into(), Value::from(version));
+        view.insert("version".into(), Value::from(data.content_version(version)));
     }
     let named = |name: &Option<String>| match name {
         Some(name) => serde_json::json!({ "name": name }),
@@ -540,7 +603,8 @@ pub fn view(info: &KindInfo, data: &DocumentData, version: i64, nested: &Nested)
         view.insert("environment".into(), named(&nested.environment));
     }
     for field in info.read_only_nulls {
-        view.insert((*field).into(), Value::Null);
+        let value = data.annotations.get(*field).cloned();
+        view.insert((*field).into(), value.unwrap_or(Value::Null));
     }
     view.insert("createdAt".into(), timestamp(&data.created_at));
     view.insert("updatedAt".into(), timestamp(&data.updated_at));

@@ -1,0 +1,160 @@
+//! The `executions` projection: one `read_models.executions` row per prompt-template execution (its
+//! folded state, for `GET /api/executions/{id}` and a template's executions), and
+//! `execution_totals`, the executions, failures, tokens and cost per organization, model, UTC day and
+//! currency, counted when an execution finishes.
+//!
+//! A batch folds the executions it touches in memory with the aggregate's own `apply`, starting from
+//! their stored rows, and writes them back with one statement per table. The totals are increments:
+//! the runner applies a batch and moves the checkpoint in one transaction, so no batch counts twice.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use contracts::read_models::EXECUTIONS;
+use domain::aggregate::Aggregate;
+use domain::execution::{Execution, ExecutionData, ExecutionEvent, Status};
+use domain::RecordedEvent;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::projection::Projection;
+
+pub struct Executions;
+
+#[async_trait]
+impl Projection for Executions {
+    fn name(&self) -> &'static str {
+        EXECUTIONS
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["executions", "execution_totals"]
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        let ours: Vec<&RecordedEvent> = events
+            .iter()
+            .filter(|e| e.stream_id.starts_with("execution-"))
+            .collect();
+        if ours.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = ours
+            .iter()
+            .filter(|e| e.stream_version > 1)
+            .filter_map(|e| e.stream_id.strip_prefix("execution-")?.parse().ok())
+            .collect();
+        let stored: Vec<(Uuid, sqlx::types::Json<ExecutionData>)> =
+            sqlx::query_as("SELECT id, data FROM executions WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *conn)
+                .await?;
+        let mut executions: HashMap<Uuid, Execution> = stored
+            .into_iter()
+            .map(|(id, data)| (id, Execution { live: Some(data.0) }))
+            .collect();
+        let mut totals: BTreeMap<(Uuid, Uuid, NaiveDate, String), Totals> = BTreeMap::new();
+        for event in ours {
+            let decoded: ExecutionEvent = event.decode().map_err(|e| {
+                anyhow::anyhow!("event {} of {}: {e}", event.event_id, event.stream_id)
+            })?;
+            let id: Uuid = event.stream_id["execution-".len()..].parse()?;
+            let execution = executions.entry(id).or_default();
+            execution.apply(&decoded, event.recorded_at);
+            let Some(live) = &execution.live else {
+                continue;
+            };
+            if !matches!(decoded, ExecutionEvent::Requested { .. }) {
+                let key = (
+                    live.organization_id,
+                    live.model_id,
+                    live.requested_at.date_naive(),
+                    live.cost
+                        .as_ref()
+                        .map(|c| c.currency.clone())
+                        .unwrap_or_default(),
+                );
+                totals.entry(key).or_default().count(live);
+            }
+        }
+        let rows: Vec<&ExecutionData> = executions
+            .values()
+            .filter_map(|e| e.live.as_ref())
+            .collect();
+        sqlx::query(
+            "INSERT INTO executions (id, organization_id, template_id, model_id, status, requested_at, data) \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::timestamptz[], $7::jsonb[]) \
+             ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, data = EXCLUDED.data",
+        )
+        .bind(rows.iter().map(|d| d.id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|d| d.organization_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|d| d.template_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|d| d.model_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|d| status_name(d.status)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|d| d.requested_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|d| serde_json::to_value(d)).collect::<Result<Vec<_>, _>>()?)
+        .execute(&mut *conn)
+        .await?;
+        if !totals.is_empty() {
+            let (keys, totals): (Vec<_>, Vec<_>) = totals.into_iter().unzip();
+            sqlx::query(
+                "INSERT INTO execution_totals (organization_id, model_id, day, currency, executions, failures, input_tokens, output_tokens, cost) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::date[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::numeric[]) \
+                 ON CONFLICT (organization_id, model_id, day, currency) DO UPDATE SET \
+                   executions = execution_totals.executions + EXCLUDED.executions, \
+                   failures = execution_totals.failures + EXCLUDED.failures, \
+                   input_tokens = execution_totals.input_tokens + EXCLUDED.input_tokens, \
+                   output_tokens = execution_totals.output_tokens + EXCLUDED.output_tokens, \
+                   cost = execution_totals.cost + EXCLUDED.cost",
+            )
+            .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+            .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+            .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
+            .bind(keys.iter().map(|k| k.3.clone()).collect::<Vec<_>>())
+            .bind(totals.iter().map(|t| t.executions).collect::<Vec<_>>())
+            .bind(totals.iter().map(|t| t.failures).collect::<Vec<_>>())
+            .bind(totals.iter().map(|t| t.input_tokens).collect::<Vec<_>>())
+            .bind(totals.iter().map(|t| t.output_tokens).collect::<Vec<_>>())
+            // As text, so that PostgreSQL's numeric keeps the decimal the cost was rounded to.
+            .bind(totals.iter().map(|t| format!("{:.10}", t.cost)).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+fn status_name(status: Status) -> &'static str {
+    match status {
+        Status::Running => "running",
+        Status::Succeeded => "succeeded",
+        Status::Failed => "failed",
+    }
+}
+
+/// What finished executions add to one row of `execution_totals`.
+#[derive(Default)]
+struct Totals {
+    executions: i64,
+    failures: i64,
+    input_tokens: i64,
+    output_tokens: i64,
+    cost: f64,
+}
+
+impl Totals {
+    fn count(&mut self, execution: &ExecutionData) {
+        self.executions += 1;
+        if execution.status == Status::Failed {
+            self.failures += 1;
+        }
+        if let Some(usage) = execution.usage {
+            self.input_tokens += usage.input_tokens as i64;
+            self.output_tokens += usage.output_tokens as i64;
+        }
+        if let Some(cost) = &execution.cost {
+            self.cost += cost.total;
+        }
+    }
+}
