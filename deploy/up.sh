@@ -11,10 +11,12 @@
 #      binaries the stack runs (dev profile);
 #   4. the processes, in the background, each logging to deploy/.run/<name>.log with its pid in
 #      deploy/.run/<name>.pid: the tansu Kafka broker (PostgreSQL storage in its own database, so
-#      its data survives a restart), dev-issuer (local token issuer), command-api, query-api,
-#      projector (which publishes the domain events to the broker), and the nginx gateway (config
-#      rendered from deploy/nginx.conf.template);
-#   5. waiting until every process answers, then printing how to use the system.
+#      its data survives a restart), dev-issuer (local token issuer), fake-provider (a local model
+#      provider speaking OpenAI's and Anthropic's wire formats), command-api, query-api, projector
+#      (which publishes the domain events to the broker), and the nginx gateway (config rendered
+#      from deploy/nginx.conf.template);
+#   5. waiting until every process answers, registering two visible system models on the fake
+#      provider (one per wire format; kept if they exist), then printing how to use the system.
 #
 # Re-running it restarts everything (it calls deploy/down.sh first). Stop with deploy/down.sh.
 # Works from any directory. Needs root (or sudo) for packages and PostgreSQL.
@@ -96,6 +98,11 @@ ensure_setting KAFKA_BROKERS 127.0.0.1:9092
 ensure_setting KAFKA_TOPIC_PREFIX admin-platform
 ensure_setting TANSU_STORAGE_URL postgres://postgres:postgres@localhost:5432/tansu
 
+# Prompt-template executions: the local fake model provider, and the outbound allow-list that lets
+# command-api reach it on loopback (model URLs may not reach internal addresses otherwise).
+ensure_setting FAKE_PROVIDER_ADDR 127.0.0.1:8093
+ensure_setting OUTBOUND_ALLOW 127.0.0.1/32
+
 # The database named in DATABASE_URL (admin_platform unless .env was edited), on the local server.
 db_name="${DATABASE_URL##*/}"
 db_name="${db_name%%\?*}"
@@ -109,9 +116,9 @@ ensure_tansu_database "${TANSU_STORAGE_URL##*/}"
 timed "the Kafka broker" ensure_tansu
 # Only the binaries the stack runs, in the dev profile: three minutes on 2 cores instead of ten for a
 # release build, and the tests reuse them. The benchmark builds its own release binaries when run.
-log "cargo build (command-api, query-api, projector, dev-issuer)"
+log "cargo build (command-api, query-api, projector, dev-issuer, fake-provider)"
 timed "the build" cargo build --locked -p command-api -p query-api -p projector -p tests \
-    --bin command-api --bin query-api --bin projector --bin dev-issuer
+    --bin command-api --bin query-api --bin projector --bin dev-issuer --bin fake-provider
 
 # ---------------------------------------------------------------------------------------------
 # 4. Start the processes
@@ -161,6 +168,7 @@ fi
 start_process dev-issuer serve
 wait_ready dev-issuer "http://$DEV_ISSUER_ADDR/.well-known/jwks.json" "$RUN_DIR/dev-issuer.log"
 
+start_process fake-provider
 start_process command-api
 start_process query-api
 start_process projector # no arguments: run the projection workers
@@ -186,6 +194,28 @@ wait_ready command-api "http://$COMMAND_API_ADDR/readyz" "$RUN_DIR/command-api.l
 wait_ready query-api "http://$QUERY_API_ADDR/readyz" "$RUN_DIR/query-api.log"
 wait_ready projector "http://$PROJECTOR_ADDR/readyz" "$RUN_DIR/projector.log"
 wait_ready nginx "http://$GATEWAY_ADDR/healthz" "$RUN_DIR/nginx-error.log"
+wait_ready fake-provider "http://$FAKE_PROVIDER_ADDR/_requests" "$RUN_DIR/fake-provider.log"
+
+# Two visible system models on the fake provider, so that any template can run locally. Creating
+# one that exists answers 409 (names are unique), which leaves it as it is.
+admin_token="$(bash "$REPO_ROOT/deploy/dev-token" "${SYSTEM_ADMINS%%,*}")"
+for provider in openai anthropic; do
+    case "$provider" in
+        openai) path=/ok/v1/chat/completions ;;
+        anthropic) path=/ok/v1/messages ;;
+    esac
+    status="$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://$GATEWAY_ADDR/api/system-models" \
+        -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
+        -d "{\"name\": \"Local fake ($provider)\", \"modelUrl\": \"http://$FAKE_PROVIDER_ADDR$path\",
+             \"provider\": \"$provider\", \"providerModel\": \"fake-$provider\", \"visible\": true,
+             \"token\": \"local-fake-key\", \"inputPricePerMillionTokens\": 1,
+             \"outputPricePerMillionTokens\": 2, \"currency\": \"USD\"}")"
+    case "$status" in
+        201) log "registered the system model \"Local fake ($provider)\"" ;;
+        409) ;;
+        *) die "registering the system model \"Local fake ($provider)\" answered $status" ;;
+    esac
+done
 log "everything is up, $SECONDS s after deploy/up.sh started"
 
 cat <<EOF
@@ -194,6 +224,8 @@ The admin platform is running.
 
   Gateway:    $PUBLIC_URL/   (GET/HEAD -> query-api, other methods and sign-in -> command-api)
   Sign in:    $PUBLIC_URL/api/auth/login   (in a browser; any user name, no password)
+  Models:     a fake provider on $FAKE_PROVIDER_ADDR, as the visible system models
+              "Local fake (openai)" and "Local fake (anthropic)" (GET /api/system-models/visible)
   Kafka:      $KAFKA_BROKERS, topics $KAFKA_TOPIC_PREFIX.<aggregate>; watch them with
               target/debug/projector tail
   Logs:       $RUN_DIR/*.log

@@ -488,7 +488,10 @@ pub struct Finished {
     pub failure: Option<CallFailure>,
 }
 
-/// Records the execution as requested and starts its call (module docs).
+/// Records the execution as requested and starts its call (module docs). Without an idempotency
+/// key, the call starts at once and the request is committed meanwhile, so that the commit costs no
+/// latency; should that commit fail, the call is cancelled and the failure answered. With a key, the
+/// request is committed first: a repeat must find it before anything is called.
 pub async fn start(
     state: &AppState,
     write: &Write,
@@ -501,8 +504,6 @@ pub async fn start(
         .running
         .try_start(prepared.organization_id)?;
     let id = Uuid::now_v7();
-    let stream_id = Execution::stream_id(id);
-    let permission = read_permission(Some(prepared.organization_id));
     let metadata = write.metadata(prepared.role, Some(prepared.organization_id));
     let requested = ExecutionEvent::Requested {
         id,
@@ -521,38 +522,31 @@ pub async fn start(
         streamed: stream,
         requested_by: write.actor.user_id.to_string(),
     };
-    let (requested, metadata, stream_id_ref) = (&requested, &metadata, &stream_id);
-    let answer = state
-        .executor
-        .run(caller, move || async move {
-            let mut execution = Loaded::<Execution>::new_stream();
-            let events = execution
-                .state
-                .decide(ExecutionCommand::Request(Box::new(requested.clone())))?;
-            let events = execution.record(events, metadata, Utc::now());
-            Ok::<_, ApiError>(
-                Outcome::new(202, json!({ "executionId": id }), execution.version)
-                    .located(format!("/api/executions/{id}"))
-                    .appending(WriteSet::append(stream_id_ref, 0, events), permission),
-            )
-        })
-        .await?;
-    if answer.replayed {
-        return replayed(state, &answer).await.map(Started::Replayed);
+    // A new stream: decided and recorded once, whatever the commit's retries.
+    let mut execution = Loaded::<Execution>::new_stream();
+    let events = execution
+        .state
+        .decide(ExecutionCommand::Request(Box::new(requested)))?;
+    let events = execution.record(events, &metadata, Utc::now());
+    let mut task = CallTask {
+        state: state.clone(),
+        actor: write.actor.clone(),
+        metadata,
+        permission: read_permission(Some(prepared.organization_id)),
+        execution,
+        requested: Some(WriteSet::append(&Execution::stream_id(id), 0, events)),
+        prepared,
+        stream,
+    };
+    if caller.idempotency.is_some() {
+        let answer = task.commit_requested(caller).await?;
+        if answer.replayed {
+            return replayed(state, &answer).await.map(Started::Replayed);
+        }
     }
 
     let (delta_sender, deltas) = mpsc::channel(64);
     let (finish_sender, finished) = oneshot::channel();
-    let task = CallTask {
-        state: state.clone(),
-        actor: write.actor.clone(),
-        metadata: metadata.clone(),
-        stream_id,
-        permission,
-        price: prepared.target.price.clone(),
-        prepared,
-        stream,
-    };
     tokio::spawn(async move {
         let finished = task.run(delta_sender).await;
         drop(slot);
@@ -607,15 +601,39 @@ struct CallTask {
     state: AppState,
     actor: Actor,
     metadata: domain::EventMetadata,
-    stream_id: String,
     permission: Permission,
-    price: Option<Price>,
+    /// The execution as requested (version 1).
+    execution: Loaded<Execution>,
+    /// The request's write set, until it is committed.
+    requested: Option<WriteSet>,
     prepared: Prepared,
     stream: bool,
 }
 
 impl CallTask {
-    async fn run(self, deltas: mpsc::Sender<String>) -> Finished {
+    /// Commits the request; the answer kept under the caller's key names the execution.
+    async fn commit_requested(&mut self, caller: Caller<'_>) -> Result<Answer, ApiError> {
+        let Some(write) = self.requested.take() else {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "the request was committed already"
+            )));
+        };
+        let id = self.id();
+        let (write, permission) = (&write, &self.permission);
+        self.state
+            .executor
+            .run(caller, move || async move {
+                Ok::<_, ApiError>(
+                    Outcome::new(202, json!({ "executionId": id }), 1)
+                        .located(format!("/api/executions/{id}"))
+                        .appending(write.clone(), permission.clone()),
+                )
+            })
+            .await
+    }
+
+    async fn run(mut self, deltas: mpsc::Sender<String>) -> Finished {
+        let models = self.state.executions.models.clone();
         let target = &self.prepared.target;
         let call = Call {
             provider: target.provider,
@@ -627,9 +645,46 @@ impl CallTask {
             stream: self.stream,
         };
         let started = Instant::now();
-        let result = tokio::select! {
-            result = self.state.executions.models.call(&call, &deltas) => Some(result),
-            () = deltas.closed() => None,
+        let calling = async {
+            tokio::select! {
+                result = models.call(&call, &deltas) => Some(result),
+                () = deltas.closed() => None,
+            }
+        };
+        // The request is committed while the call runs; a failed commit cancels the call.
+        let result = match self.requested.take() {
+            None => calling.await,
+            Some(write) => {
+                let actor = self.actor.clone();
+                let state = self.state.clone();
+                let permission = self.permission.clone();
+                let id = self.id();
+                let committing = async move {
+                    let caller = Caller {
+                        actor: &actor,
+                        idempotency: None,
+                    };
+                    let (write, permission) = (&write, &permission);
+                    state
+                        .executor
+                        .run(caller, move || async move {
+                            Ok::<_, ApiError>(
+                                Outcome::new(202, json!({ "executionId": id }), 1)
+                                    .appending(write.clone(), permission.clone()),
+                            )
+                        })
+                        .await
+                };
+                match tokio::join!(committing, calling) {
+                    (Err(error), _) => {
+                        return Finished {
+                            answer: Err(error),
+                            failure: None,
+                        }
+                    }
+                    (Ok(_), result) => result,
+                }
+            }
         };
         drop(deltas);
         let latency_ms = started.elapsed().as_millis() as u64;
@@ -650,13 +705,13 @@ impl CallTask {
         };
         let answer = self.record(event).await;
         if let Err(error) = &answer {
-            tracing::error!(execution = %self.stream_id, error = %error, "recording an execution's end failed");
+            tracing::error!(execution = %self.id(), error = %error, "recording an execution's end failed");
         }
         Finished { answer, failure }
     }
 
     fn succeeded(&self, reply: Reply, latency_ms: u64) -> ExecutionEvent {
-        let cost = match (&self.price, &reply.usage) {
+        let cost = match (&self.prepared.target.price, &reply.usage) {
             (Some(price), Some(usage)) => Some(price.cost(usage)),
             _ => None,
         };
@@ -671,17 +726,19 @@ impl CallTask {
         }
     }
 
-    /// Appends the execution's end; the answer's body is the finished execution's view.
+    /// Appends the execution's end to the requested execution (nothing else writes its stream, so
+    /// it is not loaded again); the answer's body is the finished execution's view.
     async fn record(&self, event: ExecutionEvent) -> Result<Answer, ApiError> {
-        let (event, state, caller_actor) = (&event, &self.state, &self.actor);
         let caller = Caller {
-            actor: caller_actor,
+            actor: &self.actor,
             idempotency: None,
         };
-        state
+        let stream = Execution::stream_id(self.id());
+        let (event, stream) = (&event, &stream);
+        self.state
             .executor
             .run(caller, move || async move {
-                let mut execution = state.executor.load::<Execution>(self.id()).await?;
+                let mut execution = self.execution.clone();
                 let expected = execution.version;
                 let events = execution
                     .state
@@ -692,7 +749,7 @@ impl CallTask {
                 })?;
                 Ok::<_, ApiError>(
                     Outcome::new(200, execution::view(data), execution.version).appending(
-                        WriteSet::append(&self.stream_id, expected, events),
+                        WriteSet::append(stream, expected, events),
                         self.permission.clone(),
                     ),
                 )
@@ -701,9 +758,12 @@ impl CallTask {
     }
 
     fn id(&self) -> Uuid {
-        self.stream_id["execution-".len()..]
-            .parse()
-            .expect("execution streams are named by their id")
+        self.execution
+            .state
+            .live
+            .as_ref()
+            .map(|live| live.id)
+            .expect("a requested execution has its state")
     }
 }
 

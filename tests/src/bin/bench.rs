@@ -14,7 +14,10 @@
 //! costs as it grows: two prompt templates, with 10 and with 10,000 versions of a 100 KB text each
 //! (written straight into the log, then projected by the running projector), the p50/p99 of the first
 //! page of each one's `/versions` and of its audit trail, the ratio of their p99s (10,000 to 10), and
-//! the resident memory of the process, which serves query-api, before and after.
+//! the resident memory of the process, which serves query-api, before and after. (j) is prompt-template
+//! executions from 32 clients against the fake model provider (answering after `--provider-latency-ms`),
+//! against the same requests sent straight to the fake provider: throughput ratio and the latency the
+//! platform adds at p50 and p99.
 //!
 //! `--only <letters>` runs the sections named (`--only i`), with those they build on: (b) is compared
 //! with (a), (g) uses (f)'s publisher, and (h) reads (c)'s events.
@@ -75,6 +78,9 @@ struct Args {
     /// Requests measured per page and template in (i).
     #[arg(long, default_value_t = 1_000)]
     history_requests: usize,
+    /// How long the fake model provider takes to answer in (j), in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    provider_latency_ms: u64,
     /// Only these sections (letters, e.g. `i` or `dei`), with those they build on.
     #[arg(long)]
     only: Option<String>,
@@ -202,7 +208,103 @@ async fn main() -> anyhow::Result<()> {
     if args.runs('i') {
         history_cost(&app, &args).await?;
     }
+
+    if args.runs('j') {
+        let (direct, executions) =
+            executions_against_direct(&app, args.clients, duration, args.provider_latency_ms)
+                .await?;
+        println!(
+            "(j) POST /api/prompt-templates/{{id}}/execute, {} clients, provider answering after {} ms: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors; \
+             the same requests straight to the provider: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms; throughput ratio {:.2} (target >= 0.8), \
+             added p50 {:.2} ms, p99 {:.2} ms (target p99 < 10 ms)",
+            args.clients,
+            args.provider_latency_ms,
+            executions.rate,
+            executions.p50,
+            executions.p99,
+            executions.errors,
+            direct.rate,
+            direct.p50,
+            direct.p99,
+            executions.rate / direct.rate,
+            executions.p50 - direct.p50,
+            executions.p99 - direct.p99,
+        );
+    }
     Ok(())
+}
+
+/// (j): each client has an organization of its own (the per-organization cap stays out of the way),
+/// with a model on the fake provider and a template; first the same Chat Completions requests are sent
+/// straight to the provider, then through `POST /api/prompt-templates/{id}/execute`. Returns
+/// `(direct, executions)`.
+async fn executions_against_direct(
+    app: &TestApp,
+    clients: usize,
+    duration: Duration,
+    latency_ms: u64,
+) -> anyhow::Result<(Measured, Measured)> {
+    let provider = tests::fake_provider::FakeProvider::spawn().await?;
+    let url = provider.url(&format!("slow-{latency_ms}"), "openai");
+    let mut templates = Vec::new();
+    for client in 0..clients {
+        let org = app
+            .create_organization(&format!("Bench executions {client}"))
+            .await;
+        let env = app.create_environment(&org, "Production").await;
+        let (_, model) = app
+            .post(
+                "/api/models",
+                json!({"organizationId": org, "name": "Fake", "modelUrl": url, "token": "sk-bench",
+                       "inputPricePerMillionTokens": 1, "outputPricePerMillionTokens": 2, "currency": "USD"}),
+            )
+            .await;
+        let (_, template) = app
+            .post(
+                "/api/prompt-templates",
+                json!({"organizationId": org, "environmentId": env, "modelId": model["id"], "name": "Bench",
+                       "promptText": "Summarise the order {{order}} for {{customer}} in one sentence."}),
+            )
+            .await;
+        templates.push(
+            template["id"]
+                .as_str()
+                .context("creating a benchmark template")?
+                .to_owned(),
+        );
+    }
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()?;
+    let prompt = |client: usize, n: usize| {
+        format!("Summarise the order {n} for customer {client} in one sentence.")
+    };
+    let direct = {
+        let (http, url) = (http.clone(), url.clone());
+        run_for(clients, duration, move |client, n| {
+            let request = http.post(&url).bearer_auth("sk-bench").json(&json!({
+                "model": "Fake",
+                "messages": [{"role": "user", "content": prompt(client, n)}],
+            }));
+            async move { request.send().await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await
+    };
+    let templates = Arc::new(templates);
+    let command_url = app.command_url.clone();
+    let token = app.admin_token.clone();
+    let executions = run_for(clients, duration, move |client, n| {
+        let request = http
+            .post(format!(
+                "{command_url}/api/prompt-templates/{}/execute",
+                templates[client]
+            ))
+            .bearer_auth(&token)
+            .json(&json!({"variables": {"order": n.to_string(), "customer": format!("customer {client}")}}));
+        async move { request.send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    Ok((direct, executions))
 }
 
 struct Measured {

@@ -235,13 +235,25 @@ async fn every_event_arrives_once_in_order_valid_and_without_secrets() {
             .await;
         assert_eq!(status, 200, "{body}");
     }
-    let (status, _) = app
-        .put(
-            &format!("/api/models/{model_id}"),
-            json!({"token": secrets[3], "clientKey": null}),
-        )
+    // Executions on a provider that echoes the credential back, and a sentiment analysis.
+    let provider = tests::fake_provider::FakeProvider::spawn().await.unwrap();
+    for scenario in ["ok", "echo-credential"] {
+        let (status, _) = app
+            .put(
+                &format!("/api/models/{model_id}"),
+                json!({"token": secrets[3], "clientKey": null, "modelUrl": provider.url(scenario, "openai")}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, answer) = app
+            .post(&format!("{template_path}/execute"), json!({}))
+            .await;
+        assert!(matches!(status, 200 | 502), "{answer}");
+    }
+    let (status, answer) = app
+        .post(&format!("{template_path}/analyze-sentiment"), json!({}))
         .await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{answer}");
     let (status, _) = app.delete(&template_path).await;
     assert_eq!(status, 200);
     let (status, _) = app
@@ -261,6 +273,10 @@ async fn every_event_arrives_once_in_order_valid_and_without_secrets() {
         "variable.created.v1",
         "model.updated.v1",
         "prompt_template.deleted.v1",
+        "prompt_template.sentiment_analyzed.v1",
+        "execution.requested.v1",
+        "execution.succeeded.v1",
+        "execution.failed.v1",
         "workflow_entity_type.created.v1",
     ] {
         assert!(

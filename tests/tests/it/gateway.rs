@@ -157,3 +157,57 @@ async fn the_gateway_serves_the_api_and_hides_the_operators_endpoints() {
         }
     }
 }
+
+/// A streamed execution reaches the client through the gateway as it is written, not when it ends.
+#[tokio::test]
+async fn streamed_executions_pass_the_gateway_as_they_are_written() {
+    use futures::StreamExt;
+    use tests::fake_provider::{FakeProvider, Outcome};
+
+    let app = TestApp::spawn().await;
+    let gateway = Gateway::start(&app).await;
+    let provider = FakeProvider::spawn().await.unwrap();
+    let org = app.create_organization("Streaming").await;
+    let env = app.create_environment(&org, "P").await;
+    let (_, model) = app
+        .post(
+            "/api/models",
+            json!({"organizationId": org, "name": "Slow", "modelUrl": provider.url("drip-300", "openai"), "token": "sk-x"}),
+        )
+        .await;
+    let (_, template) = app
+        .post(
+            "/api/prompt-templates",
+            json!({"organizationId": org, "environmentId": env, "modelId": model["id"], "name": "T",
+                   "promptText": "one two three four five six"}),
+        )
+        .await;
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/api/prompt-templates/{}/execute",
+            gateway.url,
+            template["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&app.admin_token)
+        .json(&json!({"stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(
+        String::from_utf8_lossy(&first).contains("event: delta"),
+        "{first:?}"
+    );
+    assert_eq!(
+        provider.requests().last().map(|r| r.outcome),
+        Some(Outcome::Streaming),
+        "the first delta arrived only once the provider had finished"
+    );
+    let mut rest = String::new();
+    while let Some(chunk) = body.next().await {
+        rest.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(rest.contains("event: done"), "{rest}");
+}

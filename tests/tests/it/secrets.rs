@@ -173,6 +173,97 @@ async fn written_secrets_never_leave_in_responses_events_read_models_or_logs() {
     assert_clean("the logs", &logged, &secrets);
 }
 
+/// A model's credential used in executions, echoed back by its provider and streamed: it reaches the
+/// provider, and nothing else (answers, stream events, events, read models, the audit trail, logs).
+#[tokio::test]
+async fn a_model_credential_reaches_its_provider_and_nothing_else() {
+    let logs = captured_logs();
+    let app = TestApp::spawn().await;
+    let provider = tests::fake_provider::FakeProvider::spawn().await.unwrap();
+    let org = app.create_organization("Acme Corp").await;
+    let env = app.create_environment(&org, "Production").await;
+    let token = secret(0);
+    let mut answers = Vec::new();
+    for scenario in ["ok", "echo-credential"] {
+        for kind in ["openai", "anthropic"] {
+            let (status, model) = app
+                .post(
+                    "/api/models",
+                    json!({"organizationId": org, "name": format!("{scenario} {kind}"), "provider": kind,
+                           "modelUrl": provider.url(scenario, kind), "token": token}),
+                )
+                .await;
+            assert_eq!(status, 201, "{model}");
+            let (status, template) = app
+                .post(
+                    "/api/prompt-templates",
+                    json!({"organizationId": org, "environmentId": env, "modelId": model["id"],
+                           "name": format!("T {scenario} {kind}"), "promptText": "Say hi"}),
+                )
+                .await;
+            assert_eq!(status, 201, "{template}");
+            let path = format!(
+                "/api/prompt-templates/{}/execute",
+                template["id"].as_str().unwrap()
+            );
+            let (_, answer) = app.post(&path, json!({})).await;
+            answers.push(answer.to_string());
+            let streamed = app
+                .admin(reqwest::Method::POST, &path)
+                .json(&json!({"stream": true}))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            answers.push(streamed);
+            let (_, executions) = app
+                .get(&format!(
+                    "/api/prompt-templates/{}/executions",
+                    template["id"].as_str().unwrap()
+                ))
+                .await;
+            answers.push(executions.to_string());
+        }
+    }
+    assert!(
+        provider
+            .requests()
+            .iter()
+            .all(|r| r.credential.as_deref() == Some(token.as_str())),
+        "the provider did not get the credential"
+    );
+    assert!(
+        answers.iter().any(|a| a.contains("[redacted]")),
+        "{answers:?}"
+    );
+    let secrets = [token];
+    for answer in &answers {
+        assert_clean("an answer", answer, &secrets);
+    }
+    let everything: Vec<String> = sqlx::query_scalar(
+        "SELECT data::text || metadata::text FROM events \
+         UNION ALL SELECT data::text FROM read_models.executions \
+         UNION ALL SELECT changes::text FROM read_models.audit_index \
+         UNION ALL SELECT value::text FROM read_models.audit_values \
+         UNION ALL SELECT state::text FROM read_models.audit_states",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert!(everything.iter().any(|row| row.contains("execution")));
+    for row in &everything {
+        assert_clean("the database", row, &secrets);
+    }
+    let logged = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(
+        logged.contains("execute"),
+        "the services' logs were not captured"
+    );
+    assert_clean("the logs", &logged, &secrets);
+}
+
 #[tokio::test]
 async fn sealed_values_open_only_for_their_owner_and_field() {
     captured_logs();
