@@ -626,7 +626,7 @@ impl CallTask {
                 Ok::<_, ApiError>(
                     Outcome::new(202, json!({ "executionId": id }), 1)
                         .located(format!("/api/executions/{id}"))
-                        .appending(write.clone(), permission.clone()),
+                        .appending(write.clone(), *permission),
                 )
             })
             .await
@@ -657,7 +657,7 @@ impl CallTask {
             Some(write) => {
                 let actor = self.actor.clone();
                 let state = self.state.clone();
-                let permission = self.permission.clone();
+                let permission = self.permission;
                 let id = self.id();
                 let committing = async move {
                     let caller = Caller {
@@ -670,7 +670,7 @@ impl CallTask {
                         .run(caller, move || async move {
                             Ok::<_, ApiError>(
                                 Outcome::new(202, json!({ "executionId": id }), 1)
-                                    .appending(write.clone(), permission.clone()),
+                                    .appending(write.clone(), *permission),
                             )
                         })
                         .await
@@ -748,10 +748,8 @@ impl CallTask {
                     ApiError::Internal(anyhow::anyhow!("execution state missing after a decision"))
                 })?;
                 Ok::<_, ApiError>(
-                    Outcome::new(200, execution::view(data), execution.version).appending(
-                        WriteSet::append(stream, expected, events),
-                        self.permission.clone(),
-                    ),
+                    Outcome::new(200, execution::view(data), execution.version)
+                        .appending(WriteSet::append(stream, expected, events), self.permission),
                 )
             })
             .await

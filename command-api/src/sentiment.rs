@@ -125,10 +125,8 @@ pub async fn analyze(
         // The answer names no nested resources: their names are the read side's to join.
         let body = view(&PromptTemplate::INFO, live, doc.version, &Nested::default());
         let stream = Document::<PromptTemplate>::stream_id(id);
-        Ok(Outcome::new(200, body, doc.version).appending(
-            WriteSet::append(&stream, expected, events),
-            permission.clone(),
-        ))
+        Ok(Outcome::new(200, body, doc.version)
+            .appending(WriteSet::append(&stream, expected, events), *permission))
     })
     .await
 }

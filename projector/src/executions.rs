@@ -93,7 +93,7 @@ impl Projection for Executions {
         .bind(rows.iter().map(|d| d.model_id).collect::<Vec<_>>())
         .bind(rows.iter().map(|d| status_name(d.status)).collect::<Vec<_>>())
         .bind(rows.iter().map(|d| d.requested_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|d| serde_json::to_value(d)).collect::<Result<Vec<_>, _>>()?)
+        .bind(rows.iter().map(serde_json::to_value).collect::<Result<Vec<_>, _>>()?)
         .execute(&mut *conn)
         .await?;
         if !totals.is_empty() {
