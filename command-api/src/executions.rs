@@ -7,7 +7,8 @@
 //! system model. The model's credential is unsealed here, for this call only, and lives in no event,
 //! answer or log line. Then the execution is recorded as requested (through the executor, with the
 //! request's idempotency key), the call runs in a task of its own ([`crate::providers`]), and its end
-//! is recorded as succeeded or failed. The task watches the client: when the client goes away (the
+//! is recorded as succeeded or failed. Without an idempotency key the request is committed while the
+//! call runs, so that its commit adds no latency ([`start`]). The task watches the client: when the client goes away (the
 //! response is dropped), the call is cancelled and the execution recorded as cancelled.
 //!
 //! Each organization may run at most `EXECUTIONS_PER_ORGANIZATION` executions at once in this
@@ -29,10 +30,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use commands::executor::CONSISTENCY_TOKEN;
 use commands::{Answer, Caller, Outcome, WriteSet};
-use domain::catalog::kinds::{
-    Model, ModelFields, PromptTemplate, PromptTemplateFields, Provider, SystemModel,
-    SystemModelFields,
-};
+use domain::catalog::kinds::{Model, PromptTemplate, PromptTemplateFields, Provider, SystemModel};
 use domain::catalog::{Change, Document, DocumentData, DocumentState, Kind};
 use domain::execution::{
     self, render, Execution, ExecutionCommand, ExecutionData, ExecutionEvent, FailureReason,
@@ -224,7 +222,7 @@ fn accepts_event_stream(headers: &HeaderMap) -> bool {
         .any(|v| v.contains("text/event-stream"))
 }
 
-/// A live template the caller may run, with the role it may run it in.
+/// A live prompt template, as loaded.
 pub struct Template {
     pub data: DocumentData,
     /// The stream version it was loaded at.
@@ -365,6 +363,22 @@ fn values(
     Ok(values)
 }
 
+/// What executions read of a model's or system model's stored fields: how it is called and what it
+/// costs (both kinds store them under the same names), and whether a system model is visible.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CallingFields {
+    name: String,
+    model_url: String,
+    provider: Option<Provider>,
+    provider_model: Option<String>,
+    input_price_per_million_tokens: Option<f64>,
+    output_price_per_million_tokens: Option<f64>,
+    currency: Option<String>,
+    #[serde(default)]
+    visible: bool,
+}
+
 /// The model to call: a live model of `organization_id`, or a visible system model; its credential
 /// (`token`) unsealed.
 pub async fn resolve_model(
@@ -381,49 +395,28 @@ pub async fn resolve_model(
     let model_stream = Document::<Model>::stream_id(id);
     let (model, sealed) =
         fold_document(state, &model_stream, Model::INFO.type_name, i64::MAX).await?;
-    let (fields, kind, owner, stream, sealed) = match model.live {
-        Some(live) if live.organization_id() == Some(organization_id) => {
-            let f: ModelFields = stored_fields(live)?;
-            let calling = (f.name, f.model_url, f.provider, f.provider_model);
-            let prices = (
-                f.input_price_per_million_tokens,
-                f.output_price_per_million_tokens,
-                f.currency,
-            );
-            (
-                (calling, prices),
-                ModelKind::Model,
-                organization_id,
-                model_stream,
-                sealed,
-            )
-        }
+    let (live, kind, owner, stream, sealed) = match model.live {
+        Some(live) if live.organization_id() == Some(organization_id) => (
+            live,
+            ModelKind::Model,
+            organization_id,
+            model_stream,
+            sealed,
+        ),
         Some(_) => return Err(unknown()),
         None => {
             let stream = Document::<SystemModel>::stream_id(id);
             let (system, sealed) =
                 fold_document(state, &stream, SystemModel::INFO.type_name, i64::MAX).await?;
             let live = system.live.ok_or_else(unknown)?;
-            let f: SystemModelFields = stored_fields(live)?;
-            if !f.visible {
-                return Err(unknown());
-            }
-            let calling = (f.name, f.model_url, f.provider, f.provider_model);
-            let prices = (
-                f.input_price_per_million_tokens,
-                f.output_price_per_million_tokens,
-                f.currency,
-            );
-            (
-                (calling, prices),
-                ModelKind::SystemModel,
-                Uuid::nil(),
-                stream,
-                sealed,
-            )
+            // Platform-wide values are sealed for the nil owner (`catalog::seal`).
+            (live, ModelKind::SystemModel, Uuid::nil(), stream, sealed)
         }
     };
-    let ((name, url, provider, provider_model), (input, output, currency)) = fields;
+    let fields: CallingFields = stored_fields(live)?;
+    if kind == ModelKind::SystemModel && !fields.visible {
+        return Err(unknown());
+    }
     let credential = match sealed.get("token") {
         Some(value) => Some(
             state
@@ -443,7 +436,12 @@ pub async fn resolve_model(
         ),
         None => None,
     };
-    let price = currency
+    let (input, output) = (
+        fields.input_price_per_million_tokens,
+        fields.output_price_per_million_tokens,
+    );
+    let price = fields
+        .currency
         .filter(|_| input.is_some() || output.is_some())
         .map(|currency| Price {
             currency,
@@ -453,9 +451,11 @@ pub async fn resolve_model(
     Ok(Target {
         id,
         kind,
-        provider: provider.unwrap_or_else(|| Provider::inferred_from(&url)),
-        provider_model: provider_model.unwrap_or(name),
-        url: reqwest::Url::parse(&url)
+        provider: fields
+            .provider
+            .unwrap_or_else(|| Provider::inferred_from(&fields.model_url)),
+        provider_model: fields.provider_model.unwrap_or(fields.name),
+        url: reqwest::Url::parse(&fields.model_url)
             .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("stored model URL")))?,
         price,
         credential,
@@ -539,7 +539,11 @@ pub async fn start(
         stream,
     };
     if caller.idempotency.is_some() {
-        let answer = task.commit_requested(caller).await?;
+        let write = task
+            .requested
+            .take()
+            .expect("the request is not committed yet");
+        let answer = commit_request(state, caller, id, &write, task.permission).await?;
         if answer.replayed {
             return replayed(state, &answer).await.map(Started::Replayed);
         }
@@ -557,6 +561,26 @@ pub async fn start(
         deltas,
         finished,
     }))
+}
+
+/// Commits an execution's request; the answer kept under the caller's key names the execution.
+async fn commit_request(
+    state: &AppState,
+    caller: Caller<'_>,
+    id: Uuid,
+    write: &WriteSet,
+    permission: Permission,
+) -> Result<Answer, ApiError> {
+    state
+        .executor
+        .run(caller, move || async move {
+            Ok::<_, ApiError>(
+                Outcome::new(202, json!({ "executionId": id }), 1)
+                    .located(format!("/api/executions/{id}"))
+                    .appending(write.clone(), permission),
+            )
+        })
+        .await
 }
 
 /// The answer to a repeated request: the recorded execution, finished or still running.
@@ -611,27 +635,6 @@ struct CallTask {
 }
 
 impl CallTask {
-    /// Commits the request; the answer kept under the caller's key names the execution.
-    async fn commit_requested(&mut self, caller: Caller<'_>) -> Result<Answer, ApiError> {
-        let Some(write) = self.requested.take() else {
-            return Err(ApiError::Internal(anyhow::anyhow!(
-                "the request was committed already"
-            )));
-        };
-        let id = self.id();
-        let (write, permission) = (&write, &self.permission);
-        self.state
-            .executor
-            .run(caller, move || async move {
-                Ok::<_, ApiError>(
-                    Outcome::new(202, json!({ "executionId": id }), 1)
-                        .located(format!("/api/executions/{id}"))
-                        .appending(write.clone(), *permission),
-                )
-            })
-            .await
-    }
-
     async fn run(mut self, deltas: mpsc::Sender<String>) -> Finished {
         let models = self.state.executions.models.clone();
         let target = &self.prepared.target;
@@ -664,26 +667,24 @@ impl CallTask {
                         actor: &actor,
                         idempotency: None,
                     };
-                    let (write, permission) = (&write, &permission);
-                    state
-                        .executor
-                        .run(caller, move || async move {
-                            Ok::<_, ApiError>(
-                                Outcome::new(202, json!({ "executionId": id }), 1)
-                                    .appending(write.clone(), *permission),
-                            )
-                        })
-                        .await
+                    commit_request(&state, caller, id, &write, permission).await
                 };
-                match tokio::join!(committing, calling) {
-                    (Err(error), _) => {
-                        return Finished {
-                            answer: Err(error),
-                            failure: None,
-                        }
-                    }
-                    (Ok(_), result) => result,
+                tokio::pin!(committing, calling);
+                let (committed, result) = tokio::select! {
+                    // Returning on a failed commit drops `calling`, which cancels the call.
+                    committed = &mut committing => match committed {
+                        Ok(_) => (Ok(()), calling.await),
+                        Err(error) => (Err(error), None),
+                    },
+                    result = &mut calling => (committing.await.map(drop), result),
+                };
+                if let Err(error) = committed {
+                    return Finished {
+                        answer: Err(error),
+                        failure: None,
+                    };
                 }
+                result
             }
         };
         drop(deltas);

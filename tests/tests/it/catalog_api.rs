@@ -83,6 +83,7 @@ async fn the_seed_examples_answer_with_the_seed_fields() {
             "modelUrl",
             // Beyond the seed's fields: how the model is called and what it costs.
             "provider",
+            "providerModel",
             "inputPricePerMillionTokens",
             "outputPricePerMillionTokens",
             "currency",
