@@ -346,7 +346,10 @@ async fn load<K: Kind>(
 }
 
 /// The resource's read shape, with the names of what it refers to taken from their heads.
-fn render<K: Kind>(doc: &Loaded<Document<K>>, heads: &[StreamHead]) -> Result<Value, ApiError> {
+pub(crate) fn render<K: Kind>(
+    doc: &Loaded<Document<K>>,
+    heads: &[StreamHead],
+) -> Result<Value, ApiError> {
     let live = doc.state.state.live.as_ref().ok_or_else(|| {
         ApiError::Internal(anyhow::anyhow!("document state missing after a decision"))
     })?;

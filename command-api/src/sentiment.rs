@@ -20,7 +20,7 @@ use chrono::{SecondsFormat, Utc};
 use commands::{Caller, Outcome, WriteSet};
 use contracts::read_models::EXECUTIONS;
 use domain::catalog::kinds::PromptTemplate;
-use domain::catalog::{view, Document, DocumentCommand, Fields, Kind, Nested};
+use domain::catalog::{Document, DocumentCommand, Fields};
 use domain::execution::{Execution, ExecutionData, Parameters, Purpose, Status};
 use domain::sentiment::{self, Verdict};
 use domain::{Action, Aggregate, LogPosition, Resource};
@@ -29,6 +29,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::catalog::render;
 use crate::command::execute;
 use crate::executions::{
     failure_response, load_template, read_permission, resolve_model, start, Prepared, Started,
@@ -119,11 +120,21 @@ pub async fn analyze(
             analyses: analyses.clone(),
         })?;
         let events = doc.record(events, &write.metadata(role, organization_id), Utc::now());
+        // The answer nests the names of what the template refers to, as an update's does.
         let live = doc.state.state.live.as_ref().ok_or_else(|| {
             ApiError::Internal(anyhow::anyhow!("template state missing after a decision"))
         })?;
-        // The answer names no nested resources: their names are the read side's to join.
-        let body = view(&PromptTemplate::INFO, live, doc.version, &Nested::default());
+        let referred: Vec<String> = [
+            live.organization_id()
+                .map(|id| format!("organization-{id}")),
+            live.environment_id().map(|id| format!("environment-{id}")),
+            live.model_id().map(|id| format!("model-{id}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let heads = state.executor.stream_heads(&referred).await?;
+        let body = render(&doc, &heads)?;
         let stream = Document::<PromptTemplate>::stream_id(id);
         Ok(Outcome::new(200, body, doc.version)
             .appending(WriteSet::append(&stream, expected, events), *permission))

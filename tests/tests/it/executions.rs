@@ -749,6 +749,8 @@ async fn sentiment_is_analysed_recorded_and_not_a_new_version() {
     assert_eq!(raw["templateVersion"], 1);
     assert_eq!(analysed["resultSentimentAnalysis"], Value::Null);
     assert_eq!(analysed["version"], 1, "an analysis is not a version");
+    assert_eq!(analysed["organization"]["name"], "Acme", "{analysed}");
+    assert_eq!(analysed["environment"]["name"], "Production", "{analysed}");
 
     // With the latest successful execution's output.
     let (_, execution) = setup.execute(&template, json!({})).await;
