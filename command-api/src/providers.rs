@@ -117,10 +117,6 @@ impl ModelClient {
         }
     }
 
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// Makes the call, retrying as the module docs say; streamed text goes to `deltas` as it arrives.
     pub async fn call(
         &self,
