@@ -12,6 +12,7 @@
 #   - waiting for an HTTP endpoint to answer 200   (wait_http)
 #   - waiting for a TCP port to accept connections (wait_port)
 #   - the tansu Kafka broker and its database      (ensure_tansu, ensure_tansu_database)
+#   - moto's S3 server, installed with pip         (ensure_moto, which exports MOTO_SERVER)
 #   - running nginx on the rendered gateway config (run_nginx)
 #   - checking that the Rust toolchain is present  (ensure_rust, ensure_rust_components)
 #
@@ -376,6 +377,56 @@ ensure_tansu_database() {
         log "creating the broker's tables in database $db"
         psql "$url" -X -q -v ON_ERROR_STOP=1 -f "$REPO_ROOT/deploy/tansu-schema.sql" >/dev/null
     fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# S3: moto's server
+# ---------------------------------------------------------------------------------------------
+
+# The S3-compatible server of the local stack and the tests: moto's (`moto[server]` from PyPI). It
+# keeps everything in memory: a restart starts with no bucket.
+MOTO_VERSION="5.2.1"
+
+# moto_server_path: when python3 has moto $MOTO_VERSION with the server's dependencies, succeeds and
+# prints the path of the `moto_server` script that installation put wherever pip puts scripts
+# (which need not be on PATH, e.g. ~/.local/bin), or of the one on PATH when the installation does
+# not record it. Fails otherwise.
+moto_server_path() {
+    local path
+    path="$(python3 - "$MOTO_VERSION" 2>/dev/null <<'PY'
+import importlib.metadata, os, sys
+dist = importlib.metadata.distribution("moto")
+if dist.version != sys.argv[1]:
+    sys.exit(1)
+import moto.server  # fails without the [server] extra's dependencies (flask)
+for file in dist.files or []:
+    if file.name == "moto_server" and os.access(file.locate(), os.X_OK):
+        print(os.path.realpath(file.locate()))
+        break
+PY
+)" || return 1
+    [ -n "$path" ] || path="$(command -v moto_server)" || return 1
+    printf '%s\n' "$path"
+}
+
+# ensure_moto: makes sure python3 has moto[server] $MOTO_VERSION, installing it with pip when it is
+# missing or another version (and python3 and pip with apt when they are missing), and exports
+# MOTO_SERVER: the path of its `moto_server` script. `"$MOTO_SERVER" -H 127.0.0.1 -p PORT` serves S3
+# on that port (any credentials, any region) until it is stopped.
+ensure_moto() {
+    command -v python3 >/dev/null 2>&1 || ensure_packages python3 python3-pip
+    python3 -m pip --version >/dev/null 2>&1 || ensure_packages python3-pip
+    local path
+    if ! path="$(moto_server_path)"; then
+        log "installing moto[server] $MOTO_VERSION (the local S3 server) with pip"
+        # PIP_BREAK_SYSTEM_PACKAGES: a Debian python3 refuses pip installs otherwise (PEP 668); pip
+        # then installs under /usr/local (as root) or ~/.local, never over the Debian packages' files.
+        PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check \
+            "moto[server]==$MOTO_VERSION"
+        path="$(moto_server_path)" \
+            || die "pip installed moto[server] $MOTO_VERSION, but python3 does not find it or its moto_server"
+    fi
+    export MOTO_SERVER="$path"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -7,16 +7,20 @@
 #   2. the `admin_platform` database and the `.env` file at the repository root (written once,
 #      never overwritten: edit it to change addresses or keys; settings added since it was written
 #      are appended to it with their defaults);
-#   3. the tansu broker (built the first time, then kept in ~/.cargo/bin), and a build of the
-#      binaries the stack runs (dev profile);
+#   3. the tansu broker (built the first time, then kept in ~/.cargo/bin), moto's S3 server
+#      (installed with pip the first time), and a build of the binaries the stack runs (dev profile);
 #   4. the processes, in the background, each logging to deploy/.run/<name>.log with its pid in
 #      deploy/.run/<name>.pid: the tansu Kafka broker (PostgreSQL storage in its own database, so
-#      its data survives a restart), dev-issuer (local token issuer), fake-provider (a local model
-#      provider speaking OpenAI's and Anthropic's wire formats), command-api, query-api, projector
-#      (which publishes the domain events to the broker), and the nginx gateway (config rendered
-#      from deploy/nginx.conf.template);
+#      its data survives a restart), moto (an S3 server holding the processed queue's bucket, in
+#      memory only), dev-issuer (local token issuer), fake-provider (a local model provider speaking
+#      OpenAI's and Anthropic's wire formats), command-api, query-api, projector (which publishes the
+#      domain events to the broker), and the nginx gateway (config rendered from
+#      deploy/nginx.conf.template);
 #   5. waiting until every process answers, registering two visible system models on the fake
-#      provider (one per wire format; kept if they exist), then printing how to use the system.
+#      provider (one per wire format; kept if they exist), creating the organization "Demo" and its
+#      environment "Production" (kept if they exist), writing 200 processed messages of theirs into
+#      the bucket with queue-producer (again on every run: moto forgets everything when it stops),
+#      then printing how to use the system.
 #
 # Re-running it restarts everything (it calls deploy/down.sh first). Stop with deploy/down.sh.
 # Works from any directory. Needs root (or sudo) for packages and PostgreSQL.
@@ -103,6 +107,16 @@ ensure_setting TANSU_STORAGE_URL postgres://postgres:postgres@localhost:5432/tan
 ensure_setting FAKE_PROVIDER_ADDR 127.0.0.1:8093
 ensure_setting OUTBOUND_ALLOW 127.0.0.1/32
 
+# The processed queue: the bucket the workflow runtime writes processed messages into, on the local
+# S3 server (moto, on S3_ADDR), with the credentials and region the services sign their calls with
+# (moto accepts any).
+ensure_setting S3_ADDR 127.0.0.1:8094
+ensure_setting S3_ENDPOINT "http://$S3_ADDR"
+ensure_setting S3_BUCKET processed-messages
+ensure_setting AWS_REGION us-east-1
+ensure_setting AWS_ACCESS_KEY_ID local
+ensure_setting AWS_SECRET_ACCESS_KEY local
+
 # The database named in DATABASE_URL (admin_platform unless .env was edited), on the local server.
 db_name="${DATABASE_URL##*/}"
 db_name="${db_name%%\?*}"
@@ -114,11 +128,14 @@ ensure_tansu_database "${TANSU_STORAGE_URL##*/}"
 # ---------------------------------------------------------------------------------------------
 
 timed "the Kafka broker" ensure_tansu
+# Sets MOTO_SERVER, the command that starts it.
+timed "the S3 server" ensure_moto
 # Only the binaries the stack runs, in the dev profile: three minutes on 2 cores instead of ten for a
 # release build, and the tests reuse them. The benchmark builds its own release binaries when run.
-log "cargo build (command-api, query-api, projector, dev-issuer, fake-provider)"
+log "cargo build (command-api, query-api, projector, dev-issuer, fake-provider, queue-producer)"
 timed "the build" cargo build --locked -p command-api -p query-api -p projector -p tests \
-    --bin command-api --bin query-api --bin projector --bin dev-issuer --bin fake-provider
+    --bin command-api --bin query-api --bin projector --bin dev-issuer --bin fake-provider \
+    --bin queue-producer
 
 # ---------------------------------------------------------------------------------------------
 # 4. Start the processes
@@ -152,6 +169,15 @@ wait_ready() {
         die "$name is not ready. The other processes are left running; stop them with deploy/down.sh"
     fi
 }
+
+# The S3 server before the services that read the processed queue. It starts empty: the bucket is
+# created here (an unsigned CreateBucket, which moto accepts), its messages once the API is up.
+log "starting the moto S3 server on $S3_ADDR"
+nohup "$MOTO_SERVER" -H "${S3_ADDR%:*}" -p "${S3_ADDR##*:}" >"$RUN_DIR/moto.log" 2>&1 </dev/null &
+echo "$!" >"$RUN_DIR/moto.pid"
+wait_ready moto "http://$S3_ADDR/moto-api/data.json" "$RUN_DIR/moto.log"
+curl -sS --fail --max-time 10 -o /dev/null -X PUT "http://$S3_ADDR/$S3_BUCKET" \
+    || die "creating the bucket $S3_BUCKET on the S3 server at $S3_ADDR failed"
 
 # The token issuer first: the APIs fetch its JWKS to verify tokens. It reads AUTH_CLIENT_ID and
 # AUTH_CLIENT_SECRET from the environment, like command-api, so both agree on the client.
@@ -216,6 +242,51 @@ for provider in openai anthropic; do
         *) die "registering the system model \"Local fake ($provider)\" answered $status" ;;
     esac
 done
+
+# api METHOD PATH [JSON]: calls the API through the gateway as the System administrator; sets
+# `status` and `body`.
+api() {
+    local method="$1" path="$2" json="${3:-}" out
+    local args=(-sS --max-time 30 -X "$method" -H "Authorization: Bearer $admin_token"
+        -w '\n%{http_code}')
+    if [ -n "$json" ]; then
+        args+=(-H 'Content-Type: application/json' --data-binary "$json")
+    fi
+    out="$(curl "${args[@]}" "http://$GATEWAY_ADDR$path")" \
+        || die "$method $path: the gateway at $GATEWAY_ADDR did not answer"
+    status="${out##*$'\n'}"
+    body="${out%$'\n'*}"
+}
+
+# ensure_named NAME LIST_PATH CREATE_PATH JSON: prints the id of the resource named NAME
+# (case-insensitively, as names are unique) on the page LIST_PATH answers, creating it by posting
+# JSON to CREATE_PATH when there is none.
+ensure_named() {
+    local name="$1" list="$2" create="$3" json="$4" id
+    api GET "$list"
+    [ "$status" = 200 ] || die "GET $list answered $status: $body"
+    id="$(python3 -c 'import json, sys
+print(next((r["id"] for r in json.load(sys.stdin)["data"] if r["name"].lower() == sys.argv[1].lower()), ""))' \
+        "$name" <<<"$body")"
+    if [ -z "$id" ]; then
+        api POST "$create" "$json"
+        [ "$status" = 201 ] || die "POST $create (\"$name\") answered $status: $body"
+        id="$(python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])' <<<"$body")"
+        log "created \"$name\" ($id)"
+    fi
+    printf '%s\n' "$id"
+}
+
+# The processed queue's demo data: an organization and an environment to file messages under, and
+# the messages, written again on every run since moto kept none of the last run's.
+demo_org="$(ensure_named Demo "/api/organizations?search=Demo&limit=100" /api/organizations \
+    '{"name": "Demo"}')"
+demo_env="$(ensure_named Production \
+    "/api/environments?organizationId=$demo_org&search=Production&limit=100" /api/environments \
+    "{\"organizationId\": \"$demo_org\", \"name\": \"Production\"}")"
+log "writing processed messages of Demo / Production into the bucket $S3_BUCKET"
+"$REPO_ROOT/target/debug/queue-producer" --organization-id "$demo_org" --environment-id "$demo_env" \
+    --count 200 || die "queue-producer failed"
 log "everything is up, $SECONDS s after deploy/up.sh started"
 
 cat <<EOF
@@ -228,6 +299,9 @@ The admin platform is running.
               "Local fake (openai)" and "Local fake (anthropic)" (GET /api/system-models/visible)
   Kafka:      $KAFKA_BROKERS, topics $KAFKA_TOPIC_PREFIX.<aggregate>; watch them with
               target/debug/projector tail
+  S3:         moto on $S3_ADDR (in memory), bucket $S3_BUCKET: the processed queue, with 200
+              messages of the organization "Demo" ($demo_org), environment "Production"
+              ($demo_env), written by target/debug/queue-producer on every deploy/up.sh
   Logs:       $RUN_DIR/*.log
   Stop:       deploy/down.sh
 
@@ -239,4 +313,9 @@ Get a bearer token for the system administrator ($SYSTEM_ADMINS):
 Get a token for another user, making them a member of an organization first:
 
   TOKEN=\$(deploy/dev-token alice admin <organizationId>)
+
+List Demo's processed queue, and count its messages:
+
+  curl -H "Authorization: Bearer \$(deploy/dev-token ${SYSTEM_ADMINS%%,*})" "$PUBLIC_URL/api/processed-queue?organizationId=$demo_org"
+  curl -H "Authorization: Bearer \$(deploy/dev-token ${SYSTEM_ADMINS%%,*})" "$PUBLIC_URL/api/processed-queue/counts?organizationId=$demo_org"
 EOF

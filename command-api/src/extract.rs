@@ -1,6 +1,6 @@
 //! The extractor of write requests ([`Write`]): the caller and request context, `If-Match`, the
-//! idempotency key with the request's fingerprint (method, path and body, so no handler has to
-//! remember it), and the body, parsed into a request type on demand, with the API's answers for bad
+//! idempotency key with the request's fingerprint (method, path with query and body, so no handler
+//! has to remember it), and the body, parsed into a request type on demand, with the API's answers for bad
 //! input (400, 413, 415).
 
 use std::net::SocketAddr;
@@ -31,7 +31,7 @@ pub struct Write {
     pub context: RequestContext,
     /// The stream version the client requires (`If-Match`).
     pub if_match: Option<i64>,
-    /// The idempotency key, with the fingerprint of this request (method, path and body).
+    /// The idempotency key, with the fingerprint of this request (method, path with query, and body).
     pub idempotency: Option<Idempotency>,
     /// Whether the body was declared as JSON (`Content-Type`).
     json: bool,
@@ -123,7 +123,10 @@ impl FromRequest<AppState> for Write {
             fingerprint: hex(Sha256::digest(format!(
                 "{} {}\n{}",
                 parts.method,
-                parts.uri.path(),
+                parts
+                    .uri
+                    .path_and_query()
+                    .map_or(parts.uri.path(), |p| p.as_str()),
                 hex(Sha256::digest(&body))
             ))),
         });

@@ -16,6 +16,7 @@ pub mod fields;
 pub mod members;
 pub mod organizations;
 pub mod outbound;
+pub mod processed_messages;
 pub mod providers;
 pub mod sentiment;
 pub mod sign_in;
@@ -37,6 +38,7 @@ use http_layer::routes::KindRoutes;
 use http_layer::Routes;
 use identity::auth::Authenticator;
 use metrics_exporter_prometheus::PrometheusHandle;
+use processed_queue::{Bucket, S3Args};
 use sqlx::PgPool;
 
 use crate::sign_in::{SignIn, SignInArgs};
@@ -54,6 +56,8 @@ pub struct Config {
     pub sign_in: SignInArgs,
     #[command(flatten)]
     pub executions: ExecutionArgs,
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 /// How prompt templates are executed against models.
@@ -102,6 +106,8 @@ pub struct AppState {
     pub secrets: Secrets,
     /// Calls models, within each organization's cap.
     pub executions: executions::Executions,
+    /// The processed queue's bucket, when there is one.
+    pub bucket: Option<Bucket>,
 }
 
 /// command-api as `config` says, over `pool` (migrated), recording its metrics for `metrics`.
@@ -128,6 +134,7 @@ pub fn build(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow
             models,
             config.executions.executions_per_organization.max(1),
         ),
+        bucket: config.s3.bucket(),
     })
 }
 
@@ -206,6 +213,16 @@ pub fn api_routes() -> Routes<AppState> {
             Method::POST,
             "/api/prompt-templates/{id}/analyze-sentiment",
             sentiment::analyze,
+        )
+        .add(
+            Method::DELETE,
+            "/api/processed-queue",
+            processed_messages::delete_many,
+        )
+        .add(
+            Method::DELETE,
+            "/api/processed-queue/{*key}",
+            processed_messages::delete_one,
         )
         .add(Method::GET, "/api/auth/login", sign_in::login)
         .add(Method::GET, "/api/auth/callback", sign_in::callback)

@@ -3,14 +3,15 @@
 //! Each projection reads the event log from its checkpoint and keeps its read-model tables; see
 //! [`projection`] for the contract, [`worker`] for how one runs live, [`rebuild`] for rebuilding
 //! without downtime, [`verify`] for checking the read models and the log, [`replay`] for read models
-//! as of a past point, [`publisher`] for the Kafka publisher, [`housekeeping`] for purging what has
-//! expired beside the log.
+//! as of a past point, [`publisher`] for the Kafka publisher, [`indexer`] for the processed queue's
+//! index of its S3 bucket, [`housekeeping`] for purging what has expired beside the log.
 
 pub mod access;
 pub mod audit;
 pub mod catalog;
 pub mod executions;
 pub mod housekeeping;
+pub mod indexer;
 pub mod ops;
 pub mod projection;
 pub mod publisher;

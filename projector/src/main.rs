@@ -1,5 +1,5 @@
 //! The projector process: `projector` runs every projection (and the Kafka publisher when
-//! `KAFKA_BROKERS` is set); `projector rebuild <name|all>`, `projector verify [--log]`,
+//! `KAFKA_BROKERS` is set, the processed queue's indexer when `S3_BUCKET` is set); `projector rebuild <name|all>`, `projector verify [--log]`,
 //! `projector replay --until … --into …` and `projector status` are the operator's commands;
 //! `projector tail` prints the domain events from Kafka. Running, it stops on SIGTERM or SIGINT
 //! (see [`http_layer::shutdown`]), and serves its health and metrics with [`http_layer::serve`].
@@ -11,7 +11,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use http_layer::config::{seconds, ConnectionLimitArgs};
 use http_layer::shutdown::Shutdown;
+use processed_queue::S3Args;
 use projector::housekeeping;
+use projector::indexer::{self, IndexerConfig};
 use projector::publisher::{self, PublisherConfig};
 use projector::rebuild::rebuild;
 use projector::replay::replay;
@@ -42,6 +44,10 @@ struct Cli {
     housekeeping_interval: Duration,
     #[command(flatten)]
     kafka: KafkaArgs,
+    #[command(flatten)]
+    s3: S3Args,
+    #[command(flatten)]
+    indexer: IndexerArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -60,6 +66,27 @@ struct KafkaArgs {
     /// Replication factor of each topic the publisher creates.
     #[arg(long, env = "KAFKA_TOPIC_REPLICATION", default_value_t = 1)]
     kafka_topic_replication: i32,
+}
+
+/// How the processed queue's indexer runs (when `S3_BUCKET` is set).
+#[derive(clap::Args)]
+struct IndexerArgs {
+    /// How often the bucket is listed for new processed messages, in seconds.
+    #[arg(
+        long = "processed-queue-poll-secs",
+        env = "PROCESSED_QUEUE_POLL_SECS",
+        default_value = "2",
+        value_parser = seconds::<2>
+    )]
+    poll_interval: Duration,
+    /// How often the whole bucket is compared with the index, in seconds.
+    #[arg(
+        long = "processed-queue-reconcile-secs",
+        env = "PROCESSED_QUEUE_RECONCILE_SECS",
+        default_value = "300",
+        value_parser = seconds::<300>
+    )]
+    reconcile_interval: Duration,
 }
 
 #[derive(Subcommand)]
@@ -132,6 +159,19 @@ async fn main() -> anyhow::Result<()> {
                     tasks.push(tokio::spawn(publisher::run(pool.clone(), config)));
                 }
                 None => tracing::info!("KAFKA_BROKERS is not set: not publishing to Kafka"),
+            }
+            match cli.s3.bucket() {
+                Some(bucket) => {
+                    let config = IndexerConfig {
+                        poll_interval: cli.indexer.poll_interval,
+                        reconcile_interval: cli.indexer.reconcile_interval,
+                        max_body_bytes: cli.s3.max_body_bytes,
+                        shutdown: shutdown.clone(),
+                        ..IndexerConfig::default()
+                    };
+                    tasks.push(tokio::spawn(indexer::run(pool.clone(), bucket, config)));
+                }
+                None => tracing::info!("S3_BUCKET is not set: no processed queue to index"),
             }
             tasks.push(tokio::spawn(housekeeping::run(
                 pool.clone(),

@@ -90,6 +90,7 @@ pub async fn list(
         }
         None => actor.readable_organizations(Resource::AuditEvents),
     };
+    let (from, to) = params.time_range()?;
     let filter = Filter {
         organizations,
         resource_type: resource_type(&params)?,
@@ -103,14 +104,9 @@ pub async fn list(
             }
             other => other.map(str::to_owned),
         },
-        from: time(&params, "from")?,
-        to: time(&params, "to")?,
+        from,
+        to,
     };
-    if let (Some(from), Some(to)) = (filter.from, filter.to) {
-        if from > to {
-            return Err(ApiError::invalid("from", "must not be after to"));
-        }
-    }
     let export = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -185,17 +181,6 @@ fn resource_type(params: &Params) -> Result<Option<String>, ApiError> {
             ),
         )),
     }
-}
-
-fn time(params: &Params, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
-    params
-        .get(name)
-        .map(|raw| {
-            DateTime::parse_from_rfc3339(raw)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| ApiError::invalid(name, format!("{raw:?} is not an RFC 3339 time")))
-        })
-        .transpose()
 }
 
 /// What `audit_index` holds of one row (see `schemas/migrations/0012_audit_changes.sql`).

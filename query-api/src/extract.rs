@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRequestParts, Query};
 use axum::http::request::Parts;
+use chrono::{DateTime, Utc};
 use domain::RequestContext;
 use http_layer::ApiError;
 use identity::auth::{Authenticated, Credentials};
@@ -34,6 +35,9 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// `from` (inclusive) and `to` (exclusive).
+pub type TimeRange = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// The query string as named parameters; each endpoint parses the ones it takes.
 pub struct Params(pub HashMap<String, String>);
 
@@ -60,6 +64,30 @@ impl Params {
                     .map_err(|_| ApiError::invalid(name, format!("{raw:?} is not a valid UUID")))
             })
             .transpose()
+    }
+
+    /// An RFC 3339 time, if given.
+    pub fn time(&self, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+        self.get(name)
+            .map(|raw| {
+                DateTime::parse_from_rfc3339(raw)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| {
+                        ApiError::invalid(name, format!("{raw:?} is not an RFC 3339 time"))
+                    })
+            })
+            .transpose()
+    }
+
+    /// `from` (inclusive) and `to` (exclusive), RFC 3339 times, if given; `from` not after `to`.
+    pub fn time_range(&self) -> Result<TimeRange, ApiError> {
+        let (from, to) = (self.time("from")?, self.time("to")?);
+        if let (Some(from), Some(to)) = (from, to) {
+            if from > to {
+                return Err(ApiError::invalid("from", "must not be after to"));
+            }
+        }
+        Ok((from, to))
     }
 
     /// The `search` term, if any; an empty one means no filter.

@@ -15,6 +15,7 @@ pub mod extract;
 pub mod members;
 pub mod organizations;
 pub mod pagination;
+pub mod processed_messages;
 pub mod session;
 pub mod users;
 
@@ -31,6 +32,7 @@ use http_layer::routes::KindRoutes;
 use http_layer::Routes;
 use identity::auth::Authenticator;
 use metrics_exporter_prometheus::PrometheusHandle;
+use processed_queue::{Bucket, S3Args};
 use sqlx::PgPool;
 
 use crate::consistency::{Consistency, ConsistencyConfig};
@@ -43,6 +45,10 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// How long a request may take to produce its response head (`REQUEST_TIMEOUT_SECS`).
     pub request_timeout: Duration,
+    /// The processed queue's bucket, when there is one.
+    pub bucket: Option<Bucket>,
+    /// The largest processed message body a detail read shows.
+    pub max_body_bytes: usize,
 }
 
 impl OpsState for AppState {
@@ -65,6 +71,8 @@ impl OpsState for AppState {
 pub struct Config {
     #[command(flatten)]
     pub api: ApiArgs,
+    #[command(flatten)]
+    pub s3: S3Args,
     /// How reads wait for the read models (not a setting: tests change it).
     #[arg(skip)]
     pub consistency: ConsistencyConfig,
@@ -78,6 +86,8 @@ pub fn build(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow
         pool,
         metrics,
         request_timeout: config.api.request_timeout,
+        bucket: config.s3.bucket(),
+        max_body_bytes: config.s3.max_body_bytes,
     })
 }
 
@@ -144,6 +154,21 @@ pub fn api_routes() -> Routes<AppState> {
             executions::list_for_template,
         )
         .add(Method::GET, "/api/executions/{id}", executions::get)
+        .add(
+            Method::GET,
+            "/api/processed-queue",
+            processed_messages::list,
+        )
+        .add(
+            Method::GET,
+            "/api/processed-queue/counts",
+            processed_messages::counts_route,
+        )
+        .add(
+            Method::GET,
+            "/api/processed-queue/{*key}",
+            processed_messages::get,
+        )
         .catalog::<CatalogRoutes>()
 }
 

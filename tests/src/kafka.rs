@@ -150,6 +150,8 @@ impl GroupMember {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "6000")
+            // A topic created after the subscription is seen at the next refresh (default 5 min).
+            .set("topic.metadata.refresh.interval.ms", "1000")
             .create()
             .expect("creating a consumer");
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();

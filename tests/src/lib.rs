@@ -6,6 +6,8 @@ pub mod fake_provider;
 pub mod issuer;
 pub mod kafka;
 pub mod process;
+pub mod processed_messages;
+pub mod s3;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -173,6 +175,8 @@ pub struct TestApp {
     projector: Vec<JoinHandle<()>>,
     /// query-api as this app serves it, for more instances over other pools.
     query: query_api::AppState,
+    /// The processed queue's bucket, when this app has one ([`TestApp::spawn_with_queue`]).
+    pub bucket: Option<processed_queue::Bucket>,
 }
 
 impl TestApp {
@@ -187,6 +191,22 @@ impl TestApp {
     /// The system with a pool of `max_connections` per service and query-api's waits as `consistency`
     /// says.
     pub async fn spawn_with(max_connections: u32, consistency: ConsistencyConfig) -> Self {
+        Self::spawn_full(max_connections, consistency, None).await
+    }
+
+    /// The system with a processed queue in a new bucket of `s3`, indexed every 100 ms and
+    /// reconciled every second.
+    pub async fn spawn_with_queue(s3: &s3::S3Server) -> Self {
+        let (args, _) = s3.new_bucket().await;
+        Self::spawn_full(20, ConsistencyConfig::default(), Some(args)).await
+    }
+
+    async fn spawn_full(
+        max_connections: u32,
+        consistency: ConsistencyConfig,
+        s3: Option<processed_queue::S3Args>,
+    ) -> Self {
+        let s3 = s3.unwrap_or_else(no_queue);
         let db = TestDb::create_with_pool_size(max_connections)
             .await
             .expect("creating the test database");
@@ -227,12 +247,17 @@ impl TestApp {
                 provider_timeout_secs: EXECUTIONS_PROVIDER_TIMEOUT_SECS,
                 executions_per_organization: EXECUTIONS_PER_ORGANIZATION,
             },
+            s3: s3.clone(),
         };
         let command = command_api::build(&command_config, db.pool.clone(), metrics.clone())
             .expect("building command-api");
         let secrets = command.secrets.clone();
         serve_on(command_listener, command_api::router(command));
-        let query_config = query_api::Config { api, consistency };
+        let query_config = query_api::Config {
+            api,
+            s3: s3.clone(),
+            consistency,
+        };
         let query =
             query_api::build(&query_config, db.pool.clone(), metrics).expect("building query-api");
         let query_url = format!("http://{}", serve(query_api::router(query.clone())).await);
@@ -249,6 +274,7 @@ impl TestApp {
             consistency: query.consistency.clone(),
             projector: Vec::new(),
             query,
+            bucket: s3.bucket(),
         };
         app.start_projector();
         app.admin_id = app.user_id(SYSTEM_ADMIN).await;
@@ -308,6 +334,19 @@ impl TestApp {
             ..Default::default()
         };
         self.projector = projector::spawn_workers(&self.db.pool, config);
+        if let Some(bucket) = &self.bucket {
+            let config = projector::indexer::IndexerConfig {
+                poll_interval: Duration::from_millis(100),
+                reconcile_interval: Duration::from_secs(1),
+                retry_delay: Duration::from_millis(100),
+                ..Default::default()
+            };
+            self.projector.push(tokio::spawn(projector::indexer::run(
+                self.db.pool.clone(),
+                bucket.clone(),
+                config,
+            )));
+        }
     }
 
     /// Kills the projector's workers wherever they are (as a crash would).
@@ -463,6 +502,19 @@ pub async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
         serde_json::from_str(&text).unwrap_or(Value::String(text))
     };
     (status, body)
+}
+
+/// The settings of a system without a processed queue.
+fn no_queue() -> processed_queue::S3Args {
+    processed_queue::S3Args {
+        bucket: None,
+        endpoint: None,
+        region: "us-east-1".into(),
+        access_key_id: String::new(),
+        secret_access_key: String::new(),
+        max_body_bytes: 1 << 20,
+        timeout_secs: 5,
+    }
 }
 
 fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {

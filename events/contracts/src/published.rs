@@ -18,6 +18,7 @@ use domain::environment::{Environment, EnvironmentEvent};
 use domain::execution::{Execution, ExecutionEvent};
 use domain::members::{Members, MembersEvent};
 use domain::organization::{Organization, OrganizationEvent};
+use domain::processed_queue::{ProcessedQueue, ProcessedQueueEvent};
 use domain::sentiment::SentimentAnalysis;
 use domain::upcast::current_version;
 use domain::user::{User, UserEvent};
@@ -46,6 +47,7 @@ pub fn aggregate_types() -> Vec<&'static str> {
         User::TYPE,
         Members::TYPE,
         Execution::TYPE,
+        ProcessedQueue::TYPE,
     ];
     types.extend(kinds::ALL.iter().map(|kind| kind.type_name));
     types
@@ -126,6 +128,7 @@ pub fn schemas() -> BTreeMap<String, Value> {
         schemars::schema_for!(UserEvent),
         schemars::schema_for!(MembersEvent),
         schemars::schema_for!(ExecutionEvent),
+        schemars::schema_for!(ProcessedQueueEvent),
     ] {
         add_variants(&mut schemas, root.to_value());
     }

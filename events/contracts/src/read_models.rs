@@ -77,3 +77,8 @@ pub fn audit_resource_count(rows: AuditRows, resource_type: &str, resource_id: U
 
 /// The projection that keeps `executions` and `execution_totals`.
 pub const EXECUTIONS: &str = "executions";
+
+/// The processed queue's indexer, which keeps `processed_messages`, `processed_message_counts` and
+/// `processed_queue_cursors` from the S3 bucket and applies the deletions the log records. Not a
+/// projection (its rows come from the bucket), but its checkpoint is waited for like one.
+pub const PROCESSED_QUEUE: &str = "processed_queue";

@@ -76,6 +76,8 @@ pub enum Resource {
     SystemModels,
     /// The audit trail and event history: System users everywhere, admins in their organizations.
     AuditEvents,
+    /// The processed queue's messages: every member reads them; admins delete them.
+    ProcessedMessages,
 }
 
 impl fmt::Display for Resource {
@@ -90,6 +92,7 @@ impl fmt::Display for Resource {
             Resource::Workflows => "workflows",
             Resource::SystemModels => "system models",
             Resource::AuditEvents => "audit events",
+            Resource::ProcessedMessages => "processed messages",
         })
     }
 }
@@ -131,6 +134,8 @@ pub fn role_allows(role: Role, resource: Resource, action: Action) -> bool {
         ) => action == Read,
         (Role::Guest, Workflows) => action == Read,
         (Role::Admin, AuditEvents) => action == Read,
+        (Role::Admin, ProcessedMessages) => matches!(action, Read | Delete),
+        (Role::User | Role::Guest, ProcessedMessages) => action == Read,
         (Role::Admin | Role::User | Role::Guest, Users | SystemModels) => false,
         (Role::User | Role::Guest, AuditEvents) => false,
     }
@@ -330,6 +335,10 @@ mod tests {
             (Role::Admin, AuditEvents, [true, false, false, false]),
             (Role::User, AuditEvents, [false, false, false, false]),
             (Role::Guest, AuditEvents, [false, false, false, false]),
+            (Role::Admin, ProcessedMessages, [true, false, false, true]),
+            (Role::User, ProcessedMessages, [true, false, false, false]),
+            (Role::Guest, ProcessedMessages, [true, false, false, false]),
+            (Role::System, ProcessedMessages, [true, true, true, true]),
             (Role::System, Organizations, [true, true, true, true]),
             (Role::System, Users, [true, true, true, true]),
         ];

@@ -21,6 +21,7 @@ use crate::execution::Execution;
 use crate::members::Members;
 use crate::organization::Organization;
 use crate::personal::{self, ERASED};
+use crate::processed_queue::ProcessedQueue;
 use crate::user::User;
 use crate::RecordedEvent;
 
@@ -30,6 +31,10 @@ pub const REDACTED: &str = "[redacted]";
 /// The resource type of a membership, whose events live in its organization's `members` stream.
 pub const MEMBER: &str = "member";
 
+/// The resource type of a processed message, whose deletions live in its organization's
+/// `processed_queue` stream.
+pub const PROCESSED_MESSAGE: &str = "processed_message";
+
 /// Every resource type the audit trail files events under.
 pub fn resource_types() -> Vec<&'static str> {
     let mut types = vec![
@@ -38,6 +43,7 @@ pub fn resource_types() -> Vec<&'static str> {
         User::TYPE,
         MEMBER,
         Execution::TYPE,
+        PROCESSED_MESSAGE,
     ];
     types.extend(kinds::ALL.iter().map(|kind| kind.type_name));
     types
@@ -52,7 +58,8 @@ pub struct Subject {
 }
 
 /// A stream is `<type>-<id>` and about that resource, except an organization's `members` stream,
-/// whose events are each about one membership (the `userId` they carry). The organization is the
+/// whose events are each about one membership (the `userId` they carry), and its `processed_queue`
+/// stream, whose events are each about one message (the `id` they carry). The organization is the
 /// one the event recorded in its metadata (none for users and platform-wide resources).
 pub fn subject(event: &RecordedEvent) -> Subject {
     let (stream_type, stream_key) = event
@@ -67,6 +74,13 @@ pub fn subject(event: &RecordedEvent) -> Subject {
             organization_id: organization_id.or_else(|| stream_key.parse().ok()),
         };
     }
+    if stream_type == ProcessedQueue::TYPE {
+        return Subject {
+            resource_type: PROCESSED_MESSAGE.into(),
+            resource_id: message_of(event),
+            organization_id: organization_id.or_else(|| stream_key.parse().ok()),
+        };
+    }
     Subject {
         resource_type: stream_type.into(),
         resource_id: stream_key.parse().ok(),
@@ -78,15 +92,25 @@ fn member_of(event: &RecordedEvent) -> Option<Uuid> {
     event.data.get("userId")?.as_str()?.parse().ok()
 }
 
+fn message_of(event: &RecordedEvent) -> Option<Uuid> {
+    event.data.get("id")?.as_str()?.parse().ok()
+}
+
 /// What an event's changes are folded from: its stream, except in a members stream, where each
 /// membership is folded on its own (`members-<organization>/<user>`), since its events change only
-/// the membership they name and its audited fields are that membership's alone. Either way the key
-/// starts with the stream's type, which is all [`StreamState::for_stream`] reads.
+/// the membership they name and its audited fields are that membership's alone; and likewise each
+/// message of a `processed_queue` stream (`processed_queue-<organization>/<message id>`). Either way
+/// the key starts with the stream's type, which is all [`StreamState::for_stream`] reads.
 pub fn fold_key(event: &RecordedEvent) -> String {
     let stream_type = event.stream_id.split_once('-').map(|(t, _)| t);
-    match (stream_type == Some(Members::TYPE), member_of(event)) {
-        (true, Some(member)) => format!("{}/{member}", event.stream_id),
-        _ => event.stream_id.clone(),
+    let about = match stream_type {
+        Some(Members::TYPE) => member_of(event),
+        Some(ProcessedQueue::TYPE) => message_of(event),
+        _ => None,
+    };
+    match about {
+        Some(id) => format!("{}/{id}", event.stream_id),
+        None => event.stream_id.clone(),
     }
 }
 
@@ -99,6 +123,7 @@ pub enum StreamState {
     Members(Members),
     /// Boxed: an execution's state is much larger than the other states.
     Execution(Box<Execution>),
+    ProcessedQueue(ProcessedQueue),
     Document(&'static KindInfo, DocumentState),
 }
 
@@ -121,6 +146,7 @@ impl StreamState {
             User::TYPE => StreamState::User(User::default()),
             Members::TYPE => StreamState::Members(Members::default()),
             Execution::TYPE => StreamState::Execution(Box::default()),
+            ProcessedQueue::TYPE => StreamState::ProcessedQueue(ProcessedQueue::default()),
             other => StreamState::Document(by_type_name(other)?, DocumentState::default()),
         })
     }
@@ -134,6 +160,7 @@ impl StreamState {
             StreamState::User(state) => serde_json::to_value(state),
             StreamState::Members(state) => serde_json::to_value(state),
             StreamState::Execution(state) => serde_json::to_value(state),
+            StreamState::ProcessedQueue(state) => serde_json::to_value(state),
             StreamState::Document(_, state) => serde_json::to_value(state),
         }
     }
@@ -154,6 +181,9 @@ impl StreamState {
             StreamState::User(_) => StreamState::User(serde_json::from_value(stored)?),
             StreamState::Members(_) => StreamState::Members(serde_json::from_value(stored)?),
             StreamState::Execution(_) => StreamState::Execution(serde_json::from_value(stored)?),
+            StreamState::ProcessedQueue(_) => {
+                StreamState::ProcessedQueue(serde_json::from_value(stored)?)
+            }
             StreamState::Document(info, _) => {
                 StreamState::Document(info, serde_json::from_value(stored)?)
             }
@@ -191,6 +221,9 @@ impl StreamState {
             StreamState::Execution(state) => {
                 state.apply(&event.decode().map_err(|e| failed(e.to_string()))?, at)
             }
+            StreamState::ProcessedQueue(state) => {
+                state.apply(&event.decode().map_err(|e| failed(e.to_string()))?, at)
+            }
             StreamState::Document(info, state) => {
                 let action = event
                     .event_type
@@ -208,13 +241,14 @@ impl StreamState {
     }
 
     /// When the resource was deleted, if it is: an erased user counts as deleted (memberships are
-    /// never deleted, only removed).
+    /// never deleted, only removed); a processed message folded on its own, when it was last deleted.
     pub fn deleted_at(&self) -> Option<DateTime<Utc>> {
         match self {
             StreamState::Organization(state) => state.deleted_at,
             StreamState::Environment(state) => state.deleted_at,
             StreamState::Document(_, state) => state.deleted_at,
             StreamState::User(state) => state.erased_at,
+            StreamState::ProcessedQueue(state) => state.last_deleted.as_ref().map(|d| d.deleted_at),
             StreamState::Members(_) | StreamState::Execution(_) => None,
         }
     }
@@ -263,6 +297,15 @@ impl StreamState {
                     if let Some(failure) = &execution.failure {
                         fields.insert("failureReason".into(), json!(failure.reason));
                     }
+                }
+            }
+            StreamState::ProcessedQueue(state) => {
+                if let Some(deleted) = &state.last_deleted {
+                    fields.insert("key".into(), json!(deleted.key));
+                    fields.insert("environmentId".into(), json!(deleted.environment_id));
+                    fields.insert("status".into(), json!(deleted.status));
+                    fields.insert("messageId".into(), json!(deleted.message_id));
+                    fields.insert("deletedAt".into(), json!(deleted.deleted_at));
                 }
             }
             StreamState::Document(info, state) => {

@@ -15,6 +15,7 @@ pub mod json;
 pub mod members;
 pub mod organization;
 pub mod personal;
+pub mod processed_queue;
 pub mod sentiment;
 pub mod upcast;
 pub mod user;

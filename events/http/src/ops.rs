@@ -41,6 +41,14 @@ pub fn routes<S: OpsState>() -> Router<S> {
         )
 }
 
+/// The answer to a path no route serves.
+pub async fn no_route() -> ApiError {
+    ApiError::NotFound {
+        error: "Not found".into(),
+        details: "no resource at this path".into(),
+    }
+}
+
 async fn readyz<S: OpsState>(State(state): State<S>) -> (StatusCode, &'static str) {
     match sqlx::query("SELECT 1").execute(state.pool()).await {
         Ok(_) => (StatusCode::OK, "ready"),

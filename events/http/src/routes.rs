@@ -83,11 +83,14 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
 
 impl<S: OpsState> Routes<S> {
     /// The API's whole router over `state`: these routes and the operations routes, in the request
-    /// layers.
+    /// layers; a path no route serves answers the API's `404`.
     pub fn into_router(self, state: S) -> Router {
         let request_timeout = state.request_timeout();
         ops::layered(
-            self.router.merge(ops::routes()).with_state(state),
+            self.router
+                .merge(ops::routes())
+                .fallback(ops::no_route)
+                .with_state(state),
             request_timeout,
             self.self_timed,
         )

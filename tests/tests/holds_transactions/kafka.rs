@@ -30,10 +30,19 @@ struct Setup {
 
 impl Setup {
     async fn start() -> Setup {
+        let app = TestApp::spawn().await;
+        let broker = Broker::start().await;
+        let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+        // The topics exist before any group member subscribes, as they do in production: a member
+        // that subscribes to a topic created later sees it only at its next metadata refresh
+        // (five minutes by default), long after a test has given up.
+        publisher::create_topics(&PublisherConfig::new(broker.address(), &prefix))
+            .await
+            .expect("creating the topics");
         let mut setup = Setup {
-            app: TestApp::spawn().await,
-            broker: Broker::start().await,
-            prefix: format!("t{}", uuid::Uuid::new_v4().simple()),
+            app,
+            broker,
+            prefix,
             publisher: None,
         };
         setup.start_publisher();

@@ -19,6 +19,7 @@ mod layering;
 mod limits;
 mod migrations;
 mod openapi;
+mod processed_queue;
 mod projections;
 mod secrets;
 mod sign_in;
