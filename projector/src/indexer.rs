@@ -143,14 +143,16 @@ pub struct Indexer<'a> {
 }
 
 impl Indexer<'_> {
-    /// Applies the deletions the log recorded since the checkpoint (module docs).
-    pub async fn follow_log(&self) -> anyhow::Result<()> {
+    /// Applies the deletions the log recorded since the checkpoint (module docs). Returns how many
+    /// keys it deleted.
+    pub async fn follow_log(&self) -> anyhow::Result<usize> {
+        let mut deleted = 0;
         loop {
             let mut tx = self.pool.begin().await?;
             let after = lock_checkpoint(&mut tx, NAME).await?;
             let events = read_log(&mut *tx, after, self.config.batch_size).await?;
             let Some(last) = events.last().map(|e| e.position()) else {
-                return Ok(());
+                return Ok(deleted);
             };
             let mut keys = Vec::new();
             for event in &events {
@@ -163,56 +165,80 @@ impl Indexer<'_> {
                 keys.push(key);
             }
             if !keys.is_empty() {
-                let deleted = self.bucket.delete(&keys).await?;
-                if let Some((key, error)) = deleted.errors.first() {
+                let outcome = self.bucket.delete(&keys).await?;
+                if let Some((key, error)) = outcome.errors.first() {
                     anyhow::bail!("deleting {key} from the bucket: {error}");
                 }
                 index::remove(&mut *tx, &keys).await?;
+                deleted += keys.len();
             }
             save_checkpoint(&mut tx, NAME, last).await?;
             tx.commit().await?;
             if (events.len() as i64) < self.config.batch_size {
-                return Ok(());
+                return Ok(deleted);
             }
         }
     }
 
-    /// Lists every active prefix after its cursor and indexes what is new (module docs).
+    /// Lists every active prefix after its cursor and indexes what is new (module docs). The next
+    /// page is listed while the last one is stored; it is listed again if deletions were applied
+    /// in between, so that a deleted key cannot come back from a page listed before its deletion.
     pub async fn discover(&self) -> anyhow::Result<u64> {
         let mut indexed = 0;
+        let page_size = self.config.page_size;
         for (prefix, cursor) in self.cursors().await? {
             let mut after = cursor;
+            let mut prefetched: Option<ListPage> = None;
             loop {
-                self.follow_log().await?;
-                let page = self
-                    .bucket
-                    .list(&prefix, after.as_deref(), None, self.config.page_size)
-                    .await?;
+                let deleted = self.follow_log().await?;
+                let page = match prefetched.take() {
+                    Some(page) if deleted == 0 => page,
+                    _ => {
+                        self.bucket
+                            .list(&prefix, after.as_deref(), None, page_size)
+                            .await?
+                    }
+                };
                 let Some(last) = page.objects.last().map(|o| o.key.clone()) else {
                     break;
                 };
-                let more = page.next.is_some();
-                let mut tx = self.pool.begin().await?;
-                indexed += index::insert(&mut *tx, &keyed(page.objects)).await?;
-                sqlx::query(
-                    "INSERT INTO read_models.processed_queue_cursors (prefix, last_key, listed_at) \
-                     VALUES ($1, $2, now()) \
-                     ON CONFLICT (prefix) DO UPDATE SET last_key = $2, listed_at = now()",
-                )
-                .bind(&prefix)
-                .bind(&last)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                if !more {
+                let store = self.store_page(&prefix, &last, page.objects);
+                if page.next.is_none() {
+                    indexed += store.await?;
                     break;
                 }
+                let next = self.bucket.list(&prefix, Some(&last), None, page_size);
+                let (stored, next) = tokio::join!(store, next);
+                indexed += stored?;
+                prefetched = Some(next?);
                 after = Some(last);
             }
         }
         if indexed > 0 {
             metrics::counter!("processed_queue_indexed_total").increment(indexed);
         }
+        Ok(indexed)
+    }
+
+    /// Indexes one listed page and moves the prefix's cursor to its last key, in one transaction.
+    async fn store_page(
+        &self,
+        prefix: &str,
+        last: &str,
+        objects: Vec<Listed>,
+    ) -> anyhow::Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let indexed = index::insert(&mut *tx, &keyed(objects)).await?;
+        sqlx::query(
+            "INSERT INTO read_models.processed_queue_cursors (prefix, last_key, listed_at) \
+             VALUES ($1, $2, now()) \
+             ON CONFLICT (prefix) DO UPDATE SET last_key = $2, listed_at = now()",
+        )
+        .bind(prefix)
+        .bind(last)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(indexed)
     }
 

@@ -5,6 +5,8 @@
 //! whole UTC days and from the index for the parts of days a `from`/`to` cuts. A detail read fetches
 //! the object from the bucket; an object that is gone answers `404` and leaves the index.
 //!
+//! Without a bucket (`S3_BUCKET` unset) every route answers `503`: nothing keeps the index.
+//!
 //! A key is checked before anything reaches the bucket: a key that is not exactly a key of the
 //! caller's organization's queue (another organization's, `..`, an escaped character, an empty
 //! segment) answers `404` like a missing one. Keys are taken from the raw request path, never decoded.
@@ -120,6 +122,7 @@ pub async fn list(
 ) -> Result<Json<Page<Value>>, ApiError> {
     let filter = Filter::parse(&actor, &params)?;
     let page = PageRequest::parse(params.get("page"), params.get("limit"))?;
+    configured(&state.bucket)?;
     state.consistency.wait(PROCESSED_QUEUE, consistency).await?;
     let rows = async {
         let mut query = QueryBuilder::new(format!(
@@ -150,6 +153,7 @@ pub async fn counts_route(
     params: Params,
 ) -> Result<Json<Value>, ApiError> {
     let filter = Filter::parse(&actor, &params)?;
+    configured(&state.bucket)?;
     state.consistency.wait(PROCESSED_QUEUE, consistency).await?;
     let counts = counts(&state.pool, &filter).await?;
     Ok(Json(json!({

@@ -17,7 +17,10 @@
 //! the resident memory of the process, which serves query-api, before and after. (j) is prompt-template
 //! executions from 32 clients against the fake model provider (answering after `--provider-latency-ms`),
 //! against the same requests sent straight to the fake provider: throughput ratio and the latency the
-//! platform adds at p50 and p99.
+//! platform adds at p50 and p99. (k) is the processed queue against a private moto S3 server: the
+//! indexer's discovery of `--queue-objects` objects against a raw ListObjectsV2 walk of the same
+//! prefixes, its reading of their bodies against as many raw GetObject calls at the same concurrency,
+//! and list and counts latency with `--list-rows` messages indexed in one organization.
 //!
 //! `--only <letters>` runs the sections named (`--only i`), with those they build on: (b) is compared
 //! with (a), (g) uses (f)'s publisher, and (h) reads (c)'s events.
@@ -31,9 +34,12 @@ use anyhow::Context;
 use clap::Parser;
 use contracts::published::{topic, Message};
 use contracts::read_models::{catalog_count, catalog_organization_count};
+use domain::processed_queue::{prefix, MessageStatus};
 use domain::LogPosition;
 use event_log::{log_head, read_log};
 use futures::StreamExt;
+use projector::indexer::{self, Indexer, IndexerConfig};
+use projector::projection::ensure_checkpoint;
 use projector::publisher::{self, PublisherConfig};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
@@ -43,6 +49,8 @@ use reqwest::Method;
 use serde_json::json;
 use sqlx::PgPool;
 use tests::kafka::{publisher_checkpoint, Broker};
+use tests::processed_messages::produce;
+use tests::s3::S3Server;
 use tests::TestApp;
 use uuid::Uuid;
 
@@ -81,6 +89,9 @@ struct Args {
     /// How long the fake model provider takes to answer in (j), in milliseconds.
     #[arg(long, default_value_t = 100)]
     provider_latency_ms: u64,
+    /// Objects written into the bucket and indexed in (k).
+    #[arg(long, default_value_t = 10_000)]
+    queue_objects: usize,
     /// Only these sections (letters, e.g. `i` or `dei`), with those they build on.
     #[arg(long)]
     only: Option<String>,
@@ -231,6 +242,171 @@ async fn main() -> anyhow::Result<()> {
             executions.p99 - direct.p99,
         );
     }
+    if args.runs('k') {
+        processed_queue(&args).await?;
+    }
+    Ok(())
+}
+
+/// (k): the processed queue, on an app of its own with a bucket on a private moto server. With the
+/// indexer stopped, `--queue-objects` messages (spread over 30 days and the three statuses) are
+/// written; the environment's three prefixes are walked with ListObjectsV2 (continuation tokens,
+/// 1,000 keys a page), then the indexer discovers the same objects and reads their bodies, then as
+/// many raw GetObject calls run with the indexer's read concurrency. Then `--list-rows` messages are
+/// indexed straight into the tables of another organization (four environments, about 29 days), and
+/// pages 1-100 of its list, its counts, a list filtered by status and environment and counts over a
+/// range that cuts two days are measured from 8 clients.
+async fn processed_queue(args: &Args) -> anyhow::Result<()> {
+    let s3 = S3Server::start().await;
+    let mut app = TestApp::spawn_with_queue(&s3).await;
+    let org = app.create_organization("Queue Corp").await;
+    let env = app.create_environment(&org, "Production").await;
+    let (status, _) = app.get(&format!("/api/environments/{env}")).await;
+    anyhow::ensure!(status == 200, "the environment was not projected");
+    app.stop_projector();
+    let bucket = app.bucket.clone().context("the app has a bucket")?;
+    let (org_id, env_id): (Uuid, Uuid) = (org.parse()?, env.parse()?);
+
+    let started = Instant::now();
+    let keys = produce(&bucket, org_id, env_id, args.queue_objects as u64, 30, 0).await?;
+    let put_rate = keys.len() as f64 / started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let mut walked = 0;
+    for status in MessageStatus::ALL {
+        let prefix = prefix(org_id, env_id, status);
+        let mut token = None;
+        loop {
+            let page = bucket.list(&prefix, None, token, 1_000).await?;
+            walked += page.objects.len();
+            match page.next {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+    }
+    let walk_rate = walked as f64 / started.elapsed().as_secs_f64();
+
+    let config = IndexerConfig::default();
+    let indexer = Indexer {
+        pool: &app.db.pool,
+        bucket: &bucket,
+        config: &config,
+    };
+    ensure_checkpoint(&mut *app.db.pool.acquire().await?, indexer::NAME).await?;
+    indexer.follow_log().await?;
+    let started = Instant::now();
+    let indexed = indexer.discover().await?;
+    let ingest_rate = indexed as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let summarised = indexer.summarise().await?;
+    let summary_rate = summarised as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let fetched = futures::stream::iter(&keys)
+        .map(|key| bucket.get(key, config.max_body_bytes))
+        .buffer_unordered(config.read_concurrency)
+        .filter(|got| std::future::ready(matches!(got, Ok(Some(_)))))
+        .count()
+        .await;
+    let get_rate = fetched as f64 / started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        indexed as usize == walked && walked == keys.len() && fetched == keys.len(),
+        "indexed {indexed}, walked {walked}, fetched {fetched} of {} objects",
+        keys.len()
+    );
+    println!(
+        "(k) processed queue, {} objects written at {put_rate:.0}/s: indexer discovery {ingest_rate:.0} keys/s; \
+         raw ListObjectsV2 walk {walk_rate:.0} keys/s; ratio {:.2} (target >= 0.6); \
+         bodies read by the indexer {summary_rate:.0}/s; raw GetObject, same concurrency, {get_rate:.0}/s; ratio {:.2}",
+        keys.len(),
+        ingest_rate / walk_rate,
+        summary_rate / get_rate
+    );
+
+    let busy = app.create_organization("Busy Queue Corp").await;
+    let environments: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+    sqlx::query(
+        "INSERT INTO read_models.processed_messages \
+           (key, id, organization_id, environment_id, status, message_id, stored_at, size, summary, \
+            workflow_id, received_at, processed_at) \
+         SELECT $1 || '/' || m.env || '/' || m.status || '/' || to_char(m.at AT TIME ZONE 'UTC', 'YYYY/MM/DD') \
+                  || '/' || m.message_id || '.json', \
+                gen_random_uuid(), $1, m.env, m.status, m.message_id, m.at, 900, 'parsed', \
+                'wf-' || (m.g % 50), m.at - interval '300 ms', m.at \
+         FROM (SELECT g, ($2::uuid[])[1 + g % 4] AS env, \
+                      (ARRAY['success', 'success', 'success', 'fail', 'ignore'])[1 + g % 5] AS status, \
+                      'm' || lpad(g::text, 8, '0') AS message_id, \
+                      now() - g * interval '2500 ms' AS at \
+               FROM generate_series(1, $3) g) m",
+    )
+    .bind(busy.parse::<Uuid>()?)
+    .bind(&environments)
+    .bind(args.list_rows as i64)
+    .execute(&app.db.pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO read_models.processed_message_counts \
+         SELECT organization_id, environment_id, status, (stored_at AT TIME ZONE 'UTC')::date, count(*) \
+         FROM read_models.processed_messages WHERE organization_id = $1 GROUP BY 1, 2, 3, 4",
+    )
+    .bind(busy.parse::<Uuid>()?)
+    .execute(&app.db.pool)
+    .await?;
+    sqlx::query("ANALYZE read_models.processed_messages")
+        .execute(&app.db.pool)
+        .await?;
+    // Reads wait for the indexer's checkpoint: it reaches the log's head, and nothing is written after.
+    indexer.follow_log().await?;
+
+    let base = format!("{}/api/processed-queue", app.query_url);
+    let now = chrono::Utc::now();
+    let range = format!(
+        "&from={}&to={}",
+        (now - chrono::Duration::hours(10 * 24 + 3)).format("%Y-%m-%dT%H:%M:%SZ"),
+        (now - chrono::Duration::hours(2 * 24 + 5)).format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let list = page_latency(
+        &app,
+        format!("{base}?organizationId={busy}"),
+        args.list_requests,
+    )
+    .await?;
+    let counts = page_latency(
+        &app,
+        format!("{base}/counts?organizationId={busy}"),
+        args.list_requests,
+    )
+    .await?;
+    let filtered = page_latency(
+        &app,
+        format!(
+            "{base}?organizationId={busy}&status=fail&environmentId={}",
+            environments[0]
+        ),
+        args.list_requests,
+    )
+    .await?;
+    let ranged = page_latency(
+        &app,
+        format!("{base}/counts?organizationId={busy}{range}"),
+        args.list_requests,
+    )
+    .await?;
+    println!(
+        "(k) GET /api/processed-queue pages 1-100 of {} messages in one organization, 8 clients: p50 {:.2} ms, p99 {:.2} ms; \
+         counts p50 {:.2} ms, p99 {:.2} ms; by status and environment p50 {:.2} ms, p99 {:.2} ms; \
+         counts over a range cutting two days p50 {:.2} ms, p99 {:.2} ms; {} errors (target p99 < 10 ms)",
+        args.list_rows,
+        list.p50,
+        list.p99,
+        counts.p50,
+        counts.p99,
+        filtered.p50,
+        filtered.p99,
+        ranged.p50,
+        ranged.p99,
+        list.errors + counts.errors + filtered.errors + ranged.errors
+    );
     Ok(())
 }
 

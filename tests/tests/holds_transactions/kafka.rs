@@ -14,6 +14,7 @@ use futures::future::join_all;
 use projector::publisher::{self, PublisherConfig};
 use serde_json::{json, Value};
 use tests::kafka::{publisher_checkpoint, Broker, GroupMember, Received};
+use tests::s3::S3Server;
 use tests::TestApp;
 use tokio::task::JoinHandle;
 
@@ -30,7 +31,10 @@ struct Setup {
 
 impl Setup {
     async fn start() -> Setup {
-        let app = TestApp::spawn().await;
+        Setup::with_app(TestApp::spawn().await).await
+    }
+
+    async fn with_app(app: TestApp) -> Setup {
         let broker = Broker::start().await;
         let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
         // The topics exist before any group member subscribes, as they do in production: a member
@@ -198,10 +202,28 @@ fn secret(n: u32) -> String {
 
 #[tokio::test]
 async fn every_event_arrives_once_in_order_valid_and_without_secrets() {
-    let setup = Setup::start().await;
+    let s3 = S3Server::start().await;
+    let setup = Setup::with_app(TestApp::spawn_with_queue(&s3).await).await;
     let app = &setup.app;
     let org = app.create_organization("Acme").await;
     let env = app.create_environment(&org, "Production").await;
+    // A processed message, deleted.
+    let stored = tests::processed_messages::message(
+        org.parse().unwrap(),
+        env.parse().unwrap(),
+        domain::processed_queue::MessageStatus::Fail,
+        chrono::Utc::now(),
+        1,
+    );
+    let bucket = app.bucket.as_ref().unwrap();
+    bucket.put(&stored.key, stored.body).await.unwrap();
+    let (status, body) = app
+        .delete(&format!(
+            "/api/processed-queue/{}?organizationId={org}",
+            stored.key
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
     let alice = app.add_member(&org, "alice", "user").await;
     // A role change as schema version 1 wrote it, then one of today's: both go out as version 2.
     app.append_role_change_v1(&org, &alice, "guest").await;
@@ -287,6 +309,7 @@ async fn every_event_arrives_once_in_order_valid_and_without_secrets() {
         "execution.succeeded.v1",
         "execution.failed.v1",
         "workflow_entity_type.created.v1",
+        "processed_message.deleted.v1",
     ] {
         assert!(
             types.contains(expected),

@@ -79,13 +79,16 @@ fn operations(spec: &Value) -> Vec<Operation<'_>> {
         .collect()
 }
 
-/// Every route of both services, as registered.
+/// Every route of both services, as registered, with axum's wildcard parameters written as the
+/// spec writes them.
 fn served_routes() -> BTreeSet<(String, String)> {
     command_api::api_routes()
         .table
         .into_iter()
         .chain(query_api::api_routes().table)
-        .map(|(method, path)| (method.as_str().to_owned(), path))
+        // axum's `{*name}` captures the rest of the path, slashes included; OpenAPI has no such
+        // syntax, so the spec names it `{name}` and says so in the parameter's description.
+        .map(|(method, path)| (method.as_str().to_owned(), path.replace("{*", "{")))
         .collect()
 }
 
