@@ -339,6 +339,7 @@ impl TestApp {
                 poll_interval: Duration::from_millis(100),
                 reconcile_interval: Duration::from_secs(1),
                 retry_delay: Duration::from_millis(100),
+                max_body_bytes: s3::MAX_BODY_BYTES,
                 ..Default::default()
             };
             self.projector.push(tokio::spawn(projector::indexer::run(

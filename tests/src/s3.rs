@@ -12,6 +12,9 @@ use processed_queue::{Bucket, S3Args};
 /// The credentials every test bucket is reached with (moto accepts any).
 const ACCESS_KEY: &str = "test";
 
+/// The largest message body the test system reads (small, so that a test can pass it cheaply).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
 /// A moto S3 server on a local port.
 pub struct S3Server {
     pub port: u16,
@@ -44,7 +47,7 @@ impl S3Server {
             region: "us-east-1".into(),
             access_key_id: ACCESS_KEY.into(),
             secret_access_key: ACCESS_KEY.into(),
-            max_body_bytes: 1 << 20,
+            max_body_bytes: MAX_BODY_BYTES,
             timeout_secs: 5,
         }
     }

@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{Days, Utc};
 use domain::processed_queue::{MessageKey, MessageStatus};
+use projector::indexer::{self, Indexer, IndexerConfig};
+use projector::projection::ensure_checkpoint;
 use reqwest::Method;
 use serde_json::{json, Value};
 use tests::processed_messages::{malformed, message, produce};
-use tests::s3::S3Server;
+use tests::s3::{S3Server, MAX_BODY_BYTES};
 use tests::{send, TestApp};
 use uuid::Uuid;
 
@@ -322,6 +324,47 @@ async fn a_message_is_read_from_the_bucket_and_one_gone_answers_404_and_leaves_t
         MessageKey::parse(&generated.key).unwrap().id().to_string()
     );
 
+    // A message larger than the limit: listed and flagged, its body not read, its metadata shown.
+    let mut large = message(org, env, MessageStatus::Success, Utc::now(), 2);
+    large.body = format!(
+        "{{\"messageId\": \"x\", \"padding\": \"{}\"}}",
+        "x".repeat(MAX_BODY_BYTES)
+    )
+    .into_bytes();
+    setup
+        .bucket()
+        .put(&large.key, large.body.clone())
+        .await
+        .unwrap();
+    setup.wait_indexed(2).await;
+    let (status, body) = setup
+        .get(&format!(
+            "/api/processed-queue/{}?organizationId={}",
+            large.key, setup.org
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["body"], Value::Null);
+    assert_eq!(body["size"], large.body.len());
+    assert!(
+        body["bodyOmitted"].as_str().unwrap().contains("bytes"),
+        "{body}"
+    );
+    assert_eq!(body["parsed"], false);
+    assert!(
+        body["unparsedReason"]
+            .as_str()
+            .unwrap()
+            .starts_with("larger than"),
+        "{body}"
+    );
+    setup
+        .bucket()
+        .delete(std::slice::from_ref(&large.key))
+        .await
+        .unwrap();
+    setup.wait_indexed(1).await;
+
     // Deleted behind the index's back, with the indexer stopped: the read finds it gone, and the
     // index follows at once.
     setup.app.stop_projector();
@@ -590,48 +633,77 @@ async fn objects_added_or_removed_behind_the_indexers_back_are_reconciled() {
 #[tokio::test]
 async fn the_indexer_killed_mid_pass_loses_nothing_and_counts_nothing_twice() {
     let mut setup = Setup::start().await;
+    // The environment is projected; then the indexer runs only here, with no reconciliation to mend
+    // what a kill might break, and pages of 100 so that a pass has many places to be killed at.
+    let (status, _) = setup.get(&format!("/api/environments/{}", setup.env)).await;
+    assert_eq!(status, 200);
     setup.app.stop_projector();
     let (org, env) = setup.ids();
-    let written = produce(setup.bucket(), org, env, 2_600, 3, 0)
+    let written = produce(setup.bucket(), org, env, 1_500, 3, 0)
         .await
         .unwrap();
-    setup.app.start_projector();
-    // Killed as soon as some of the listing is indexed, and before all of it is.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let indexed: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM read_models.processed_messages")
-                .fetch_one(&setup.app.db.pool)
-                .await
-                .unwrap();
-        if indexed > 0 {
-            assert!(
-                indexed < 2_600,
-                "indexed everything before it could be killed"
-            );
+    let pool = setup.app.db.pool.clone();
+    ensure_checkpoint(&mut *pool.acquire().await.unwrap(), indexer::NAME)
+        .await
+        .unwrap();
+    let config = IndexerConfig {
+        page_size: 100,
+        ..IndexerConfig::default()
+    };
+    let indexed = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM read_models.processed_messages")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    // Killed again and again at moments that move through the pages, until a pass finishes.
+    let mut kills = 0;
+    for delay_ms in (7..).step_by(13) {
+        let (pool, bucket, config) = (pool.clone(), setup.bucket().clone(), config.clone());
+        let pass = tokio::spawn(async move {
+            let indexer = Indexer {
+                pool: &pool,
+                bucket: &bucket,
+                config: &config,
+            };
+            indexer.discover().await.unwrap()
+        });
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        if pass.is_finished() {
+            pass.await.unwrap();
             break;
         }
-        assert!(Instant::now() < deadline, "the indexer did not start");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        pass.abort();
+        let _ = pass.await;
+        kills += 1;
     }
-    setup.app.stop_projector();
-    setup.app.start_projector();
-    setup.wait_indexed(2_600).await;
-    let indexed: HashSet<String> =
-        sqlx::query_scalar::<_, String>("SELECT key FROM read_models.processed_messages")
-            .fetch_all(&setup.app.db.pool)
+    assert!(kills >= 5, "killed only {kills} times");
+    assert!(indexed().await > 0);
+    let indexer = Indexer {
+        pool: &pool,
+        bucket: setup.bucket(),
+        config: &config,
+    };
+    indexer.discover().await.unwrap();
+    let keys: HashSet<String> =
+        sqlx::query_scalar("SELECT key FROM read_models.processed_messages")
+            .fetch_all(&pool)
             .await
             .unwrap()
             .into_iter()
             .collect();
-    assert_eq!(indexed, written.into_iter().collect());
+    assert_eq!(
+        keys,
+        written.into_iter().collect(),
+        "every object indexed once"
+    );
     let counted: i64 = sqlx::query_scalar(
         "SELECT sum(messages)::bigint FROM read_models.processed_message_counts",
     )
-    .fetch_one(&setup.app.db.pool)
+    .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(counted, 2_600);
+    assert_eq!(counted, 1_500, "counted once each");
 }
 
 #[tokio::test]
