@@ -17,9 +17,9 @@
 //!   objects come after the cursor.
 //! - **Summaries.** It reads the bodies of newly indexed objects (`read_concurrency` at once) and
 //!   records their workflow id and times, or why they are unparsed.
-//! - **Reconciliation.** Every `reconcile_interval` it walks each prefix whole and compares it with
-//!   the index page by page: objects added behind its back (a key before the cursor) are indexed,
-//!   keys whose object is gone are removed.
+//! - **Reconciliation.** When it starts, and then every `reconcile_interval`, it walks each prefix
+//!   whole and compares it with the index page by page: objects added behind its back (a key before
+//!   the cursor) are indexed, keys whose object is gone are removed.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -116,14 +116,16 @@ async fn hold_and_index(
         config,
     };
     tracing::info!(bucket = bucket.name(), "indexing the processed queue");
-    let mut last_reconcile = Instant::now();
+    // The first reconciliation comes right after the first discovery: whatever changed while no
+    // indexer ran is found at once.
+    let mut last_reconcile: Option<Instant> = None;
     while !config.shutdown.is_requested() {
         indexer.follow_log().await?;
         indexer.discover().await?;
         indexer.summarise().await?;
-        if last_reconcile.elapsed() >= config.reconcile_interval {
+        if last_reconcile.is_none_or(|at| at.elapsed() >= config.reconcile_interval) {
             indexer.reconcile().await?;
-            last_reconcile = Instant::now();
+            last_reconcile = Some(Instant::now());
         }
         indexer.follow_log().await?;
         tokio::select! {

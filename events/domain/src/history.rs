@@ -487,4 +487,39 @@ mod tests {
         assert_eq!(about.resource_id, Some(user));
         assert_eq!(about.organization_id, Some(org));
     }
+
+    #[test]
+    fn a_deletion_from_the_queue_is_about_the_message_it_names() {
+        let org = Uuid::now_v7();
+        let stream = format!("processed_queue-{org}");
+        let deleted = |key: &str| {
+            let key = crate::processed_queue::MessageKey::parse(key).unwrap();
+            serde_json::to_value(crate::processed_queue::ProcessedQueueEvent::deleted(&key))
+                .unwrap()["data"]
+                .clone()
+        };
+        let env = Uuid::now_v7();
+        let first = format!("{org}/{env}/fail/2026/01/02/m1.json");
+        let second = format!("{org}/{env}/success/2026/01/02/m2.json");
+        let events = [
+            event(&stream, "processed_message.deleted", 1, deleted(&first)),
+            event(&stream, "processed_message.deleted", 2, deleted(&second)),
+        ];
+        let all = changes_of(&events);
+        assert_eq!(all[0]["key"], json!({ "from": null, "to": first }));
+        assert_eq!(
+            all[1]["key"],
+            json!({ "from": null, "to": second }),
+            "each message on its own"
+        );
+        assert_eq!(all[1]["status"], json!({ "from": null, "to": "success" }));
+        let about = subject(&events[1]);
+        assert_eq!(about.resource_type, PROCESSED_MESSAGE);
+        assert_eq!(
+            about.resource_id,
+            Some(crate::processed_queue::key_id(&second))
+        );
+        assert_eq!(about.organization_id, Some(org));
+        assert_ne!(fold_key(&events[0]), fold_key(&events[1]));
+    }
 }
