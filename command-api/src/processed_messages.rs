@@ -24,6 +24,7 @@ use domain::{Action, Aggregate, Loaded, Permission, Resource, Role};
 use http_layer::ApiError;
 use processed_queue::api::{configured, not_found, unavailable};
 use processed_queue::bucket::DELETE_BATCH;
+use processed_queue::Bucket;
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -54,24 +55,12 @@ pub async fn delete_one(
     let bucket = configured(&state.bucket)?;
     let recorded = Mutex::new(Vec::new());
     let response = execute(&state, &write, || async {
-        let exists = bucket
-            .exist(std::slice::from_ref(&key.key))
-            .await
-            .map_err(unavailable)?;
-        if !exists[0] {
+        let (present, _) = in_bucket(bucket, std::slice::from_ref(&key)).await?;
+        if present.is_empty() {
             return Err(not_found());
         }
         let body = json!({ "success": true, "key": key.key, "id": key.id() });
-        record(
-            &state,
-            &write,
-            role,
-            permission,
-            vec![key.clone()],
-            &recorded,
-            body,
-        )
-        .await
+        record(&state, &write, role, permission, present, &recorded, body).await
     })
     .await?;
     delete_recorded(&state, recorded).await;
@@ -117,7 +106,8 @@ pub async fn delete_many(
         ));
     }
     let listed: BTreeSet<&str> = listed.iter().map(String::as_str).collect();
-    let (keys, foreign): (Vec<_>, Vec<_>) = listed
+    // Malformed keys and other organizations' are reported as missing, without asking the bucket.
+    let (keys, unknown): (Vec<_>, Vec<_>) = listed
         .iter()
         .map(|raw| (*raw, MessageKey::parse_in(organization_id, raw)))
         .partition(|(_, key)| key.is_some());
@@ -125,14 +115,11 @@ pub async fn delete_many(
     let bucket = configured(&state.bucket)?;
     let recorded = Mutex::new(Vec::new());
     let response = execute(&state, &write, || async {
-        let names: Vec<String> = keys.iter().map(|k| k.key.clone()).collect();
-        let exists = bucket.exist(&names).await.map_err(unavailable)?;
-        let (present, missing): (Vec<_>, Vec<_>) = keys.iter().zip(exists).partition(|(_, e)| *e);
-        let present: Vec<MessageKey> = present.into_iter().map(|(k, _)| k.clone()).collect();
-        let errors: Vec<_> = foreign
+        let (present, missing) = in_bucket(bucket, &keys).await?;
+        let errors: Vec<_> = unknown
             .iter()
             .map(|(raw, _)| raw.to_string())
-            .chain(missing.iter().map(|(k, _)| k.key.clone()))
+            .chain(missing.into_iter().map(|k| k.key))
             .map(|key| json!({ "key": key, "error": "not found" }))
             .collect();
         let deleted: Vec<&str> = present.iter().map(|k| k.key.as_str()).collect();
@@ -142,6 +129,21 @@ pub async fn delete_many(
     .await?;
     delete_recorded(&state, recorded).await;
     Ok(response)
+}
+
+/// `keys` split into those with an object in the bucket and those without.
+async fn in_bucket(
+    bucket: &Bucket,
+    keys: &[MessageKey],
+) -> Result<(Vec<MessageKey>, Vec<MessageKey>), ApiError> {
+    let names: Vec<String> = keys.iter().map(|k| k.key.clone()).collect();
+    let exists = bucket.exist(&names).await.map_err(unavailable)?;
+    let (present, missing): (Vec<_>, Vec<_>) =
+        keys.iter().cloned().zip(exists).partition(|(_, e)| *e);
+    Ok((
+        present.into_iter().map(|(k, _)| k).collect(),
+        missing.into_iter().map(|(k, _)| k).collect(),
+    ))
 }
 
 /// The outcome that records the deletion of `keys` (none: nothing to commit), noting them in
