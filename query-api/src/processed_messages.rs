@@ -1,8 +1,8 @@
 //! `GET /api/processed-queue` (newest first, paginated), `GET /api/processed-queue/counts` and
 //! `GET /api/processed-queue/{key}`: the processed messages of one organization (`organizationId`,
 //! required; every member reads them). Lists and counts read the index the projector's indexer keeps
-//! (`processed_queue::index`); totals and counts are exact, from `processed_message_counts` for
-//! whole UTC days and from the index for the parts of days a `from`/`to` cuts. A detail read fetches
+//! (`processed_queue::index`); totals and counts are exact, from the kept per-day and per-hour counts
+//! for whole UTC days and hours, and from the index for the parts of hours a `from`/`to` cuts. A detail read fetches
 //! the object from the bucket; an object that is gone answers `404` and leaves the index.
 //!
 //! Without a bucket (`S3_BUCKET` unset) every route answers `503`: nothing keeps the index.
@@ -14,7 +14,7 @@
 use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
-use chrono::{DateTime, Days, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, Days, DurationRound, NaiveDate, SecondsFormat, TimeDelta, Utc};
 use contracts::read_models::PROCESSED_QUEUE;
 use domain::processed_queue::{MessageKey, MessageStatus};
 use domain::{Action, Actor, Resource};
@@ -89,6 +89,22 @@ impl Filter {
         }
     }
 
+    /// `SELECT status, messages AS n` from a table of kept counts, with the filter's organization,
+    /// environment and status.
+    fn push_kept(&self, query: &mut QueryBuilder<'_, Postgres>, table: &str) {
+        query
+            .push(format!(
+                "SELECT status, messages AS n FROM read_models.{table} WHERE organization_id = "
+            ))
+            .push_bind(self.organization_id);
+        if let Some(environment) = self.environment_id {
+            query.push(" AND environment_id = ").push_bind(environment);
+        }
+        if let Some(status) = self.status {
+            query.push(" AND status = ").push_bind(status.as_str());
+        }
+    }
+
     fn push_range(
         query: &mut QueryBuilder<'_, Postgres>,
         from: Option<DateTime<Utc>>,
@@ -125,8 +141,10 @@ pub async fn list(
     configured(&state.bucket)?;
     state.consistency.wait(PROCESSED_QUEUE, consistency).await?;
     let rows = async {
+        // The page's keys first, from an index alone (the skipped rows are never read), then its rows.
         let mut query = QueryBuilder::new(format!(
-            "SELECT {ROW_COLUMNS} FROM read_models.processed_messages"
+            "SELECT {ROW_COLUMNS} FROM read_models.processed_messages WHERE key IN ( \
+               SELECT key FROM read_models.processed_messages"
         ));
         filter.push_conditions(&mut query);
         Filter::push_range(&mut query, filter.from, filter.to);
@@ -134,7 +152,8 @@ pub async fn list(
             .push(" ORDER BY stored_at DESC, key DESC LIMIT ")
             .push_bind(page.limit)
             .push(" OFFSET ")
-            .push_bind(page.offset());
+            .push_bind(page.offset())
+            .push(") ORDER BY stored_at DESC, key DESC");
         query
             .build_query_as::<Row>()
             .fetch_all(&state.pool)
@@ -245,26 +264,68 @@ impl Counts {
     }
 }
 
-/// The exact counts of what `filter` matches (module docs): kept per-day counts for the whole UTC
-/// days in its range, the index for the rest; a `search` is counted on the index.
+/// The exact counts of what `filter` matches (module docs), in one statement: the kept per-day counts
+/// for the whole UTC days of its range, the per-hour counts for the whole hours at its ends, the index
+/// for the partial hours left; a `search` is counted on the index.
 async fn counts(pool: &PgPool, filter: &Filter) -> Result<Counts, ApiError> {
-    let mut counts = Counts::default();
-    let count_index = |from, to| {
-        let mut query =
-            QueryBuilder::new("SELECT status, count(*) FROM read_models.processed_messages");
-        filter.push_conditions(&mut query);
-        Filter::push_range(&mut query, from, to);
-        query.push(" GROUP BY status");
-        query
+    let parts = match filter.search {
+        Some(_) => vec![Part::Rows(filter.from, filter.to)],
+        None => parts(filter.from, filter.to),
     };
-    if filter.search.is_some() {
-        let mut query = count_index(filter.from, filter.to);
-        counts.add(query.build_query_as().fetch_all(pool).await?);
-        return Ok(counts);
+    if parts.is_empty() {
+        return Ok(Counts::default());
     }
-    // The whole days in [from, to): from the first midnight at or after `from` to the last midnight
-    // at or before `to`.
-    let first_whole = filter.from.map(|from| {
+    let mut query = QueryBuilder::new("SELECT status, sum(n)::bigint FROM (");
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            query.push(" UNION ALL ");
+        }
+        match *part {
+            Part::Days(first, end) => {
+                filter.push_kept(&mut query, "processed_message_counts");
+                if let Some(first) = first {
+                    query.push(" AND day >= ").push_bind(first);
+                }
+                if let Some(end) = end {
+                    query.push(" AND day < ").push_bind(end);
+                }
+            }
+            Part::Hours(first, end) => {
+                filter.push_kept(&mut query, "processed_message_hourly_counts");
+                query
+                    .push(" AND hour >= ")
+                    .push_bind(first)
+                    .push(" AND hour < ")
+                    .push_bind(end);
+            }
+            Part::Rows(from, to) => {
+                query.push("SELECT status, 1 AS n FROM read_models.processed_messages");
+                filter.push_conditions(&mut query);
+                Filter::push_range(&mut query, from, to);
+            }
+        }
+    }
+    query.push(") parts GROUP BY status");
+    let mut counts = Counts::default();
+    counts.add(query.build_query_as().fetch_all(pool).await?);
+    Ok(counts)
+}
+
+/// Where the messages of part of a time range are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// The kept per-day counts of the days from the first (inclusive) to the last (exclusive).
+    Days(Option<NaiveDate>, Option<NaiveDate>),
+    /// The kept per-hour counts of the hours starting from the first (inclusive) to the last.
+    Hours(DateTime<Utc>, DateTime<Utc>),
+    /// The index's rows, stored from the first (inclusive) to the last (exclusive).
+    Rows(Option<DateTime<Utc>>, Option<DateTime<Utc>>),
+}
+
+/// The parts `[from, to)` is counted in: the whole days inside it, then for each end the whole hours
+/// and the rows of the partial hours.
+fn parts(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Vec<Part> {
+    let first_day = from.map(|from| {
         let day = from.date_naive();
         if midnight(day) == from {
             day
@@ -272,45 +333,47 @@ async fn counts(pool: &PgPool, filter: &Filter) -> Result<Counts, ApiError> {
             day + Days::new(1)
         }
     });
-    let end_whole = filter.to.map(|to| to.date_naive());
-    if let (Some(first), Some(end)) = (first_whole, end_whole) {
+    let end_day = to.map(|to| to.date_naive());
+    if let (Some(from), Some(to), Some(first), Some(end)) = (from, to, first_day, end_day) {
         if first >= end {
-            let mut query = count_index(filter.from, filter.to);
-            counts.add(query.build_query_as().fetch_all(pool).await?);
-            return Ok(counts);
+            return hours_and_rows(from, to);
         }
     }
-    let mut query = QueryBuilder::new(
-        "SELECT status, sum(messages)::bigint FROM read_models.processed_message_counts WHERE organization_id = ",
-    );
-    query.push_bind(filter.organization_id);
-    if let Some(environment) = filter.environment_id {
-        query.push(" AND environment_id = ").push_bind(environment);
+    let mut parts = vec![Part::Days(first_day, end_day)];
+    if let (Some(from), Some(first)) = (from, first_day) {
+        parts.extend(hours_and_rows(from, midnight(first)));
     }
-    if let Some(status) = filter.status {
-        query.push(" AND status = ").push_bind(status.as_str());
+    if let (Some(to), Some(end)) = (to, end_day) {
+        parts.extend(hours_and_rows(midnight(end), to));
     }
-    if let Some(first) = first_whole {
-        query.push(" AND day >= ").push_bind(first);
+    parts
+}
+
+/// The parts of `[from, to)`, less than a day long: its whole hours and the rows of the rest.
+fn hours_and_rows(from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Part> {
+    if from >= to {
+        return Vec::new();
     }
-    if let Some(end) = end_whole {
-        query.push(" AND day < ").push_bind(end);
+    let hour = |t: DateTime<Utc>| {
+        t.duration_trunc(TimeDelta::hours(1))
+            .expect("an hour divides any time")
+    };
+    let first_hour = match hour(from) {
+        start if start == from => from,
+        start => start + TimeDelta::hours(1),
+    };
+    let end_hour = hour(to);
+    if first_hour >= end_hour {
+        return vec![Part::Rows(Some(from), Some(to))];
     }
-    query.push(" GROUP BY status");
-    counts.add(query.build_query_as().fetch_all(pool).await?);
-    if let (Some(from), Some(first)) = (filter.from, first_whole) {
-        if midnight(first) > from {
-            let mut query = count_index(Some(from), Some(midnight(first)));
-            counts.add(query.build_query_as().fetch_all(pool).await?);
-        }
+    let mut parts = vec![Part::Hours(first_hour, end_hour)];
+    if first_hour > from {
+        parts.push(Part::Rows(Some(from), Some(first_hour)));
     }
-    if let (Some(to), Some(end)) = (filter.to, end_whole) {
-        if to > midnight(end) {
-            let mut query = count_index(Some(midnight(end)), Some(to));
-            counts.add(query.build_query_as().fetch_all(pool).await?);
-        }
+    if to > end_hour {
+        parts.push(Part::Rows(Some(end_hour), Some(to)));
     }
-    Ok(counts)
+    parts
 }
 
 fn midnight(day: NaiveDate) -> DateTime<Utc> {
@@ -362,5 +425,80 @@ impl Row {
             },
             "unparsedReason": self.unparsed_reason,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(raw: &str) -> DateTime<Utc> {
+        raw.parse().unwrap()
+    }
+
+    fn day(raw: &str) -> NaiveDate {
+        raw.parse().unwrap()
+    }
+
+    #[test]
+    fn a_range_is_counted_in_whole_days_whole_hours_and_rows() {
+        assert_eq!(
+            parts(
+                Some(at("2026-03-01T10:30:00Z")),
+                Some(at("2026-03-04T05:15:00Z"))
+            ),
+            vec![
+                Part::Days(Some(day("2026-03-02")), Some(day("2026-03-04"))),
+                Part::Hours(at("2026-03-01T11:00:00Z"), at("2026-03-02T00:00:00Z")),
+                Part::Rows(
+                    Some(at("2026-03-01T10:30:00Z")),
+                    Some(at("2026-03-01T11:00:00Z"))
+                ),
+                Part::Hours(at("2026-03-04T00:00:00Z"), at("2026-03-04T05:00:00Z")),
+                Part::Rows(
+                    Some(at("2026-03-04T05:00:00Z")),
+                    Some(at("2026-03-04T05:15:00Z"))
+                ),
+            ]
+        );
+        assert_eq!(
+            parts(
+                Some(at("2026-03-01T00:00:00Z")),
+                Some(at("2026-03-03T00:00:00Z"))
+            ),
+            vec![Part::Days(Some(day("2026-03-01")), Some(day("2026-03-03")))]
+        );
+        assert_eq!(parts(None, None), vec![Part::Days(None, None)]);
+        assert_eq!(
+            parts(None, Some(at("2026-03-03T02:00:00Z"))),
+            vec![
+                Part::Days(None, Some(day("2026-03-03"))),
+                Part::Hours(at("2026-03-03T00:00:00Z"), at("2026-03-03T02:00:00Z")),
+            ]
+        );
+        // Within a day, and within an hour.
+        assert_eq!(
+            parts(
+                Some(at("2026-03-01T10:30:00Z")),
+                Some(at("2026-03-01T12:10:00Z"))
+            ),
+            vec![
+                Part::Hours(at("2026-03-01T11:00:00Z"), at("2026-03-01T12:00:00Z")),
+                Part::Rows(
+                    Some(at("2026-03-01T10:30:00Z")),
+                    Some(at("2026-03-01T11:00:00Z"))
+                ),
+                Part::Rows(
+                    Some(at("2026-03-01T12:00:00Z")),
+                    Some(at("2026-03-01T12:10:00Z"))
+                ),
+            ]
+        );
+        let moment = Some(at("2026-03-01T10:30:00Z"));
+        assert_eq!(
+            parts(moment, Some(at("2026-03-01T10:40:00Z"))),
+            vec![Part::Rows(moment, Some(at("2026-03-01T10:40:00Z")))]
+        );
+        assert_eq!(parts(moment, moment), Vec::new());
     }
 }

@@ -25,13 +25,14 @@ CREATE TABLE read_models.processed_messages (
     indexed_at      timestamptz NOT NULL DEFAULT now()
 );
 
--- Newest first, in an organization, an environment, or a status of an organization.
+-- Newest first, in an organization, an environment, or a status of an organization. The included
+-- columns let the other filters and the boundary counts be answered from the index alone.
 CREATE INDEX processed_messages_newest ON read_models.processed_messages
-    (organization_id, stored_at DESC, key DESC);
+    (organization_id, stored_at DESC, key DESC) INCLUDE (environment_id, status);
 CREATE INDEX processed_messages_newest_by_environment ON read_models.processed_messages
-    (environment_id, stored_at DESC, key DESC);
+    (environment_id, stored_at DESC, key DESC) INCLUDE (organization_id, status);
 CREATE INDEX processed_messages_newest_by_status ON read_models.processed_messages
-    (organization_id, status, stored_at DESC, key DESC);
+    (organization_id, status, stored_at DESC, key DESC) INCLUDE (environment_id);
 -- `search`: a substring of the message id or the workflow id.
 CREATE INDEX processed_messages_search ON read_models.processed_messages
     USING gin ((message_id || ' ' || COALESCE(workflow_id, '')) gin_trgm_ops);
@@ -39,8 +40,9 @@ CREATE INDEX processed_messages_search ON read_models.processed_messages
 CREATE INDEX processed_messages_pending ON read_models.processed_messages (key)
     WHERE summary = 'pending';
 
--- Exact counts without counting: messages per environment, status and UTC day of `stored_at`,
--- changed in the same statement as the rows they count.
+-- Exact counts without counting: messages per environment, status and UTC day, and per hour, of
+-- `stored_at`, changed in the same statement as the rows they count. A count over a time range sums
+-- the whole days, then the whole hours at its ends, and counts only the rows of the partial hours.
 CREATE TABLE read_models.processed_message_counts (
     organization_id uuid   NOT NULL,
     environment_id  uuid   NOT NULL,
@@ -48,6 +50,14 @@ CREATE TABLE read_models.processed_message_counts (
     day             date   NOT NULL,
     messages        bigint NOT NULL,
     PRIMARY KEY (organization_id, environment_id, status, day)
+);
+CREATE TABLE read_models.processed_message_hourly_counts (
+    organization_id uuid        NOT NULL,
+    environment_id  uuid        NOT NULL,
+    status          text        NOT NULL,
+    hour            timestamptz NOT NULL,
+    messages        bigint      NOT NULL,
+    PRIMARY KEY (organization_id, environment_id, status, hour)
 );
 
 -- The indexer's place in each prefix it lists (`<organization>/<environment>/<status>/`): the last

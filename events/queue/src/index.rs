@@ -1,9 +1,9 @@
 //! The processed queue's PostgreSQL index (`read_models.processed_messages`, created by
 //! `schemas/migrations/0015_processed_queue.sql`): adding what a listing found, removing what is gone,
-//! and recording what an object's body says. Every change of rows changes
-//! `processed_message_counts` in the same statement, so counts stay exact under crashes and
-//! concurrent writers; adding a key that is already indexed changes nothing, so a page listed twice
-//! (after a crash) is not counted twice.
+//! and recording what an object's body says. Every change of rows changes the per-day and per-hour
+//! counts (`processed_message_counts`, `processed_message_hourly_counts`) in the same statement, so
+//! counts stay exact under crashes and concurrent writers; adding a key that is already indexed
+//! changes nothing, so a page listed twice (after a crash) is not counted twice.
 //!
 //! The indexer (in the projector) does all three; query-api removes a key whose object it found gone.
 
@@ -39,12 +39,20 @@ pub async fn insert<'e>(
            ORDER BY 1 \
            ON CONFLICT (key) DO NOTHING \
            RETURNING organization_id, environment_id, status, stored_at \
-         ), counted AS ( \
+         ), daily AS ( \
            INSERT INTO read_models.processed_message_counts AS c \
              (organization_id, environment_id, status, day, messages) \
            SELECT organization_id, environment_id, status, (stored_at AT TIME ZONE 'UTC')::date, count(*) \
            FROM inserted GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 \
            ON CONFLICT (organization_id, environment_id, status, day) \
+           DO UPDATE SET messages = c.messages + excluded.messages \
+           RETURNING 1 \
+         ), hourly AS ( \
+           INSERT INTO read_models.processed_message_hourly_counts AS c \
+             (organization_id, environment_id, status, hour, messages) \
+           SELECT organization_id, environment_id, status, date_trunc('hour', stored_at, 'UTC'), count(*) \
+           FROM inserted GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 \
+           ON CONFLICT (organization_id, environment_id, status, hour) \
            DO UPDATE SET messages = c.messages + excluded.messages \
            RETURNING 1 \
          ) \
@@ -72,13 +80,21 @@ pub async fn remove<'e>(executor: impl PgExecutor<'e>, keys: &[String]) -> sqlx:
         "WITH removed AS ( \
            DELETE FROM read_models.processed_messages WHERE key = ANY($1) \
            RETURNING organization_id, environment_id, status, stored_at \
-         ), counted AS ( \
+         ), daily AS ( \
            UPDATE read_models.processed_message_counts c SET messages = c.messages - r.messages \
            FROM (SELECT organization_id, environment_id, status, \
                         (stored_at AT TIME ZONE 'UTC')::date AS day, count(*) AS messages \
                  FROM removed GROUP BY 1, 2, 3, 4) r \
            WHERE c.organization_id = r.organization_id AND c.environment_id = r.environment_id \
              AND c.status = r.status AND c.day = r.day \
+           RETURNING 1 \
+         ), hourly AS ( \
+           UPDATE read_models.processed_message_hourly_counts c SET messages = c.messages - r.messages \
+           FROM (SELECT organization_id, environment_id, status, \
+                        date_trunc('hour', stored_at, 'UTC') AS hour, count(*) AS messages \
+                 FROM removed GROUP BY 1, 2, 3, 4) r \
+           WHERE c.organization_id = r.organization_id AND c.environment_id = r.environment_id \
+             AND c.status = r.status AND c.hour = r.hour \
            RETURNING 1 \
          ) \
          SELECT count(*) FROM removed",

@@ -352,7 +352,16 @@ async fn processed_queue(args: &Args) -> anyhow::Result<()> {
     .bind(busy.parse::<Uuid>()?)
     .execute(&app.db.pool)
     .await?;
-    sqlx::query("ANALYZE read_models.processed_messages")
+    sqlx::query(
+        "INSERT INTO read_models.processed_message_hourly_counts \
+         SELECT organization_id, environment_id, status, date_trunc('hour', stored_at, 'UTC'), count(*) \
+         FROM read_models.processed_messages WHERE organization_id = $1 GROUP BY 1, 2, 3, 4",
+    )
+    .bind(busy.parse::<Uuid>()?)
+    .execute(&app.db.pool)
+    .await?;
+    // As autovacuum leaves a table that is read more than written: statistics and visibility map set.
+    sqlx::query("VACUUM ANALYZE read_models.processed_messages")
         .execute(&app.db.pool)
         .await?;
     // Reads wait for the indexer's checkpoint: it reaches the log's head, and nothing is written after.

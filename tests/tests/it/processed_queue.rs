@@ -786,3 +786,94 @@ async fn every_member_reads_admins_delete_and_other_tenants_see_nothing() {
     let (status, _) = setup.app.delete(&delete(2)).await;
     assert_eq!(status, 200, "System deletes anywhere");
 }
+
+#[tokio::test]
+async fn counts_over_any_time_range_equal_the_messages_stored_in_it() {
+    let setup = Setup::start().await;
+    let org = setup.app.create_organization("Counted").await;
+    // Indexed as the indexer indexes a listing, at times spread over five days, under environments
+    // the indexer does not list (so nothing reconciles them away).
+    let start = Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        - Days::new(5);
+    let environments = [Uuid::now_v7(), Uuid::now_v7()];
+    let listed: Vec<(MessageKey, processed_queue::bucket::Listed)> = (0..600u64)
+        .map(|n| {
+            let at = start + chrono::Duration::seconds(((n * 7_919) % (5 * 86_400)) as i64);
+            let generated = message(
+                org.parse().unwrap(),
+                environments[(n % 2) as usize],
+                MessageStatus::ALL[(n % 3) as usize],
+                at,
+                n,
+            );
+            let key = MessageKey::parse(&generated.key).unwrap();
+            let listed = processed_queue::bucket::Listed {
+                key: generated.key,
+                last_modified: at,
+                size: 100,
+            };
+            (key, listed)
+        })
+        .collect();
+    processed_queue::index::insert(&setup.app.db.pool, &listed)
+        .await
+        .unwrap();
+    let stored_in = |from: chrono::DateTime<Utc>, to: chrono::DateTime<Utc>, env: Option<Uuid>| {
+        listed
+            .iter()
+            .filter(|(key, l)| {
+                l.last_modified >= from
+                    && l.last_modified < to
+                    && env.is_none_or(|e| key.environment_id == e)
+            })
+            .count() as i64
+    };
+    let mut rng = 17u64;
+    let mut next = |below: u64| {
+        rng = rng
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (rng >> 33) % below
+    };
+    for round in 0..30 {
+        // Ends on whole days, whole hours and anywhere, a range inside an hour, an empty one.
+        let mut end = |_: u64| {
+            let seconds = match next(3) {
+                0 => next(6) * 86_400,
+                1 => next(6 * 24) * 3_600,
+                _ => next(6 * 86_400),
+            };
+            start + chrono::Duration::seconds(seconds as i64)
+        };
+        let (a, b) = (end(0), end(1));
+        let (from, to) = if a <= b { (a, b) } else { (b, a) };
+        let env = (round % 3 == 0).then_some(environments[0]);
+        let mut query = format!(
+            "&from={}&to={}",
+            urlencode(&from.to_rfc3339()),
+            urlencode(&to.to_rfc3339())
+        );
+        if let Some(env) = env {
+            query.push_str(&format!("&environmentId={env}"));
+        }
+        let (status, counts) = setup
+            .get(&format!(
+                "/api/processed-queue/counts?organizationId={org}{query}"
+            ))
+            .await;
+        assert_eq!(status, 200, "{counts}");
+        assert_eq!(
+            counts["total"],
+            stored_in(from, to, env),
+            "{from} to {to} {env:?}"
+        );
+        let (_, page) = setup
+            .get(&format!("/api/processed-queue?organizationId={org}{query}"))
+            .await;
+        assert_eq!(page["pagination"]["total"], counts["total"]);
+    }
+}
