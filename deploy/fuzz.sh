@@ -5,8 +5,9 @@
 # It owns one throw-away stack and the fuzz run over it: a fresh, randomly named database on the
 # local PostgreSQL (see deploy/lib.sh), the debug binaries that `cargo build --workspace --bins`
 # leaves in ${CARGO_TARGET_DIR:-target}/debug (dev-issuer, command-api, query-api, projector; no
-# Kafka) on free local ports, and the nginx gateway rendered from deploy/nginx.conf.template, all
-# under a temporary directory. It installs Schemathesis with pip when it is missing (its hooks are
+# Kafka) on free local ports, moto's S3 server with the processed queue's bucket (and a few
+# messages of the fuzzed organization, written by queue-producer), and the nginx gateway rendered
+# from deploy/nginx.conf.template, all under a temporary directory. It installs Schemathesis with pip when it is missing (its hooks are
 # in deploy/fuzz_hooks.py), then runs `schemathesis run` twice through the gateway, once with a
 # System token and once with the token of a `user`-role member of an organization, with the checks
 # not_a_server_error, status_code_conformance, content_type_conformance and
@@ -36,7 +37,7 @@ READY_TIMEOUT=60
 CHECKS="not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 
 BIN_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug"
-for bin in dev-issuer command-api query-api projector; do
+for bin in dev-issuer command-api query-api projector queue-producer; do
     [ -x "$BIN_DIR/$bin" ] || die "$BIN_DIR/$bin is missing: run cargo build --workspace --bins first"
 done
 
@@ -44,6 +45,7 @@ command -v python3 >/dev/null 2>&1 || ensure_packages python3 python3-pip
 command -v openssl >/dev/null 2>&1 || ensure_packages openssl
 command -v envsubst >/dev/null 2>&1 || ensure_packages gettext-base
 command -v nginx >/dev/null 2>&1 || ensure_packages nginx
+ensure_moto
 if ! python3 -m schemathesis.cli --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION" \
     || ! python3 -c "import hypothesis, sys; sys.exit(hypothesis.__version__ != '$HYPOTHESIS_VERSION')" 2>/dev/null; then
     log "installing schemathesis $SCHEMATHESIS_VERSION (hypothesis $HYPOTHESIS_VERSION)"
@@ -105,6 +107,7 @@ DEV_ISSUER_ADDR="127.0.0.1:$(free_port)"
 COMMAND_API_ADDR="127.0.0.1:$(free_port)"
 QUERY_API_ADDR="127.0.0.1:$(free_port)"
 PROJECTOR_ADDR="127.0.0.1:$(free_port)"
+S3_ADDR="127.0.0.1:$(free_port)"
 GATEWAY_ADDR="127.0.0.1:$(free_port)"
 BASE_URL="http://$GATEWAY_ADDR"
 export DATABASE_URL="postgres://postgres:postgres@$PG_HOST:$PG_PORT/$DB_NAME"
@@ -121,6 +124,8 @@ SECRETS_KEY="$(openssl rand -base64 32)"
 export SECRETS_KEY
 export RUST_LOG=warn
 unset KAFKA_BROKERS
+export S3_ENDPOINT="http://$S3_ADDR" S3_BUCKET=fuzz-processed-messages
+export AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=fuzz AWS_SECRET_ACCESS_KEY=fuzz
 
 # start NAME ARGS...: starts a debug binary in the background, logging to FUZZ_DIR/NAME.log.
 start() {
@@ -136,6 +141,10 @@ ready() {
 }
 
 log "fuzz stack: gateway $BASE_URL, database $DB_NAME"
+"$MOTO_SERVER" -H "${S3_ADDR%:*}" -p "${S3_ADDR##*:}" >"$FUZZ_DIR/moto.log" 2>&1 </dev/null &
+PIDS+=("$!")
+ready moto "http://$S3_ADDR/moto-api/data.json"
+curl -sS --fail --max-time 10 -o /dev/null -X PUT "$S3_ENDPOINT/$S3_BUCKET" || die "creating the bucket failed"
 start dev-issuer serve
 ready dev-issuer "http://$DEV_ISSUER_ADDR/.well-known/jwks.json"
 start command-api
@@ -184,8 +193,10 @@ SYSTEM_TOKEN="$(token fuzz-admin)"
 USER_TOKEN="$(token fuzz-user)"
 org_id="$(api POST /api/organizations "$SYSTEM_TOKEN" \
     '{"name": "Fuzz organization", "description": "Made by deploy/fuzz.sh"}' | json_field id)"
-api POST /api/environments "$SYSTEM_TOKEN" \
-    "{\"name\": \"Fuzz environment\", \"organizationId\": \"$org_id\"}" >/dev/null
+env_id="$(api POST /api/environments "$SYSTEM_TOKEN" \
+    "{\"name\": \"Fuzz environment\", \"organizationId\": \"$org_id\"}" | json_field id)"
+"$BIN_DIR/queue-producer" --organization-id "$org_id" --environment-id "$env_id" --count 20 \
+    --days 2 >/dev/null || die "queue-producer failed"
 user_id="$(api GET /api/auth/session "$USER_TOKEN" | json_field user.id)"
 api POST "/api/organizations/$org_id/members" "$SYSTEM_TOKEN" \
     "{\"userId\": \"$user_id\", \"role\": \"user\"}" >/dev/null

@@ -42,14 +42,15 @@ CREATE INDEX processed_messages_pending ON read_models.processed_messages (key)
 
 -- Exact counts without counting: messages per environment, status and UTC day, and per hour, of
 -- `stored_at`, changed in the same statement as the rows they count. A count over a time range sums
--- the whole days, then the whole hours at its ends, and counts only the rows of the partial hours.
+-- the whole days, then the whole hours at its ends, and counts only the rows of the partial hours;
+-- the keys put the time before the environment and status, so that a range is one index range.
 CREATE TABLE read_models.processed_message_counts (
     organization_id uuid   NOT NULL,
     environment_id  uuid   NOT NULL,
     status          text   NOT NULL,
     day             date   NOT NULL,
     messages        bigint NOT NULL,
-    PRIMARY KEY (organization_id, environment_id, status, day)
+    PRIMARY KEY (organization_id, day, environment_id, status)
 );
 CREATE TABLE read_models.processed_message_hourly_counts (
     organization_id uuid        NOT NULL,
@@ -57,7 +58,7 @@ CREATE TABLE read_models.processed_message_hourly_counts (
     status          text        NOT NULL,
     hour            timestamptz NOT NULL,
     messages        bigint      NOT NULL,
-    PRIMARY KEY (organization_id, environment_id, status, hour)
+    PRIMARY KEY (organization_id, hour, environment_id, status)
 );
 
 -- The indexer's place in each prefix it lists (`<organization>/<environment>/<status>/`): the last
