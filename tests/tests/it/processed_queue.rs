@@ -643,7 +643,7 @@ async fn the_indexer_killed_mid_pass_loses_nothing_and_counts_nothing_twice() {
         .await
         .unwrap();
     let pool = setup.app.db.pool.clone();
-    ensure_checkpoint(&mut *pool.acquire().await.unwrap(), indexer::NAME)
+    ensure_checkpoint(&mut pool.acquire().await.unwrap(), indexer::NAME)
         .await
         .unwrap();
     let config = IndexerConfig {
