@@ -70,17 +70,9 @@ impl Filter {
         })
     }
 
-    /// `AND`s the filter's conditions on the index's columns, except the time range.
+    /// ` WHERE` the filter's conditions on the index's columns, except the time range.
     fn push_conditions(&self, query: &mut QueryBuilder<'_, Postgres>) {
-        query
-            .push(" WHERE organization_id = ")
-            .push_bind(self.organization_id);
-        if let Some(environment) = self.environment_id {
-            query.push(" AND environment_id = ").push_bind(environment);
-        }
-        if let Some(status) = self.status {
-            query.push(" AND status = ").push_bind(status.as_str());
-        }
+        self.push_scope(query);
         if let Some(search) = &self.search {
             // The expression of the `processed_messages_search` index.
             query
@@ -92,10 +84,17 @@ impl Filter {
     /// `SELECT status, messages AS n` from a table of kept counts, with the filter's organization,
     /// environment and status.
     fn push_kept(&self, query: &mut QueryBuilder<'_, Postgres>, table: &str) {
+        query.push(format!(
+            "SELECT status, messages AS n FROM read_models.{table}"
+        ));
+        self.push_scope(query);
+    }
+
+    /// ` WHERE` the filter's organization, environment and status: columns of the index and of the
+    /// kept counts alike.
+    fn push_scope(&self, query: &mut QueryBuilder<'_, Postgres>) {
         query
-            .push(format!(
-                "SELECT status, messages AS n FROM read_models.{table} WHERE organization_id = "
-            ))
+            .push(" WHERE organization_id = ")
             .push_bind(self.organization_id);
         if let Some(environment) = self.environment_id {
             query.push(" AND environment_id = ").push_bind(environment);

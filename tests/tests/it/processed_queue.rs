@@ -8,7 +8,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use chrono::{Days, Utc};
-use domain::processed_queue::{MessageKey, MessageStatus};
+use domain::processed_queue::{MessageKey, MessageStatus, ProcessedQueue, ProcessedQueueEvent};
+use domain::Aggregate;
 use projector::indexer::{self, Indexer, IndexerConfig};
 use projector::projection::ensure_checkpoint;
 use reqwest::Method;
@@ -878,4 +879,36 @@ async fn counts_over_any_time_range_equal_the_messages_stored_in_it() {
             .await;
         assert_eq!(page["pagination"]["total"], counts["total"]);
     }
+}
+
+#[tokio::test]
+async fn a_recorded_deletion_whose_object_was_not_deleted_is_carried_out_by_the_indexer() {
+    let setup = Setup::start().await;
+    let key = setup.put(&setup.env, MessageStatus::Fail, 0, 1).await;
+    setup.wait_indexed(1).await;
+    // As if command-api stopped between committing the deletion and deleting the object.
+    let org: Uuid = setup.org.parse().unwrap();
+    let deleted = ProcessedQueueEvent::deleted(&MessageKey::parse(&key).unwrap());
+    let event = domain::NewEvent::new(
+        &deleted,
+        tests::metadata(&setup.app.admin_id, Some(org)),
+        Utc::now(),
+    );
+    commands::testing::append(
+        &setup.app.db.pool,
+        &ProcessedQueue::stream_id(org),
+        vec![event],
+    )
+    .await
+    .unwrap();
+    // A read after the commit waits for the indexer, which deletes the object before the row.
+    assert_eq!(setup.counts("").await["total"], 0);
+    assert_eq!(
+        setup
+            .bucket()
+            .exist(std::slice::from_ref(&key))
+            .await
+            .unwrap(),
+        vec![false]
+    );
 }
