@@ -82,7 +82,7 @@ async fn create_once(
     name: &Name,
     description: &Option<Description>,
 ) -> Result<Outcome, ApiError> {
-    let org = organizations::load(state, organization_id).await?;
+    let org = organizations::load_pinned(state, organization_id).await?;
     let organization_name = org
         .state
         .live
@@ -150,7 +150,6 @@ async fn update_once(
         .map_err(ApiError::denied("Environment", id))?;
     write.check_if_match(env.version)?;
     let expected = env.version;
-    let organization_name = organization_name(state, organization_id).await?;
     let old_name = view(&env, String::new())?.name;
     let events = env
         .state
@@ -158,10 +157,13 @@ async fn update_once(
     if events.is_empty() {
         return Ok(Outcome::new(
             200,
-            view(&env, organization_name)?,
+            view(&env, organization_name(state, organization_id).await?)?,
             env.version,
         ));
     }
+    // The answer names the organization: the write requires the version that name was read at.
+    let org = organizations::load_pinned(state, organization_id).await?;
+    let organization_name = org.state.live.as_ref().map(|o| o.name.clone()).unwrap_or_default();
     let events = env.record(
         events,
         &write.metadata(role, Some(organization_id)),
@@ -170,7 +172,8 @@ async fn update_once(
     let body = view(&env, organization_name)?;
     let stream = Environment::stream_id(id);
     let scope = name_scope(organization_id);
-    let mut write_set = WriteSet::append(&stream, expected, events);
+    let mut write_set = WriteSet::append(&stream, expected, events)
+        .require_version(&Organization::stream_id(organization_id), org.version);
     if let Some(name) = &changes.name {
         write_set = write_set
             .release_name(&scope, &old_name.to_lowercase())

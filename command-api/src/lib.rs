@@ -123,10 +123,16 @@ pub fn build(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow
         guard,
         Duration::from_secs(config.executions.provider_timeout_secs.max(1)),
     );
+    // Writes are authorised from the access lookups' cache: the executor that commits every change
+    // to them is the one that keeps it (commands::access).
+    let executor = Executor::with_access_cache(pool);
     Ok(AppState {
-        auth: Arc::new(Authenticator::new(config.api.auth_config()?, pool.clone())),
+        auth: Arc::new(Authenticator::with_executor(
+            config.api.auth_config()?,
+            executor.clone(),
+        )),
         sign_in: Arc::new(SignIn::new(config.sign_in.config(config.api.issuer()?))),
-        executor: Executor::new(pool),
+        executor,
         metrics,
         request_timeout: config.api.request_timeout,
         secrets,

@@ -179,7 +179,7 @@ async fn decide(
         | MembersCommand::ChangeRole { user_id, .. }
         | MembersCommand::Remove { user_id } => *user_id,
     };
-    let org = organizations::load(state, organization_id).await?;
+    let org = organizations::load_pinned(state, organization_id).await?;
     let mut members = state.executor.load::<Members>(organization_id).await?;
     write.check_if_match(members.version)?;
     let expected = members.version;

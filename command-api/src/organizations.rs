@@ -172,7 +172,16 @@ async fn delete_once(
 
 /// Loads a live organization, or answers `404`.
 pub async fn load(state: &AppState, id: Uuid) -> Result<Loaded<Organization>, ApiError> {
-    let org = state.executor.load::<Organization>(id).await?;
+    live(id, state.executor.load::<Organization>(id).await?)
+}
+
+/// As [`load`], for a command whose write requires the version returned (`require_version`): the
+/// executor may answer from a state it folded earlier (`commands::Executor::load_pinned`).
+pub async fn load_pinned(state: &AppState, id: Uuid) -> Result<Loaded<Organization>, ApiError> {
+    live(id, state.executor.load_pinned::<Organization>(id).await?)
+}
+
+fn live(id: Uuid, org: Loaded<Organization>) -> Result<Loaded<Organization>, ApiError> {
     if org.state.live.is_none() {
         return Err(ApiError::not_found("Organization", id));
     }

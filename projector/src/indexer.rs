@@ -154,6 +154,9 @@ impl Indexer<'_> {
             let after = lock_checkpoint(&mut tx, NAME).await?;
             let events = read_log(&mut *tx, after, self.config.batch_size).await?;
             let Some(last) = events.last().map(|e| e.position()) else {
+                // Ended at once: the checkpoint's row lock gave this transaction an id, and
+                // readers of the log wait for every older transaction to end.
+                tx.rollback().await?;
                 return Ok(deleted);
             };
             let mut keys = Vec::new();

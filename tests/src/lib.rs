@@ -2,6 +2,7 @@
 //! system (command-api, query-api, projector) started on real ports against them, each API made by its
 //! own `build` from its `Config`.
 
+pub mod baselines;
 pub mod fake_provider;
 pub mod issuer;
 pub mod kafka;

@@ -13,8 +13,19 @@
 //!
 //! Callers authenticate and authorise first, at their edge; the executor trusts the [`Caller`] it is
 //! given.
+//!
+//! Two caches spare a command its round trips to the database, each safe by construction:
+//! - the access lookups ([`crate::access`]), for authentication; the executor drops what a write
+//!   changed as soon as it commits, and other processes learn of it by notification;
+//! - the folded state of streams a command only depends on ([`Executor::load_pinned`]): the write
+//!   requires the version it was folded to, so a state that is no longer current cannot commit. The
+//!   write fails as a lost race, the executor drops the stream, and the command runs again on a fresh
+//!   load. A commit to a stream drops it too.
 
+use std::any::Any;
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 use domain::{AccessError, Actor, Aggregate, Loaded, LogPosition, Permission};
 use event_log::personal::PersonalKey;
@@ -23,12 +34,16 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::access::{AccessCache, AccessRecord};
 use crate::store::{
     retry_backoff, stream_heads, Store, StoreError, StoredResponse, StreamHead, WriteSet,
 };
 
 /// How often a command is run again after losing a race for a stream.
 const ATTEMPTS: u32 = 50;
+
+/// Streams whose folded state [`Executor::load_pinned`] keeps at most; it starts again empty beyond.
+const PINNED_CAPACITY: usize = 10_000;
 
 /// The header that carries a write's log position (contract §5, `events/docs/contract.md`).
 pub const CONSISTENCY_TOKEN: &str = "x-consistency-token";
@@ -148,13 +163,30 @@ pub struct Answer {
 #[derive(Clone)]
 pub struct Executor {
     store: Store,
+    /// The access lookups' cache, when this executor keeps one.
+    access: Option<Arc<AccessCache>>,
+    /// Folded states by stream id, each with its version (a `Loaded<A>` behind `Any`).
+    pinned: Arc<Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>>,
 }
 
 impl Executor {
     /// The executor of the log in `pool`; it spawns the store's notifier task on the current runtime.
+    /// It reads the access lookups from the database on every request.
     pub fn new(pool: PgPool) -> Self {
         Executor {
             store: Store::new(pool),
+            access: None,
+            pinned: Arc::default(),
+        }
+    }
+
+    /// As [`Executor::new`], keeping the access lookups in a cache ([`crate::access`]) whose listener
+    /// it spawns.
+    pub fn with_access_cache(pool: PgPool) -> Self {
+        let access = AccessCache::listening(&pool);
+        Executor {
+            access: Some(access),
+            ..Executor::new(pool)
         }
     }
 
@@ -162,9 +194,70 @@ impl Executor {
         self.store.pool()
     }
 
+    /// The access lookups of user `id`, from the cache when there is one.
+    pub async fn access(&self, id: Uuid) -> Result<Option<AccessRecord>, StoreError> {
+        Ok(match &self.access {
+            Some(cache) => cache.get(self.pool(), id).await?,
+            None => AccessRecord::fetch(self.pool(), id).await?,
+        })
+    }
+
     /// Folds an aggregate from its latest snapshot and the events after it.
     pub async fn load<A: Aggregate>(&self, id: Uuid) -> Result<Loaded<A>, StoreError> {
         self.store.load(id).await
+    }
+
+    /// As [`Executor::load`], possibly from a state folded earlier, for a stream the command only
+    /// depends on: its write must require the version returned (`WriteSet::require_version`), which
+    /// is what makes an outdated state harmless (module docs). Streams of aggregates that keep no
+    /// snapshots (users, whose state holds opened personal data) are always read.
+    pub async fn load_pinned<A: Aggregate>(&self, id: Uuid) -> Result<Loaded<A>, StoreError> {
+        if !A::SNAPSHOTS {
+            return self.load(id).await;
+        }
+        let stream = A::stream_id(id);
+        let kept = self.pinned_states().get(&stream).cloned();
+        if let Some(loaded) = kept.and_then(|kept| kept.downcast_ref::<Loaded<A>>().cloned()) {
+            return Ok(loaded);
+        }
+        let loaded = self.load::<A>(id).await?;
+        if loaded.version == 0 {
+            // Nothing to keep of a stream that does not exist (yet).
+            return Ok(loaded);
+        }
+        let mut pinned = self.pinned_states();
+        if pinned.len() >= PINNED_CAPACITY {
+            pinned.clear();
+        }
+        pinned.insert(stream, Arc::new(loaded.clone()));
+        Ok(loaded)
+    }
+
+    fn pinned_states(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<dyn Any + Send + Sync>>> {
+        self.pinned
+            .lock()
+            .expect("the pinned states' lock is never poisoned")
+    }
+
+    /// Commits `write`, then drops what the caches hold of what it changed; a write that lost the
+    /// race for a stream drops that stream's folded state, so the next attempt reads it.
+    async fn commit_one(&self, write: WriteSet) -> Result<crate::Appended, StoreError> {
+        let stream = write.stream().to_owned();
+        let access = write.access_changes();
+        let committed = self.store.commit(write).await;
+        match &committed {
+            Ok(_) => {
+                self.pinned_states().remove(&stream);
+                if let Some(cache) = &self.access {
+                    cache.forget(&access);
+                }
+            }
+            Err(StoreError::Conflict { stream }) => {
+                self.pinned_states().remove(stream);
+            }
+            Err(_) => {}
+        }
+        committed
     }
 
     /// The heads of the `streams` that exist, read in one snapshot without folding them.
@@ -219,7 +312,7 @@ impl Executor {
     async fn commit(&self, caller: &Caller<'_>, outcome: Outcome) -> Result<Answer, StoreError> {
         let mut headers = outcome.headers();
         for write in outcome.before {
-            self.store.commit(write).await?;
+            self.commit_one(write).await?;
         }
         let position = match outcome.write {
             Some((write, permission)) => {
@@ -235,7 +328,7 @@ impl Executor {
                     }),
                     None => write,
                 };
-                self.store.commit(write).await?.position
+                self.commit_one(write).await?.position
             }
             // Nothing was appended (an update that changed nothing): reading at the log head still
             // guarantees the client sees at least the state it was just shown.

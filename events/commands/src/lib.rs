@@ -7,6 +7,7 @@
 //! Services depend on this crate only where they write (command-api, and the user registration of
 //! `identity`); code that only reads depends on `event_log` and cannot name anything here.
 
+pub mod access;
 pub mod executor;
 pub mod lookups;
 pub mod secrets;

@@ -135,6 +135,36 @@ impl Lookups {
         lookups
     }
 
+    /// Whether the write implies nothing outside the log (then `append_write` skips `apply_lookups`).
+    pub fn is_empty(&self) -> bool {
+        self.registered.is_empty()
+            && self.profiles.is_empty()
+            && self.system_roles.is_empty()
+            && self.memberships.is_empty()
+            && self.memberships_removed.is_empty()
+            && self.organization_deleted.is_none()
+            && self.user_erased.is_none()
+    }
+
+    /// Whose access lookups these change.
+    pub fn access_changes(&self) -> AccessChanges {
+        if self.organization_deleted.is_some() {
+            return AccessChanges::Everyone;
+        }
+        let users: Vec<Uuid> = (self.registered.iter().map(|r| r.user_id))
+            .chain(self.profiles.iter().map(|p| p.user_id))
+            .chain(self.system_roles.iter().map(|r| r.user_id))
+            .chain(self.memberships.iter().map(|m| m.user_id))
+            .chain(self.memberships_removed.iter().map(|m| m.user_id))
+            .chain(self.user_erased)
+            .collect();
+        if users.is_empty() {
+            AccessChanges::None
+        } else {
+            AccessChanges::Users(users)
+        }
+    }
+
     fn user(&mut self, user_id: Uuid, event: UserEvent) {
         match event {
             UserEvent::Registered {
@@ -165,6 +195,15 @@ impl Lookups {
             UserEvent::SignedIn { .. } | UserEvent::SignedOut { .. } => {}
         }
     }
+}
+
+/// Whose access lookups a write changes: what the caches of them must drop when it commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessChanges {
+    None,
+    Users(Vec<Uuid>),
+    /// An organization was deleted: any of its members.
+    Everyone,
 }
 
 /// `events` as their aggregate's event type, each upcast to its type's current version first.

@@ -11,13 +11,21 @@
 //! events, the response kept under its idempotency key, what its events imply outside the log:
 //! `crate::lookups`) is gathered in a [`WriteSet`] and committed by one call of the `append_write` SQL
 //! function, which checks and applies it all or raises. One round trip per command, whatever it
-//! touches. The function was created by migration `0003` and restated by `0007`, `0009` and `0013`:
-//! the current one is in `schemas/migrations/0013_personal_data.sql`.
+//! touches. The function was created by migration `0003` and restated by `0007`, `0009`, `0013` and `0016`:
+//! the current one is in `schemas/migrations/0016_lean_append.sql`.
+//!
+//! Group commit. Commits go through one committer task per store. It takes every write waiting when
+//! it is free (up to [`GROUP_MAX`]) and appends them in one transaction with `append_writes`, each in a
+//! subtransaction of its own, so that one round trip and one flush to disk serve them all, and each is
+//! still answered with its own position or its own error. A write waits for a later call when it writes
+//! a stream another write of the call writes or depends on, so that a call never holds two writes that
+//! decide about one stream. A lone write is committed by `append_write` directly.
 //!
 //! Wake-ups. After a commit the store sends `NOTIFY` so that followers wake at once. It is sent from a
 //! background task, coalesced, outside the appending transaction: PostgreSQL serialises the commits of
 //! notifying transactions on a global lock, which would undo group commit.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -28,10 +36,10 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::postgres::PgPool;
 use sqlx::PgExecutor;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
-use crate::lookups::Lookups;
+use crate::lookups::{AccessChanges, Lookups};
 
 /// A stream gets a snapshot once this many events have to be folded on top of the last one.
 const SNAPSHOT_EVERY: usize = 64;
@@ -65,29 +73,43 @@ pub struct Appended {
     pub position: LogPosition,
 }
 
+/// The most writes committed together (a transaction with more than 64 subtransactions would make
+/// every snapshot taken meanwhile dearer).
+pub const GROUP_MAX: usize = 32;
+
 #[derive(Clone)]
 pub(crate) struct Store {
     pool: PgPool,
-    appended: Arc<Notify>,
+    committer: mpsc::UnboundedSender<Pending>,
+}
+
+/// A write waiting for the committer, and where its answer goes.
+struct Pending {
+    write: WriteSet,
+    answer: oneshot::Sender<Result<Appended, StoreError>>,
 }
 
 impl Store {
-    /// Creates the store and spawns its notifier task on the current Tokio runtime.
+    /// Creates the store and spawns its committer and notifier tasks on the current Tokio runtime.
     pub fn new(pool: PgPool) -> Self {
         let appended = Arc::new(Notify::new());
         tokio::spawn(notify_followers(pool.clone(), appended.clone()));
-        Store { pool, appended }
+        let (committer, queue) = mpsc::unbounded_channel();
+        tokio::spawn(commit_groups(pool.clone(), queue, appended));
+        Store { pool, committer }
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
-    /// Commits a write set on its own (one statement, so its own transaction).
+    /// Commits a write set, with whatever other writes are waiting (module docs).
     pub(crate) async fn commit(&self, write: WriteSet) -> Result<Appended, StoreError> {
-        let appended = commit_in(&self.pool, &write).await?;
-        self.appended.notify_one();
-        Ok(appended)
+        let (answer, answered) = oneshot::channel();
+        self.committer
+            .send(Pending { write, answer })
+            .map_err(|_| committer_gone())?;
+        answered.await.map_err(|_| committer_gone())?
     }
 
     /// Folds an aggregate from its latest snapshot and the events after it.
@@ -256,6 +278,141 @@ pub async fn stream_heads<'e>(
     .await?)
 }
 
+fn committer_gone() -> StoreError {
+    StoreError::Database(sqlx::Error::Protocol(
+        "the committer stopped (the runtime is shutting down)".into(),
+    ))
+}
+
+/// The committer (module docs): forms groups from the waiting writes, in arrival order, and commits
+/// them one group at a time.
+async fn commit_groups(
+    pool: PgPool,
+    mut queue: mpsc::UnboundedReceiver<Pending>,
+    appended: Arc<Notify>,
+) {
+    let mut waiting: VecDeque<Pending> = VecDeque::new();
+    loop {
+        if waiting.is_empty() {
+            match queue.recv().await {
+                Some(pending) => waiting.push_back(pending),
+                None => return,
+            }
+        }
+        while let Ok(pending) = queue.try_recv() {
+            waiting.push_back(pending);
+        }
+        let group = next_group(&mut waiting);
+        let writes: Vec<&WriteSet> = group.iter().map(|p| &p.write).collect();
+        let results = match writes.as_slice() {
+            [write] => vec![commit_in(&pool, write).await],
+            writes => commit_together(&pool, writes).await,
+        };
+        if results.iter().any(Result::is_ok) {
+            appended.notify_one();
+        }
+        for (pending, result) in group.into_iter().zip(results) {
+            // A caller that went away no longer needs its answer; its write stands.
+            let _ = pending.answer.send(result);
+        }
+    }
+}
+
+/// Takes the next group from `waiting`: in arrival order, up to [`GROUP_MAX`] writes, leaving for a
+/// later group each write whose stream another write of the group writes or depends on, or that
+/// depends on a stream the group writes.
+fn next_group(waiting: &mut VecDeque<Pending>) -> Vec<Pending> {
+    let mut group: Vec<Pending> = Vec::new();
+    let mut later = VecDeque::new();
+    while let Some(pending) = waiting.pop_front() {
+        if group.len() == GROUP_MAX {
+            later.push_back(pending);
+            continue;
+        }
+        let overlaps = group
+            .iter()
+            .any(|other| pending.write.touches(&other.write.stream) || other.write.touches(&pending.write.stream));
+        if overlaps {
+            later.push_back(pending);
+        } else {
+            group.push(pending);
+        }
+    }
+    *waiting = later;
+    group
+}
+
+/// One row of `append_writes`: where a write landed, or the error it raised.
+#[derive(sqlx::FromRow)]
+struct GroupRow {
+    version: Option<i64>,
+    transaction_id: Option<i64>,
+    global_position: Option<i64>,
+    error_code: Option<String>,
+    error_constraint: Option<String>,
+    error_detail: Option<String>,
+    error_message: Option<String>,
+}
+
+/// Commits `writes` in one transaction (module docs); one result per write, in order.
+async fn commit_together(pool: &PgPool, writes: &[&WriteSet]) -> Vec<Result<Appended, StoreError>> {
+    let rows: Result<Vec<GroupRow>, _> = sqlx::query_as(
+        "SELECT version, transaction_id, global_position, error_code, error_constraint, error_detail, error_message \
+         FROM append_writes($1)",
+    )
+    .bind(sqlx::types::Json(writes))
+    .fetch_all(pool)
+    .await;
+    let rows = match rows {
+        Ok(rows) if rows.len() == writes.len() => rows,
+        Ok(rows) => {
+            let error = format!("append_writes answered {} rows for {} writes", rows.len(), writes.len());
+            return writes.iter().map(|_| Err(StoreError::Database(sqlx::Error::Protocol(error.clone())))).collect();
+        }
+        Err(error) => {
+            // Nothing of the group committed: each write gets the error, as if it had been alone. A
+            // deadlock with another process's group is a lost race, which the executor runs again.
+            let code = error.as_database_error().and_then(|db| db.code().map(|c| c.into_owned()));
+            return writes
+                .iter()
+                .map(|write| {
+                    Err(match code.as_deref() {
+                        Some("40P01") | Some("40001") => StoreError::Conflict {
+                            stream: write.stream.clone(),
+                        },
+                        _ => StoreError::Database(sqlx::Error::Protocol(error.to_string())),
+                    })
+                })
+                .collect();
+        }
+    };
+    writes
+        .iter()
+        .zip(rows)
+        .map(|(write, row)| match (row.version, row.transaction_id, row.global_position) {
+            (Some(version), Some(transaction_id), Some(global_position)) => Ok(Appended {
+                version,
+                position: LogPosition {
+                    transaction_id,
+                    global_position,
+                },
+            }),
+            _ => {
+                let code = row.error_code.unwrap_or_default();
+                let detail = row.error_detail.unwrap_or_default();
+                Err(write
+                    .refusal(&code, row.error_constraint.as_deref(), &detail)
+                    .unwrap_or_else(|| {
+                        StoreError::Database(sqlx::Error::Protocol(format!(
+                            "{code}: {}",
+                            row.error_message.unwrap_or_default()
+                        )))
+                    }))
+            }
+        })
+        .collect()
+}
+
 async fn notify_followers(pool: PgPool, appended: Arc<Notify>) {
     loop {
         // `Notify` keeps one permit, so any number of commits during the NOTIFY below cost one more.
@@ -305,15 +462,25 @@ pub struct WriteSet {
     /// The version the stream must be at (0: must not exist), read before the write began.
     expected: i64,
     events: Vec<EventRow>,
+    // What is empty is left out, and `append_write` skips the statements it would have run for
+    // nothing (migration 0016).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     requires: Vec<Dependency>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     claims: Vec<NameClaim>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     releases: Vec<NameClaim>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     references_added: Vec<Reference>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     references_removed: Vec<Reference>,
     /// A stream that must have no references left (the one being deleted).
+    #[serde(skip_serializing_if = "Option::is_none")]
     unreferenced: Option<String>,
     /// What the events imply outside the log (access lookups, destroyed keys), derived from them.
+    #[serde(skip_serializing_if = "Lookups::is_empty")]
     lookups: Lookups,
+    #[serde(skip_serializing_if = "Option::is_none")]
     response: Option<StoredResponse>,
 }
 
@@ -401,6 +568,16 @@ impl WriteSet {
         }
     }
 
+    /// The stream this write appends to.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// Whose access lookups this write changes (`crate::access`).
+    pub(crate) fn access_changes(&self) -> AccessChanges {
+        self.lookups.access_changes()
+    }
+
     /// The stream version the write leaves behind.
     pub fn version_after(&self) -> i64 {
         self.expected + self.events.len() as i64
@@ -480,31 +657,49 @@ impl WriteSet {
         self
     }
 
+    /// Whether this write writes `stream` or depends on it.
+    fn touches(&self, stream: &str) -> bool {
+        self.stream == stream
+            || self.requires.iter().any(|d| d.stream == stream)
+            || self.unreferenced.as_deref() == Some(stream)
+    }
+
     /// Maps the errors `append_write` raises.
     fn error(&self, error: sqlx::Error) -> StoreError {
         let Some(db) = error.as_database_error() else {
             return StoreError::Database(error);
         };
-        let detail = || {
-            db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-                .and_then(|e| e.detail())
-                .unwrap_or_default()
-                .to_owned()
-        };
-        match db.code().as_deref() {
-            Some("ES001") => StoreError::Conflict { stream: detail() },
-            Some("ES002") => StoreError::Referenced {
-                sources: detail().split(',').map(str::to_owned).collect(),
+        let detail = db
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .and_then(|e| e.detail())
+            .unwrap_or_default()
+            .to_owned();
+        let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+        let constraint = db.constraint().map(str::to_owned);
+        self.refusal(&code, constraint.as_deref(), &detail)
+            .unwrap_or(StoreError::Database(error))
+    }
+
+    /// The refusal an error of `append_write` stands for (SQLSTATE `code`, the `constraint` it names
+    /// and its `detail`), or `None` for an error that is not one.
+    fn refusal(&self, code: &str, constraint: Option<&str>, detail: &str) -> Option<StoreError> {
+        Some(match code {
+            "ES001" => StoreError::Conflict {
+                stream: detail.to_owned(),
             },
-            Some("ES003") => StoreError::IdempotencyKeyUsed,
-            _ if db.is_unique_violation() && db.constraint() == Some("name_claims_pkey") => {
+            "ES002" => StoreError::Referenced {
+                sources: detail.split(',').map(str::to_owned).collect(),
+            },
+            "ES003" => StoreError::IdempotencyKeyUsed,
+            // unique_violation
+            "23505" if constraint == Some("name_claims_pkey") => {
                 let claim = self.claims.first();
                 StoreError::NameTaken {
                     scope: claim.map(|c| c.scope.clone()).unwrap_or_default(),
                     claimant: claim.map(|c| c.claimant.clone()).unwrap_or_default(),
                 }
             }
-            _ => StoreError::Database(error),
-        }
+            _ => return None,
+        })
     }
 }

@@ -4,14 +4,15 @@
 //!
 //! The first request of a new subject registers the user, and a request whose token reports a changed
 //! email or name records the change, both as a command run by the command executor (so a first `GET`
-//! to query-api appends `user.registered`); every other request costs one indexed query.
+//! to query-api appends `user.registered`); every other request costs one indexed query, or none when
+//! the executor keeps the lookups in its cache (`commands::access`; command-api does).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
+use commands::access::{AccessRecord, ACCESS_COLUMNS};
 use commands::{Caller, CommandError, Executor, Outcome, Refused, StoreError, WriteSet};
 use domain::user::{user_id, Identity, User};
-use domain::{Actor, Aggregate, RequestContext, Role};
-use sqlx::types::Json;
+use domain::{Actor, Aggregate, RequestContext};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -114,29 +115,28 @@ pub struct Authenticator {
     executor: Executor,
 }
 
-/// A user as the access lookups know it.
-#[derive(Clone, sqlx::FromRow)]
-struct AccessRow {
-    user_id: Uuid,
-    subject: String,
-    email: Option<String>,
-    name: Option<String>,
-    system_role: bool,
-    memberships: Json<HashMap<Uuid, Role>>,
-    session_id: Option<Uuid>,
+/// A browser session, with its user as the access lookups know it.
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    #[sqlx(flatten)]
+    user: AccessRecord,
+    session_id: Uuid,
 }
 
-const ACCESS_COLUMNS: &str = "u.user_id, u.subject, u.email, u.name, u.system_role, \
-     COALESCE((SELECT jsonb_object_agg(m.organization_id, m.role) FROM access_memberships m \
-               WHERE m.user_id = u.user_id), '{}'::jsonb) AS memberships";
-
 impl Authenticator {
-    /// An authenticator that reads the access lookups in `pool` and registers new users there.
+    /// An authenticator that reads the access lookups in `pool` on every request, and registers new
+    /// users there.
     pub fn new(config: AuthConfig, pool: PgPool) -> Self {
+        Self::with_executor(config, Executor::new(pool))
+    }
+
+    /// An authenticator that reads the access lookups through `executor` (from its cache, if it keeps
+    /// one) and registers new users with it.
+    pub fn with_executor(config: AuthConfig, executor: Executor) -> Self {
         Authenticator {
             verifier: TokenVerifier::new(config.token),
             system_admins: config.system_admins,
-            executor: Executor::new(pool),
+            executor,
         }
     }
 
@@ -160,7 +160,7 @@ impl Authenticator {
                 self.recognise(claims.identity(), context).await
             }
             Credentials::Session(token) => {
-                let row: Option<AccessRow> = sqlx::query_as(&format!(
+                let row: Option<SessionRow> = sqlx::query_as(&format!(
                     "SELECT {ACCESS_COLUMNS}, s.id AS session_id FROM sessions s \
                      JOIN access_users u ON u.user_id = s.user_id \
                      WHERE s.token_hash = $1 AND s.expires_at > now()"
@@ -168,8 +168,15 @@ impl Authenticator {
                 .bind(token_hash(token))
                 .fetch_optional(self.pool())
                 .await?;
-                row.map(|row| self.authenticated(row))
-                    .ok_or(AuthError::SessionEnded)
+                row.map(|row| {
+                    let mut authenticated = self.authenticated(row.user);
+                    authenticated.session = Some(Session {
+                        id: row.session_id,
+                        user_id: authenticated.actor.user_id,
+                    });
+                    authenticated
+                })
+                .ok_or(AuthError::SessionEnded)
             }
         }
     }
@@ -181,27 +188,18 @@ impl Authenticator {
         context: &RequestContext,
     ) -> Result<Authenticated, AuthError> {
         let id = user_id(&identity.subject);
-        let known = self.lookup(id).await?;
+        let known = self.executor.access(id).await?;
         if let Some(row) = known {
             if !identity.differs_from(row.email.as_deref(), row.name.as_deref()) {
                 return Ok(self.authenticated(row));
             }
         }
         self.record(id, &identity, context).await?;
-        let row = self.lookup(id).await?;
+        let row = self.executor.access(id).await?;
         row.map(|row| self.authenticated(row))
             .ok_or(AuthError::Store(StoreError::Conflict {
                 stream: User::stream_id(id),
             }))
-    }
-
-    async fn lookup(&self, id: Uuid) -> Result<Option<AccessRow>, sqlx::Error> {
-        sqlx::query_as(&format!(
-            "SELECT {ACCESS_COLUMNS}, NULL::uuid AS session_id FROM access_users u WHERE u.user_id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await
     }
 
     /// Registers the user, or records the profile claims that changed, sealed under the user's key
@@ -238,7 +236,7 @@ impl Authenticator {
         Ok(())
     }
 
-    fn authenticated(&self, row: AccessRow) -> Authenticated {
+    fn authenticated(&self, row: AccessRecord) -> Authenticated {
         Authenticated {
             actor: Actor {
                 user_id: row.user_id,
@@ -247,10 +245,7 @@ impl Authenticator {
             },
             email: row.email,
             name: row.name,
-            session: row.session_id.map(|id| Session {
-                id,
-                user_id: row.user_id,
-            }),
+            session: None,
         }
     }
 }

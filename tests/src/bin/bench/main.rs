@@ -2,8 +2,9 @@
 //!
 //! Run with `cargo run --release -p tests --bin bench` (PostgreSQL as for the tests; `TEST_DATABASE_URL`
 //! picks the server). It prints, each with its raw baseline and the ratio between them:
-//! (a) raw single-row appends from 32 connections, (b) `POST /api/environments` from 32 HTTP clients
-//! with p50/p99, (c) `projector rebuild` of the tenants projection against a raw bulk insert of as many
+//! (a) raw single-row appends from 32 connections, (b) the write path (`write_path`): creates from 32
+//! HTTP clients against a plain CRUD service and cqrs-es doing the same create, with CPU per request,
+//! single-command latency, and reads and projection lag under the write load, (c) `projector rebuild` of the tenants projection against a raw bulk insert of as many
 //! rows, (d) list-page latency with 1,000,000 environments in one organization, and (e) the same for a
 //! catalog list (prompts), with a small organization's list beside the large one, (f) the Kafka
 //! publisher draining the log (the 200,000 events of (c) and those before) against a raw producer
@@ -45,7 +46,6 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
-use reqwest::Method;
 use serde_json::json;
 use sqlx::PgPool;
 use tests::kafka::{publisher_checkpoint, Broker};
@@ -53,6 +53,8 @@ use tests::processed_messages::produce;
 use tests::s3::S3Server;
 use tests::TestApp;
 use uuid::Uuid;
+
+mod write_path;
 
 #[derive(Parser)]
 struct Args {
@@ -62,6 +64,12 @@ struct Args {
     /// How long (a) and (b) each run.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Renames of one environment by one client in (b).
+    #[arg(long, default_value_t = 2_000)]
+    single_requests: usize,
+    /// (b) runs only the project's creates (with its projector), once: for attaching a profiler.
+    #[arg(long)]
+    profile_writes: bool,
     /// Events replayed by the rebuild in (c).
     #[arg(long, default_value_t = 200_000)]
     rebuild_events: usize,
@@ -135,16 +143,11 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if let Some(raw) = raw.as_ref().filter(|_| args.runs('b')) {
-        let http = http_creates(&app, args.clients, duration).await?;
-        println!(
-            "(b) POST /api/environments, {} clients: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors; ratio to (a) {:.2} (target >= 0.60, p99 < 20 ms)",
-            args.clients,
-            http.rate,
-            http.p50,
-            http.p99,
-            http.errors,
-            http.rate / raw.rate
-        );
+        if args.profile_writes {
+            write_path::profile(args.clients, duration).await?;
+        } else {
+            write_path::compare(args.clients, duration, args.single_requests, raw).await?;
+        }
     }
 
     let mut rebuilt_organization = None;
@@ -578,27 +581,6 @@ async fn raw_appends(
             .await
             .is_ok()
         }
-    })
-    .await)
-}
-
-async fn http_creates(
-    app: &TestApp,
-    clients: usize,
-    duration: Duration,
-) -> anyhow::Result<Measured> {
-    let org = app.create_organization("Bench Corp").await;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(clients)
-        .build()?;
-    let url = format!("{}/api/environments", app.command_url);
-    let token = app.admin_token.clone();
-    Ok(run_for(clients, duration, move |client, n| {
-        let request = http
-            .request(Method::POST, &url)
-            .bearer_auth(&token)
-            .json(&json!({ "organizationId": org, "name": format!("env {client}-{n}") }));
-        async move { request.send().await.is_ok_and(|r| r.status() == 201) }
     })
     .await)
 }
