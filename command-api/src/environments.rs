@@ -163,7 +163,12 @@ async fn update_once(
     }
     // The answer names the organization: the write requires the version that name was read at.
     let org = organizations::load_pinned(state, organization_id).await?;
-    let organization_name = org.state.live.as_ref().map(|o| o.name.clone()).unwrap_or_default();
+    let organization_name = org
+        .state
+        .live
+        .as_ref()
+        .map(|o| o.name.clone())
+        .unwrap_or_default();
     let events = env.record(
         events,
         &write.metadata(role, Some(organization_id)),

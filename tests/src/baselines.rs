@@ -87,8 +87,10 @@ pub mod crud {
         match row {
             Ok((id, version)) => (
                 StatusCode::CREATED,
-                Json(json!({ "id": id, "organizationId": input.organization_id, "name": input.name,
-                             "description": input.description, "version": version })),
+                Json(
+                    json!({ "id": id, "organizationId": input.organization_id, "name": input.name,
+                             "description": input.description, "version": version }),
+                ),
             )
                 .into_response(),
             Err(error) => failed(StatusCode::CONFLICT, error),
@@ -109,8 +111,9 @@ pub mod crud {
         .fetch_optional(&pool)
         .await;
         match row {
-            Ok(Some((version,))) => Json(json!({ "id": id, "name": input.name, "version": version }))
-                .into_response(),
+            Ok(Some((version,))) => {
+                Json(json!({ "id": id, "name": input.name, "version": version })).into_response()
+            }
             Ok(None) => failed(StatusCode::NOT_FOUND, "no such environment"),
             Err(error) => failed(StatusCode::CONFLICT, error),
         }
@@ -122,9 +125,9 @@ pub mod event_sourcing {
 
     use std::sync::Arc;
 
+    use ::cqrs_es::event_sink::EventSink;
     use ::cqrs_es::persist::PersistedEventStore;
     use ::cqrs_es::{Aggregate, AggregateError, CqrsFramework, DomainEvent};
-    use ::cqrs_es::event_sink::EventSink;
     use postgres_es::PostgresEventRepository;
     use serde::Serialize;
 
@@ -237,7 +240,8 @@ pub mod event_sourcing {
         }
     }
 
-    type Framework = Arc<CqrsFramework<Environment, PersistedEventStore<PostgresEventRepository, Environment>>>;
+    type Framework =
+        Arc<CqrsFramework<Environment, PersistedEventStore<PostgresEventRepository, Environment>>>;
 
     /// Creates the library's tables in `pool` (its own schema, under names of their own); its router.
     pub async fn start(pool: PgPool) -> anyhow::Result<Router> {
@@ -265,7 +269,11 @@ pub mod event_sourcing {
             .with_state(framework))
     }
 
-    fn answer(result: Result<(), AggregateError<Refused>>, status: StatusCode, body: Value) -> Response {
+    fn answer(
+        result: Result<(), AggregateError<Refused>>,
+        status: StatusCode,
+        body: Value,
+    ) -> Response {
         match result {
             Ok(()) => (status, Json(body)).into_response(),
             Err(AggregateError::UserError(refused)) => failed(StatusCode::CONFLICT, refused),

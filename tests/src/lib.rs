@@ -176,6 +176,8 @@ pub struct TestApp {
     projector: Vec<JoinHandle<()>>,
     /// query-api as this app serves it, for more instances over other pools.
     query: query_api::AppState,
+    /// command-api's configuration, for more instances over the same database.
+    command_config: command_api::Config,
     /// The processed queue's bucket, when this app has one ([`TestApp::spawn_with_queue`]).
     pub bucket: Option<processed_queue::Bucket>,
 }
@@ -275,6 +277,7 @@ impl TestApp {
             consistency: query.consistency.clone(),
             projector: Vec::new(),
             query,
+            command_config,
             bucket: s3.bucket(),
         };
         app.start_projector();
@@ -349,6 +352,19 @@ impl TestApp {
                 config,
             )));
         }
+    }
+
+    /// Another command-api over this app's database, as a second process would run it (its own pool,
+    /// executor and caches); its base URL.
+    pub async fn another_command_api(&self) -> String {
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .connect_with(self.db.connect_options())
+            .await
+            .expect("a pool for another command-api");
+        let state = command_api::build(&self.command_config, pool, metrics_handle())
+            .expect("building another command-api");
+        format!("http://{}", serve(command_api::router(state)).await)
     }
 
     /// Kills the projector's workers wherever they are (as a crash would).

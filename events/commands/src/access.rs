@@ -93,7 +93,10 @@ impl AccessCache {
     /// The lookups of user `id`: from the cache, or read and kept.
     pub async fn get(&self, pool: &PgPool, id: Uuid) -> Result<Option<AccessRecord>, sqlx::Error> {
         let generation = {
-            let state = self.state.lock().expect("the access cache's lock is never poisoned");
+            let state = self
+                .state
+                .lock()
+                .expect("the access cache's lock is never poisoned");
             if self.listening.load(Ordering::Acquire) {
                 if let Some((record, at)) = state.entries.get(&id) {
                     if at.elapsed() < TTL {
@@ -105,7 +108,10 @@ impl AccessCache {
         };
         let record = AccessRecord::fetch(pool, id).await?;
         if let Some(record) = &record {
-            let mut state = self.state.lock().expect("the access cache's lock is never poisoned");
+            let mut state = self
+                .state
+                .lock()
+                .expect("the access cache's lock is never poisoned");
             if state.generation == generation && self.listening.load(Ordering::Acquire) {
                 if state.entries.len() >= CAPACITY {
                     state.entries.clear();
@@ -127,7 +133,10 @@ impl AccessCache {
 
     /// Drops what is kept of `users`.
     pub fn invalidate(&self, users: &[Uuid]) {
-        let mut state = self.state.lock().expect("the access cache's lock is never poisoned");
+        let mut state = self
+            .state
+            .lock()
+            .expect("the access cache's lock is never poisoned");
         state.generation += 1;
         for user in users {
             state.entries.remove(user);
@@ -136,7 +145,10 @@ impl AccessCache {
 
     /// Drops everything kept.
     pub fn clear(&self) {
-        let mut state = self.state.lock().expect("the access cache's lock is never poisoned");
+        let mut state = self
+            .state
+            .lock()
+            .expect("the access cache's lock is never poisoned");
         state.generation += 1;
         state.entries.clear();
     }

@@ -233,7 +233,9 @@ impl Executor {
         Ok(loaded)
     }
 
-    fn pinned_states(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<dyn Any + Send + Sync>>> {
+    fn pinned_states(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<dyn Any + Send + Sync>>> {
         self.pinned
             .lock()
             .expect("the pinned states' lock is never poisoned")

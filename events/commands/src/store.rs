@@ -329,9 +329,9 @@ fn next_group(waiting: &mut VecDeque<Pending>) -> Vec<Pending> {
             later.push_back(pending);
             continue;
         }
-        let overlaps = group
-            .iter()
-            .any(|other| pending.write.touches(&other.write.stream) || other.write.touches(&pending.write.stream));
+        let overlaps = group.iter().any(|other| {
+            pending.write.touches(&other.write.stream) || other.write.touches(&pending.write.stream)
+        });
         if overlaps {
             later.push_back(pending);
         } else {
@@ -366,13 +366,22 @@ async fn commit_together(pool: &PgPool, writes: &[&WriteSet]) -> Vec<Result<Appe
     let rows = match rows {
         Ok(rows) if rows.len() == writes.len() => rows,
         Ok(rows) => {
-            let error = format!("append_writes answered {} rows for {} writes", rows.len(), writes.len());
-            return writes.iter().map(|_| Err(StoreError::Database(sqlx::Error::Protocol(error.clone())))).collect();
+            let error = format!(
+                "append_writes answered {} rows for {} writes",
+                rows.len(),
+                writes.len()
+            );
+            return writes
+                .iter()
+                .map(|_| Err(StoreError::Database(sqlx::Error::Protocol(error.clone()))))
+                .collect();
         }
         Err(error) => {
             // Nothing of the group committed: each write gets the error, as if it had been alone. A
             // deadlock with another process's group is a lost race, which the executor runs again.
-            let code = error.as_database_error().and_then(|db| db.code().map(|c| c.into_owned()));
+            let code = error
+                .as_database_error()
+                .and_then(|db| db.code().map(|c| c.into_owned()));
             return writes
                 .iter()
                 .map(|write| {
@@ -389,27 +398,29 @@ async fn commit_together(pool: &PgPool, writes: &[&WriteSet]) -> Vec<Result<Appe
     writes
         .iter()
         .zip(rows)
-        .map(|(write, row)| match (row.version, row.transaction_id, row.global_position) {
-            (Some(version), Some(transaction_id), Some(global_position)) => Ok(Appended {
-                version,
-                position: LogPosition {
-                    transaction_id,
-                    global_position,
-                },
-            }),
-            _ => {
-                let code = row.error_code.unwrap_or_default();
-                let detail = row.error_detail.unwrap_or_default();
-                Err(write
-                    .refusal(&code, row.error_constraint.as_deref(), &detail)
-                    .unwrap_or_else(|| {
-                        StoreError::Database(sqlx::Error::Protocol(format!(
-                            "{code}: {}",
-                            row.error_message.unwrap_or_default()
-                        )))
-                    }))
-            }
-        })
+        .map(
+            |(write, row)| match (row.version, row.transaction_id, row.global_position) {
+                (Some(version), Some(transaction_id), Some(global_position)) => Ok(Appended {
+                    version,
+                    position: LogPosition {
+                        transaction_id,
+                        global_position,
+                    },
+                }),
+                _ => {
+                    let code = row.error_code.unwrap_or_default();
+                    let detail = row.error_detail.unwrap_or_default();
+                    Err(write
+                        .refusal(&code, row.error_constraint.as_deref(), &detail)
+                        .unwrap_or_else(|| {
+                            StoreError::Database(sqlx::Error::Protocol(format!(
+                                "{code}: {}",
+                                row.error_message.unwrap_or_default()
+                            )))
+                        }))
+                }
+            },
+        )
         .collect()
 }
 

@@ -26,3 +26,4 @@ mod sign_in;
 mod tenants_api;
 mod tokens;
 mod verification;
+mod write_path;

@@ -30,7 +30,9 @@ enum System {
     Crud,
     CqrsEs,
     /// command-api with the projector running beside it (`false`: command-api alone).
-    Project { projector: bool },
+    Project {
+        projector: bool,
+    },
 }
 
 impl System {
@@ -62,7 +64,7 @@ struct Target {
 
 #[allow(dead_code)]
 enum Keep {
-    Db(TestDb),
+    Db(Box<TestDb>),
     App(Box<TestApp>, Option<SeparateProjector>),
 }
 
@@ -132,7 +134,7 @@ impl Target {
                     base: format!("http://{}", tests::serve(router).await),
                     token: None,
                     organization: organization.to_string(),
-                    _keep: Some(Keep::Db(db)),
+                    _keep: Some(Keep::Db(Box::new(db))),
                 }
             }
             System::Project { projector } => {
@@ -154,7 +156,12 @@ impl Target {
         })
     }
 
-    fn request(&self, http: &reqwest::Client, method: Method, path: &str) -> reqwest::RequestBuilder {
+    fn request(
+        &self,
+        http: &reqwest::Client,
+        method: Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
         let request = http.request(method, format!("{}{path}", self.base));
         match &self.token {
             Some(token) => request.bearer_auth(token),
@@ -330,7 +337,9 @@ pub async fn compare(
         rows.iter()
             .filter(|r| r.system == system)
             .map(|r| (r.measured.rate, r.measured.p99))
-            .fold((0.0f64, f64::MAX), |(rate, p99), (r, p)| (rate.max(r), p99.min(p)))
+            .fold((0.0f64, f64::MAX), |(rate, p99), (r, p)| {
+                (rate.max(r), p99.min(p))
+            })
     };
     let (crud_rate, crud_p99) = best(System::Crud);
     let (project_rate, project_p99) = best(System::Project { projector: true });
