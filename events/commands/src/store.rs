@@ -14,12 +14,16 @@
 //! touches. The function was created by migration `0003` and restated by `0007`, `0009`, `0013` and `0016`:
 //! the current one is in `schemas/migrations/0016_lean_append.sql`.
 //!
-//! Group commit. Commits go through one committer task per store. It takes every write waiting when
-//! it is free (up to [`GROUP_MAX`]) and appends them in one transaction with `append_writes`, each in a
-//! subtransaction of its own, so that one round trip and one flush to disk serve them all, and each is
-//! still answered with its own position or its own error. A write waits for a later call when it writes
-//! a stream another write of the call writes or depends on, so that a call never holds two writes that
-//! decide about one stream. A lone write is committed by `append_write` directly.
+//! Group commit. Commits go through one committer task per store. Whenever one of its
+//! [`GROUPS_IN_FLIGHT`] slots is free, it takes every write waiting (up to [`GROUP_MAX`]) and appends
+//! them in one transaction with `append_writes`, each in a subtransaction of its own, so that one round
+//! trip and one flush to disk serve them all, and each is still answered with its own position or its
+//! own error. A write waits for a later group when it writes a stream another write of the group
+//! writes or depends on, so that a group never holds two writes that decide about one stream. A lone
+//! write is committed by `append_write` directly. Several groups are in flight at once, so that a write
+//! waiting for a lock (a deletion waiting for the writes that depend on what it deletes) holds back
+//! only its own group; two groups that end up waiting for each other are a deadlock PostgreSQL breaks
+//! by failing one, whose writes then lose the race and run again.
 //!
 //! Wake-ups. After a commit the store sends `NOTIFY` so that followers wake at once. It is sent from a
 //! background task, coalesced, outside the appending transaction: PostgreSQL serialises the commits of
@@ -36,7 +40,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::postgres::PgPool;
 use sqlx::PgExecutor;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use uuid::Uuid;
 
 use crate::lookups::{AccessChanges, Lookups};
@@ -76,6 +80,9 @@ pub struct Appended {
 /// The most writes committed together (a transaction with more than 64 subtransactions would make
 /// every snapshot taken meanwhile dearer).
 pub const GROUP_MAX: usize = 32;
+
+/// Groups committing at once, each on a connection of its own.
+pub const GROUPS_IN_FLIGHT: usize = 4;
 
 #[derive(Clone)]
 pub(crate) struct Store {
@@ -285,12 +292,13 @@ fn committer_gone() -> StoreError {
 }
 
 /// The committer (module docs): forms groups from the waiting writes, in arrival order, and commits
-/// them one group at a time.
+/// each in a task of its own as soon as a slot is free.
 async fn commit_groups(
     pool: PgPool,
     mut queue: mpsc::UnboundedReceiver<Pending>,
     appended: Arc<Notify>,
 ) {
+    let slots = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
     let mut waiting: VecDeque<Pending> = VecDeque::new();
     loop {
         if waiting.is_empty() {
@@ -299,22 +307,36 @@ async fn commit_groups(
                 None => return,
             }
         }
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the committer's semaphore is never closed");
         while let Ok(pending) = queue.try_recv() {
             waiting.push_back(pending);
         }
         let group = next_group(&mut waiting);
-        let writes: Vec<&WriteSet> = group.iter().map(|p| &p.write).collect();
-        let results = match writes.as_slice() {
-            [write] => vec![commit_in(&pool, write).await],
-            writes => commit_together(&pool, writes).await,
-        };
-        if results.iter().any(Result::is_ok) {
-            appended.notify_one();
-        }
-        for (pending, result) in group.into_iter().zip(results) {
-            // A caller that went away no longer needs its answer; its write stands.
-            let _ = pending.answer.send(result);
-        }
+        let (pool, appended) = (pool.clone(), appended.clone());
+        tokio::spawn(async move {
+            commit_group(&pool, group, &appended).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Commits `group` and answers each of its writes.
+async fn commit_group(pool: &PgPool, group: Vec<Pending>, appended: &Notify) {
+    let writes: Vec<&WriteSet> = group.iter().map(|p| &p.write).collect();
+    let results = match writes.as_slice() {
+        [write] => vec![commit_in(pool, write).await],
+        writes => commit_together(pool, writes).await,
+    };
+    if results.iter().any(Result::is_ok) {
+        appended.notify_one();
+    }
+    for (pending, result) in group.into_iter().zip(results) {
+        // A caller that went away no longer needs its answer; its write stands.
+        let _ = pending.answer.send(result);
     }
 }
 
