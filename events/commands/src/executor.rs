@@ -170,8 +170,8 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// The executor of the log in `pool`; it spawns the store's notifier task on the current runtime.
-    /// It reads the access lookups from the database on every request.
+    /// The executor of the log in `pool`; it spawns the store's committer and notifier tasks on the
+    /// current runtime. It reads the access lookups from the database on every request.
     pub fn new(pool: PgPool) -> Self {
         Executor {
             store: Store::new(pool),

@@ -14,7 +14,7 @@ pub mod secrets;
 mod store;
 
 pub use executor::{Answer, Caller, CommandError, Executor, Idempotency, Outcome, Refused};
-pub use store::{Appended, Claimant, StoreError, StreamHead, WriteSet};
+pub use store::{Appended, Claimant, StoreError, StreamHead, WriteSet, GROUPS_IN_FLIGHT};
 
 /// Committing write sets directly, for the tests of the log's own guarantees (ordering under late
 /// commits, all-or-nothing checks). Services commit through the [`Executor`] only; this module exists

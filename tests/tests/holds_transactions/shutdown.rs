@@ -92,7 +92,11 @@ async fn command_api_answers_the_writes_in_flight_then_exits_0() {
             Ok::<_, reqwest::Error>((status, body))
         });
     }
-    wait_for_lock_waiters(&db.pool, &db.name, IN_FLIGHT as i64).await;
+    // Writes are committed in groups (commands::store): as many groups as may be in flight wait in
+    // the database, and the other writes wait for a slot in command-api's committer.
+    let groups = commands::GROUPS_IN_FLIGHT.min(IN_FLIGHT);
+    wait_for_lock_waiters(&db.pool, &db.name, groups as i64).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     terminate_while_in_flight(&mut api).await;
     blocker.rollback().await.expect("releasing the log");
 
@@ -158,7 +162,11 @@ async fn query_api_answers_the_reads_in_flight_then_exits_0() {
             Ok::<_, reqwest::Error>((status, body))
         });
     }
-    wait_for_lock_waiters(&db.pool, &db.name, IN_FLIGHT as i64).await;
+    // Writes are committed in groups (commands::store): as many groups as may be in flight wait in
+    // the database, and the other writes wait for a slot in command-api's committer.
+    let groups = commands::GROUPS_IN_FLIGHT.min(IN_FLIGHT);
+    wait_for_lock_waiters(&db.pool, &db.name, groups as i64).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     terminate_while_in_flight(&mut api).await;
     blocker.rollback().await.expect("releasing the read model");
 
