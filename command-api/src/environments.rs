@@ -83,12 +83,7 @@ async fn create_once(
     description: &Option<Description>,
 ) -> Result<Outcome, ApiError> {
     let org = organizations::load_pinned(state, organization_id).await?;
-    let organization_name = org
-        .state
-        .live
-        .as_ref()
-        .map(|o| o.name.clone())
-        .unwrap_or_default();
+    let organization_name = name_of(&org);
     let mut env = Loaded::<Environment>::new_stream();
     let events = env.state.decide(EnvironmentCommand::Create {
         id,
@@ -163,12 +158,7 @@ async fn update_once(
     }
     // The answer names the organization: the write requires the version that name was read at.
     let org = organizations::load_pinned(state, organization_id).await?;
-    let organization_name = org
-        .state
-        .live
-        .as_ref()
-        .map(|o| o.name.clone())
-        .unwrap_or_default();
+    let organization_name = name_of(&org);
     let events = env.record(
         events,
         &write.metadata(role, Some(organization_id)),
@@ -238,8 +228,15 @@ async fn load(state: &AppState, id: Uuid) -> Result<(Loaded<Environment>, Uuid),
 }
 
 async fn organization_name(state: &AppState, organization_id: Uuid) -> Result<String, ApiError> {
-    let org = organizations::load(state, organization_id).await?;
-    Ok(org.state.live.map(|o| o.name).unwrap_or_default())
+    Ok(name_of(&organizations::load(state, organization_id).await?))
+}
+
+fn name_of(org: &Loaded<Organization>) -> String {
+    org.state
+        .live
+        .as_ref()
+        .map(|o| o.name.clone())
+        .unwrap_or_default()
 }
 
 fn view(env: &Loaded<Environment>, organization_name: String) -> Result<EnvironmentView, ApiError> {

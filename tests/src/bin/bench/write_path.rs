@@ -225,6 +225,25 @@ struct Row {
     cpu: (f64, f64),
 }
 
+/// `clients` clients creating environments in `target` for `duration`.
+async fn writers(
+    target: std::sync::Arc<Target>,
+    http: reqwest::Client,
+    clients: usize,
+    duration: Duration,
+) -> Measured {
+    run_for(clients, duration, move |client, n| {
+        let (target, http) = (target.clone(), http.clone());
+        async move {
+            target
+                .create(&http, &format!("env {client}-{n}"))
+                .await
+                .is_ok()
+        }
+    })
+    .await
+}
+
 /// Creates from `clients` clients for `duration` against a fresh `system`.
 async fn creates(system: System, clients: usize, duration: Duration) -> anyhow::Result<Row> {
     let target = std::sync::Arc::new(Target::start(system, clients as u32 + 16).await?);
@@ -232,19 +251,7 @@ async fn creates(system: System, clients: usize, duration: Duration) -> anyhow::
         .pool_max_idle_per_host(clients)
         .build()?;
     let before = cpu_seconds();
-    let measured = {
-        let target = target.clone();
-        run_for(clients, duration, move |client, n| {
-            let (target, http) = (target.clone(), http.clone());
-            async move {
-                target
-                    .create(&http, &format!("env {client}-{n}"))
-                    .await
-                    .is_ok()
-            }
-        })
-        .await
-    };
+    let measured = writers(target.clone(), http, clients, duration).await;
     let after = cpu_seconds();
     let requests = (measured.rate * duration.as_secs_f64()).max(1.0);
     Ok(Row {
@@ -385,18 +392,7 @@ async fn reads_under_load(clients: usize, duration: Duration) -> anyhow::Result<
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .build()?;
-    let writers = {
-        let (target, http) = (target.clone(), http.clone());
-        run_for(clients, duration, move |client, n| {
-            let (target, http) = (target.clone(), http.clone());
-            async move {
-                target
-                    .create(&http, &format!("env {client}-{n}"))
-                    .await
-                    .is_ok()
-            }
-        })
-    };
+    let writers = writers(target, http.clone(), clients, duration);
     let read = |path: String| {
         let (http, token) = (http.clone(), app.admin_token.clone());
         let url = format!("{}{path}", app.query_url);
