@@ -132,7 +132,7 @@ impl AccessCache {
     }
 
     /// Drops what is kept of `users`.
-    pub fn invalidate(&self, users: &[Uuid]) {
+    fn invalidate(&self, users: &[Uuid]) {
         let mut state = self
             .state
             .lock()

@@ -602,7 +602,7 @@ impl WriteSet {
     }
 
     /// The stream this write appends to.
-    pub fn stream(&self) -> &str {
+    pub(crate) fn stream(&self) -> &str {
         &self.stream
     }
 

@@ -100,15 +100,17 @@ async fn access_revoked_through_another_instance_reaches_this_ones_cache() {
         app.as_user("carol", Method::POST, "/api/environments")
             .json(&json!({ "organizationId": org, "name": name }))
     };
+    // Carol's role, changed through the other instance.
+    let set_role = |role: &str| {
+        app.http
+            .put(format!("{other}/api/organizations/{org}/members/{carol}"))
+            .bearer_auth(&app.admin_token)
+            .json(&json!({ "role": role }))
+    };
     // This instance now holds carol's lookups.
     assert_eq!(send(create("first")).await.0, 201);
 
-    let demote = app
-        .http
-        .put(format!("{other}/api/organizations/{org}/members/{carol}"))
-        .bearer_auth(&app.admin_token)
-        .json(&json!({ "role": "guest" }));
-    assert_eq!(send(demote).await.0, 200);
+    assert_eq!(send(set_role("guest")).await.0, 200);
     // The cache keeps entries for 30 s: only the notification can make this quick.
     until_answered(403, || create("second")).await;
 
@@ -121,12 +123,7 @@ async fn access_revoked_through_another_instance_reaches_this_ones_cache() {
     .await
     .unwrap();
     assert!(terminated >= 1, "the caches' listeners were found");
-    let promote = app
-        .http
-        .put(format!("{other}/api/organizations/{org}/members/{carol}"))
-        .bearer_auth(&app.admin_token)
-        .json(&json!({ "role": "admin" }));
-    assert_eq!(send(promote).await.0, 200);
+    assert_eq!(send(set_role("admin")).await.0, 200);
     until_answered(201, || create("third")).await;
 }
 
