@@ -399,20 +399,17 @@ async fn commit_together(pool: &PgPool, writes: &[&WriteSet]) -> Vec<Result<Appe
                 .collect();
         }
         Err(error) => {
-            // Nothing of the group committed: each write gets the error, as if it had been alone. A
-            // deadlock with another process's group is a lost race, which the executor runs again.
+            // Nothing of the group committed: each write gets the error, as if it had been alone.
             let code = error
                 .as_database_error()
-                .and_then(|db| db.code().map(|c| c.into_owned()));
+                .and_then(|db| db.code().map(|c| c.into_owned()))
+                .unwrap_or_default();
             return writes
                 .iter()
                 .map(|write| {
-                    Err(match code.as_deref() {
-                        Some("40P01") | Some("40001") => StoreError::Conflict {
-                            stream: write.stream.clone(),
-                        },
-                        _ => StoreError::Database(sqlx::Error::Protocol(error.to_string())),
-                    })
+                    Err(write.refusal(&code, None, "").unwrap_or_else(|| {
+                        StoreError::Database(sqlx::Error::Protocol(error.to_string()))
+                    }))
                 })
                 .collect();
         }
@@ -724,6 +721,11 @@ impl WriteSet {
                 sources: detail.split(',').map(str::to_owned).collect(),
             },
             "ES003" => StoreError::IdempotencyKeyUsed,
+            // deadlock_detected, serialization_failure: a clash with another writer (in a group,
+            // only this write's subtransaction is rolled back), so a lost race that runs again.
+            "40P01" | "40001" => StoreError::Conflict {
+                stream: self.stream.clone(),
+            },
             // unique_violation
             "23505" if constraint == Some("name_claims_pkey") => {
                 let claim = self.claims.first();
