@@ -89,7 +89,8 @@ pub async fn lock_checkpoint(tx: &mut PgConnection, name: &str) -> sqlx::Result<
     })
 }
 
-/// Moves the checkpoint (in the transaction that applied the events) and tells waiting readers.
+/// Moves the checkpoint (in the transaction that applied the events) and tells waiting readers, in
+/// one statement.
 pub async fn save_checkpoint(
     tx: &mut PgConnection,
     name: &str,
@@ -97,16 +98,20 @@ pub async fn save_checkpoint(
 ) -> sqlx::Result<()> {
     // Applying a batch also ends any failure recorded at this place (see `record_failure`).
     sqlx::query(
-        "UPDATE projection_checkpoints SET transaction_id = $2, global_position = $3, updated_at = now(), \
-           failing_since = NULL, failed_attempts = 0, failed_position = NULL, last_error = NULL \
-         WHERE name = $1",
+        "WITH saved AS ( \
+             UPDATE projection_checkpoints SET transaction_id = $2, global_position = $3, updated_at = now(), \
+               failing_since = NULL, failed_attempts = 0, failed_position = NULL, last_error = NULL \
+             WHERE name = $1 RETURNING name \
+         ) \
+         SELECT pg_notify($4, name) FROM saved",
     )
     .bind(name)
     .bind(position.transaction_id)
     .bind(position.global_position)
+    .bind(CHECKPOINT_CHANNEL)
     .execute(&mut *tx)
     .await?;
-    notify_readers(tx, name).await
+    Ok(())
 }
 
 /// Records that the runner of `name` failed to go past its checkpoint, and tells waiting readers, so

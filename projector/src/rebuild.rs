@@ -28,7 +28,12 @@ pub async fn rebuild(
     let name = projection.name();
     let scratch = format!("rebuild_{name}");
     let retired = format!("retired_{name}");
-    let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
+    // The copies' batches need not wait for the disk: a crash loses the copies, never the live model,
+    // and the rebuild starts again. The swap below waits for it.
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("synchronous_commit", "off")]);
+    let mut conn = PgConnection::connect_with(&options).await?;
     lock_rebuilds(&mut conn, name).await?;
     ensure_checkpoint(&mut conn, name).await?;
     create_copies(&mut conn, &[projection], &scratch, true).await?;
@@ -40,6 +45,9 @@ pub async fn rebuild(
     analyze_copies(&mut conn, &[projection], &scratch).await?;
 
     let mut tx = conn.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = on")
+        .execute(&mut *tx)
+        .await?;
     lock_checkpoint(&mut tx, name).await?;
     while let Some(batch) =
         apply_next_batch(&mut tx, projection, &scratch, position, BATCH_SIZE).await?

@@ -35,11 +35,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use domain::{Aggregate, EventMetadata, Loaded, LogPosition, NewEvent, Permission, RecordedEvent};
 use event_log::personal::PersonalKey;
-use event_log::{fetch_events, read_stream, APPENDED_CHANNEL, COLUMNS};
+use event_log::{APPENDED_CHANNEL, COLUMNS};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::postgres::PgPool;
-use sqlx::PgExecutor;
+use sqlx::{PgExecutor, Row};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use uuid::Uuid;
 
@@ -119,69 +119,51 @@ impl Store {
         answered.await.map_err(|_| committer_gone())?
     }
 
-    /// Folds an aggregate from its latest snapshot and the events after it.
+    /// Folds an aggregate from its latest snapshot and the events after it, read in one statement
+    /// (so in one snapshot of the database: the tail always starts right after the snapshot read).
     pub async fn load<A: Aggregate>(&self, id: Uuid) -> Result<Loaded<A>, StoreError> {
         let stream_id = A::stream_id(id);
+        // One row per event after the snapshot (or one row of NULL event columns when there is
+        // none); the first row also carries the snapshot, the others do not repeat it.
         let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND stream_version > \
-             COALESCE((SELECT version FROM snapshots WHERE stream_id = $1 AND schema_version = $2), 0) \
-             ORDER BY stream_version"
+            "SELECT s.version AS snapshot_version, \
+                    CASE WHEN e.stream_version IS NULL OR e.stream_version = s.version + 1 THEN s.state END AS snapshot_state, \
+                    e.* \
+             FROM (VALUES (1)) AS one (x) \
+             LEFT JOIN snapshots s ON s.stream_id = $1 AND s.schema_version = $2 \
+             LEFT JOIN LATERAL ( \
+                 SELECT {COLUMNS} FROM events \
+                 WHERE stream_id = $1 AND stream_version > COALESCE(s.version, 0) ORDER BY stream_version \
+             ) e ON true \
+             ORDER BY e.stream_version"
         );
-        let tail = fetch_events(
-            &self.pool,
-            sqlx::query(&sql).bind(&stream_id).bind(A::SNAPSHOT_SCHEMA),
-        )
-        .await?;
-
-        let base_version = tail.first().map_or(-1, |e| e.stream_version - 1);
-        let mut loaded = if base_version == 0 {
-            Loaded {
-                state: A::default(),
-                version: 0,
-            }
-        } else {
-            // The tail starts after a snapshot, or is empty (no stream, or nothing since the snapshot).
-            match self.snapshot::<A>(&stream_id).await? {
-                Some(snapshot) if base_version < 0 || snapshot.version == base_version => snapshot,
-                // A newer snapshot was written between the two reads: fold from the start instead.
-                _ => return self.load_from_start::<A>(&stream_id).await,
-            }
+        let rows = sqlx::query(&sql)
+            .bind(&stream_id)
+            .bind(A::SNAPSHOT_SCHEMA)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut loaded = Loaded {
+            state: A::default(),
+            version: 0,
         };
+        let mut tail = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let state: Option<sqlx::types::Json<A>> = row.try_get("snapshot_state")?;
+            if let Some(sqlx::types::Json(state)) = state {
+                loaded = Loaded {
+                    state,
+                    version: row.try_get("snapshot_version")?,
+                };
+            }
+            if row.try_get::<Option<i64>, _>("global_position")?.is_some() {
+                tail.push(event_log::decode(row)?);
+            }
+        }
         fold(&mut loaded, &tail)?;
         if A::SNAPSHOTS && tail.len() >= SNAPSHOT_EVERY {
             self.save_snapshot(&stream_id, &loaded).await?;
         }
         Ok(loaded)
-    }
-
-    async fn load_from_start<A: Aggregate>(
-        &self,
-        stream_id: &str,
-    ) -> Result<Loaded<A>, StoreError> {
-        let events = read_stream(&self.pool, stream_id, 0).await?;
-        let mut loaded = Loaded {
-            state: A::default(),
-            version: 0,
-        };
-        fold(&mut loaded, &events)?;
-        Ok(loaded)
-    }
-
-    async fn snapshot<A: Aggregate>(
-        &self,
-        stream_id: &str,
-    ) -> Result<Option<Loaded<A>>, StoreError> {
-        let row: Option<(i64, sqlx::types::Json<A>)> = sqlx::query_as(
-            "SELECT version, state FROM snapshots WHERE stream_id = $1 AND schema_version = $2",
-        )
-        .bind(stream_id)
-        .bind(A::SNAPSHOT_SCHEMA)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|(version, state)| Loaded {
-            state: state.0,
-            version,
-        }))
     }
 
     async fn save_snapshot<A: Aggregate>(

@@ -447,6 +447,10 @@ async fn loading_a_long_stream_uses_a_snapshot_and_folds_the_same_state() {
             .unwrap();
         if round == 100 {
             store.load::<Organization>(id).await.unwrap();
+            // Nothing after the snapshot: the state is the snapshot's alone.
+            let at_snapshot = store.load::<Organization>(id).await.unwrap();
+            assert_eq!(at_snapshot.version, 101);
+            assert_eq!(at_snapshot.state.live.unwrap().name, "v100");
         }
     }
     let snapshot_version: i64 =
@@ -465,4 +469,18 @@ async fn loading_a_long_stream_uses_a_snapshot_and_folds_the_same_state() {
     assert_eq!(loaded.version, 151);
     assert_eq!(loaded.state, folded);
     assert_eq!(loaded.state.live.unwrap().name, "v150");
+
+    // A snapshot of another shape of the state is not used: the stream is folded from its start.
+    sqlx::query("UPDATE snapshots SET schema_version = schema_version + 1, state = '{}' WHERE stream_id = $1")
+        .bind(&stream)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let refolded = store.load::<Organization>(id).await.unwrap();
+    assert_eq!(refolded.version, 151);
+    assert_eq!(refolded.state, folded);
+
+    let missing = store.load::<Organization>(Uuid::now_v7()).await.unwrap();
+    assert_eq!(missing.version, 0);
+    assert_eq!(missing.state, Organization::default());
 }

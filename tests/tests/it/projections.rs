@@ -288,3 +288,59 @@ async fn two_runners_of_one_projection_never_apply_at_once_and_the_standby_takes
     );
     assert_applied_exactly_once_in_order(&db.pool).await;
 }
+
+#[tokio::test]
+async fn each_applied_batch_tells_waiting_readers_when_it_commits() {
+    let (db, _store) = setup(30).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
+        .await
+        .unwrap();
+    listener
+        .listen(contracts::read_models::CHECKPOINT_CHANNEL)
+        .await
+        .unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    projector::projection::ensure_checkpoint(&mut conn, "recorder")
+        .await
+        .unwrap();
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    // Other tests' open transactions may hold the newest events back for a later batch.
+    let mut applied = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (applied as i64) < logged && Instant::now() < deadline {
+        applied += worker::run_batch(&mut conn, &Recorder::default(), 500)
+            .await
+            .unwrap();
+    }
+    assert_eq!(applied as i64, logged);
+    let notification = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("the batch's commit notified the readers")
+        .unwrap();
+    assert_eq!(notification.payload(), "recorder");
+    assert_eq!(
+        checkpoint(&db.pool, "recorder").await,
+        log_head(&db.pool).await.unwrap()
+    );
+    while tokio::time::timeout(Duration::from_millis(100), listener.recv())
+        .await
+        .is_ok()
+    {}
+
+    // A batch that finds nothing moves nothing and tells nobody.
+    assert_eq!(
+        worker::run_batch(&mut conn, &Recorder::default(), 500)
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), listener.recv())
+            .await
+            .is_err(),
+        "an empty batch notified"
+    );
+}

@@ -175,17 +175,17 @@ async fn main() -> anyhow::Result<()> {
     if args.runs('d') {
         let list = list_latency(&app, args.list_rows, args.list_requests).await?;
         println!(
-            "(d) GET /api/environments pages 1-100 of {} rows, 8 clients: p50 {:.2} ms, p99 {:.2} ms (target p99 < 10 ms)",
-            args.list_rows, list.p50, list.p99
+            "(d) GET /api/environments pages 1-100 of {} rows, 8 clients: p50 {:.2} ms, p99 {:.2} ms{} (target p99 < 10 ms)",
+            args.list_rows, list.p50, list.p99, list.cpu_text()
         );
     }
 
     if args.runs('e') {
         let (big, small) = catalog_list_latency(&app, args.list_rows, args.list_requests).await?;
         println!(
-            "(e) GET /api/prompts pages 1-100 of {} rows in one organization, 8 clients: p50 {:.2} ms, p99 {:.2} ms; \
-             of an organization with 50 rows beside them: p50 {:.2} ms, p99 {:.2} ms (target p99 < 10 ms)",
-            args.list_rows, big.p50, big.p99, small.p50, small.p99
+            "(e) GET /api/prompts pages 1-100 of {} rows in one organization, 8 clients: p50 {:.2} ms, p99 {:.2} ms{}; \
+             of an organization with 50 rows beside them: p50 {:.2} ms, p99 {:.2} ms{} (target p99 < 10 ms)",
+            args.list_rows, big.p50, big.p99, big.cpu_text(), small.p50, small.p99, small.cpu_text()
         );
     }
 
@@ -500,6 +500,17 @@ struct Measured {
     p50: f64,
     p99: f64,
     errors: usize,
+    /// CPU milliseconds per request of this process and of PostgreSQL, where measured.
+    cpu: Option<(f64, f64)>,
+}
+
+impl Measured {
+    /// The CPU per request, for printing beside the latencies.
+    fn cpu_text(&self) -> String {
+        self.cpu.map_or(String::new(), |(own, postgres)| {
+            format!(", CPU ms/request {own:.2} (bench process), {postgres:.2} (PostgreSQL)")
+        })
+    }
 }
 
 fn measure(mut latencies: Vec<Duration>, elapsed: Duration, errors: usize) -> Measured {
@@ -514,6 +525,7 @@ fn measure(mut latencies: Vec<Duration>, elapsed: Duration, errors: usize) -> Me
         p50: ms(at(0.50)),
         p99: ms(at(0.99)),
         errors,
+        cpu: None,
     }
 }
 
@@ -738,6 +750,7 @@ async fn pages_latency(
 ) -> anyhow::Result<Measured> {
     let http = reqwest::Client::new();
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = write_path::cpu_seconds();
     let started = Instant::now();
     let tasks: Vec<_> = (0..8)
         .map(|_| {
@@ -769,8 +782,15 @@ async fn pages_latency(
     for task in tasks {
         latencies.extend(task.await?);
     }
+    let cpu_after = write_path::cpu_seconds();
     let errors = requests.saturating_sub(latencies.len());
-    Ok(measure(latencies, started.elapsed(), errors))
+    let served = latencies.len().max(1) as f64;
+    let mut measured = measure(latencies, started.elapsed(), errors);
+    measured.cpu = Some((
+        (cpu_after.0 - cpu_before.0) * 1e3 / served,
+        (cpu_after.1 - cpu_before.1) * 1e3 / served,
+    ));
+    Ok(measured)
 }
 
 /// Catalog list latency: `rows` prompts in one organization, and a small organization listed among them.

@@ -186,7 +186,7 @@ impl Target {
 }
 
 /// CPU seconds used so far by this process and by PostgreSQL's processes.
-fn cpu_seconds() -> (f64, f64) {
+pub fn cpu_seconds() -> (f64, f64) {
     // The kernel reports in clock ticks of 1/100 s on Linux.
     const TICKS: f64 = 100.0;
     let fields = |stat: &str| -> Option<(String, Vec<u64>)> {
