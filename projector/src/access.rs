@@ -28,6 +28,10 @@ impl Projection for Access {
         &["users", "members"]
     }
 
+    fn handles(&self, stream_type: &str) -> bool {
+        matches!(stream_type, User::TYPE | Members::TYPE | Organization::TYPE)
+    }
+
     async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
         for event in events {
             let Some((kind, id)) = event.stream_id.split_once('-') else {

@@ -42,6 +42,10 @@ impl Projection for Catalog {
         ]
     }
 
+    fn handles(&self, stream_type: &str) -> bool {
+        by_type_name(stream_type).is_some()
+    }
+
     async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
         let decoded = decode(events)?;
         if decoded.is_empty() {

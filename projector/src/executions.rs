@@ -32,15 +32,12 @@ impl Projection for Executions {
         &["executions", "execution_totals"]
     }
 
+    fn handles(&self, stream_type: &str) -> bool {
+        stream_type == Execution::TYPE
+    }
+
     async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
-        let ours: Vec<&RecordedEvent> = events
-            .iter()
-            .filter(|e| e.stream_id.starts_with("execution-"))
-            .collect();
-        if ours.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<Uuid> = ours
+        let ids: Vec<Uuid> = events
             .iter()
             .filter(|e| e.stream_version > 1)
             .filter_map(|e| e.stream_id.strip_prefix("execution-")?.parse().ok())
@@ -55,7 +52,7 @@ impl Projection for Executions {
             .map(|(id, data)| (id, Execution { live: Some(data.0) }))
             .collect();
         let mut totals: BTreeMap<(Uuid, Uuid, NaiveDate, String), Totals> = BTreeMap::new();
-        for event in ours {
+        for event in events {
             let decoded: ExecutionEvent = event.decode().map_err(|e| {
                 anyhow::anyhow!("event {} of {}: {e}", event.event_id, event.stream_id)
             })?;

@@ -1,6 +1,8 @@
 //! The projection contract and the one batch step every runner uses: read the next events after a
 //! position and apply them, inside the caller's transaction.
 
+use std::borrow::Cow;
+
 use async_trait::async_trait;
 use contracts::read_models::CHECKPOINT_CHANNEL;
 use domain::{LogPosition, RecordedEvent};
@@ -19,10 +21,33 @@ pub trait Projection: Send + Sync {
     /// definitions.
     fn tables(&self) -> &'static [&'static str];
 
+    /// Whether it reads the events of streams of this type (the part of a stream id before its first
+    /// `-`). Only those are passed to [`Projection::apply`], by every runner; a live batch holding
+    /// none of them moves the checkpoint without a transaction.
+    fn handles(&self, _stream_type: &str) -> bool {
+        true
+    }
+
     /// Applies events, in log order, to its tables, named without a schema: the runner sets the
-    /// `search_path` to the live schema or to a rebuild's scratch schema. Events of types it does not
-    /// handle are passed too, and ignored.
+    /// `search_path` to the live schema or to a rebuild's scratch schema. Only the events of stream
+    /// types it [handles](Projection::handles) are passed, never an empty batch.
     async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()>;
+}
+
+/// The events of `events` that `projection` handles, borrowed when that is all of them.
+pub fn handled<'a>(
+    projection: &dyn Projection,
+    events: &'a [RecordedEvent],
+) -> Cow<'a, [RecordedEvent]> {
+    let handles = |event: &RecordedEvent| {
+        let stream_type = event.stream_id.split_once('-').map_or("", |(t, _)| t);
+        projection.handles(stream_type)
+    };
+    if events.iter().all(handles) {
+        Cow::Borrowed(events)
+    } else {
+        Cow::Owned(events.iter().filter(|e| handles(e)).cloned().collect())
+    }
 }
 
 /// What one batch did.
@@ -59,11 +84,15 @@ pub async fn apply_batch(
     schema: &str,
     events: &[RecordedEvent],
 ) -> anyhow::Result<()> {
+    let events = handled(projection, events);
+    if events.is_empty() {
+        return Ok(());
+    }
     // `schema` is one of our own identifiers (the live schema or a rebuild's), never request input.
     sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
         .execute(&mut *tx)
         .await?;
-    projection.apply(tx, events).await
+    projection.apply(tx, &events).await
 }
 
 pub async fn ensure_checkpoint(conn: &mut PgConnection, name: &str) -> sqlx::Result<()> {
@@ -89,29 +118,57 @@ pub async fn lock_checkpoint(tx: &mut PgConnection, name: &str) -> sqlx::Result<
     })
 }
 
-/// Moves the checkpoint (in the transaction that applied the events) and tells waiting readers, in
-/// one statement.
+/// Reads the projection's checkpoint, without locking it.
+pub async fn read_checkpoint(conn: &mut PgConnection, name: &str) -> sqlx::Result<LogPosition> {
+    let (transaction_id, global_position): (i64, i64) = sqlx::query_as(
+        "SELECT transaction_id, global_position FROM projection_checkpoints WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_one(conn)
+    .await?;
+    Ok(LogPosition {
+        transaction_id,
+        global_position,
+    })
+}
+
+/// Moves the checkpoint (in the transaction that applied the events) and tells waiting readers.
 pub async fn save_checkpoint(
     tx: &mut PgConnection,
     name: &str,
     position: LogPosition,
 ) -> sqlx::Result<()> {
-    // Applying a batch also ends any failure recorded at this place (see `record_failure`).
-    sqlx::query(
+    move_checkpoint(tx, name, None, position).await?;
+    Ok(())
+}
+
+/// Moves the checkpoint to `to`, only if it is still at `from` when that is given, and tells waiting
+/// readers, in one statement; returns whether it moved. Moving it also ends any failure recorded at
+/// this place (see `record_failure`).
+pub async fn move_checkpoint(
+    conn: &mut PgConnection,
+    name: &str,
+    from: Option<LogPosition>,
+    to: LogPosition,
+) -> sqlx::Result<bool> {
+    let moved = sqlx::query(
         "WITH saved AS ( \
              UPDATE projection_checkpoints SET transaction_id = $2, global_position = $3, updated_at = now(), \
                failing_since = NULL, failed_attempts = 0, failed_position = NULL, last_error = NULL \
-             WHERE name = $1 RETURNING name \
+             WHERE name = $1 AND ($4::bigint IS NULL OR (transaction_id, global_position) = ($4, $5)) \
+             RETURNING name \
          ) \
-         SELECT pg_notify($4, name) FROM saved",
+         SELECT pg_notify($6, name) FROM saved",
     )
     .bind(name)
-    .bind(position.transaction_id)
-    .bind(position.global_position)
+    .bind(to.transaction_id)
+    .bind(to.global_position)
+    .bind(from.map(|p| p.transaction_id))
+    .bind(from.map(|p| p.global_position))
     .bind(CHECKPOINT_CHANNEL)
-    .execute(&mut *tx)
+    .fetch_optional(conn)
     .await?;
-    Ok(())
+    Ok(moved.is_some())
 }
 
 /// Records that the runner of `name` failed to go past its checkpoint, and tells waiting readers, so

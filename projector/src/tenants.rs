@@ -32,6 +32,10 @@ impl Projection for Tenants {
         &["organizations", "environments", "tenant_counts"]
     }
 
+    fn handles(&self, stream_type: &str) -> bool {
+        matches!(stream_type, Organization::TYPE | Environment::TYPE)
+    }
+
     async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
         let decoded = decode(events)?;
         if decoded.is_empty() {

@@ -1,5 +1,7 @@
 //! Runs one projection live: holds its advisory lock, follows the log from its checkpoint and applies
-//! batches, each batch and its checkpoint in one transaction.
+//! batches, each batch and its checkpoint in one transaction. A batch holding none of the events the
+//! projection handles only moves the checkpoint, in one statement that moves it only from where this
+//! runner left it ([`run_batch`]).
 //!
 //! Exactly-once: the checkpoint moves in the transaction that changes the tables, so a crash anywhere
 //! either keeps both or neither. Single runner: the advisory lock is taken on the very connection that
@@ -9,7 +11,8 @@
 //! Shutdown: the runner looks at its [`Shutdown`] only between batches, so a batch under way commits
 //! (or, if the process is gone first, rolls back) as a whole, and the checkpoint stays with the tables.
 //!
-//! Cost. A batch is a few round trips and a commit whatever its size, so after a wake-up the runner
+//! Cost. A batch is a few round trips and a commit whatever its size (the runner keeps the checkpoint
+//! it left in memory, and its connection's `search_path` is the live schema), so after a wake-up the runner
 //! waits [`WorkerConfig::gather`] for the commits around it, and applies them together. Its commits
 //! do not wait for the disk (`synchronous_commit = off` on its connection): a read model is rebuilt
 //! from the log, and since the checkpoint commits with the tables, a crash can only lose the last
@@ -22,10 +25,11 @@ use anyhow::Context;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::projection::{
-    apply_next_batch, ensure_checkpoint, lock_checkpoint, record_failure, save_checkpoint,
-    Projection, LIVE_SCHEMA,
+    ensure_checkpoint, handled, lock_checkpoint, move_checkpoint, read_checkpoint, record_failure,
+    save_checkpoint, Projection, LIVE_SCHEMA,
 };
-use event_log::listen_for_appends;
+use domain::{LogPosition, RecordedEvent};
+use event_log::{listen_for_appends, read_log};
 use http_layer::shutdown::Shutdown;
 
 #[derive(Debug, Clone)]
@@ -133,12 +137,7 @@ async fn hold_and_follow(
     config: &WorkerConfig,
 ) -> Result<(), Failure> {
     let name = projection.name();
-    let options = (*pool.connect_options())
-        .clone()
-        .options([("synchronous_commit", "off")]);
-    let mut conn = PgConnection::connect_with(&options)
-        .await
-        .context("connecting")?;
+    let mut conn = connect(pool).await.context("connecting")?;
     ensure_checkpoint(&mut conn, name).await?;
     tokio::select! {
         became = become_runner(&mut conn, name, config.poll_interval) => became?,
@@ -153,13 +152,14 @@ async fn hold_and_follow(
     // failure was passing), or the one that fails is known exactly and the checkpoint stays just
     // before it.
     let mut one_at_a_time: i64 = 0;
+    let mut checkpoint = None;
     while !config.shutdown.is_requested() {
         let limit = if one_at_a_time > 0 {
             1
         } else {
             config.batch_size
         };
-        match run_batch(&mut conn, projection, limit).await {
+        match run_batch(&mut conn, projection, &mut checkpoint, limit).await {
             Ok(applied) => {
                 one_at_a_time = (one_at_a_time - applied as i64).max(0);
                 if applied as i64 == limit {
@@ -194,41 +194,76 @@ async fn hold_and_follow(
     Ok(())
 }
 
-/// Applies the next batch after the live checkpoint; returns how many events it applied.
+/// A connection for running a live projection: its commits do not wait for the disk (module docs),
+/// and its `search_path` is the live schema, where [`run_batch`] applies.
+pub async fn connect(pool: &PgPool) -> sqlx::Result<PgConnection> {
+    let options = (*pool.connect_options()).clone().options([
+        ("synchronous_commit", "off"),
+        ("search_path", &format!("{LIVE_SCHEMA},public")),
+    ]);
+    PgConnection::connect_with(&options).await
+}
+
+/// Reads the next batch after the live checkpoint and moves the checkpoint past it; returns how many
+/// events it read (0: none, or the checkpoint was moved by someone else, a rebuild's swap, and the
+/// next batch starts from there). `conn` comes from [`connect`]. `checkpoint` is where this runner
+/// last left the checkpoint (`None`: not known yet, read it), so that a batch costs:
+/// - nothing beyond the read of the log when there is nothing new;
+/// - one statement more when the projection handles none of the events: the checkpoint moves on
+///   alone, if it is still where this runner left it, so that reads waiting for it see it move;
+/// - otherwise one transaction: the checkpoint locked (and checked to be where this runner left it),
+///   the events applied, the checkpoint moved.
 pub async fn run_batch(
     conn: &mut PgConnection,
     projection: &dyn Projection,
+    checkpoint: &mut Option<LogPosition>,
     limit: i64,
 ) -> anyhow::Result<usize> {
     let name = projection.name();
     let started = Instant::now();
-    let mut tx = conn.begin().await?;
-    let checkpoint = lock_checkpoint(&mut tx, name).await?;
-    let Some(batch) = apply_next_batch(&mut tx, projection, LIVE_SCHEMA, checkpoint, limit)
-        .await
-        .with_context(|| {
-            format!(
-                "applying the events after global position {} to {name}",
-                checkpoint.global_position
-            )
-        })?
-    else {
-        // Ended now, not when the connection is next used: the checkpoint's row lock gave this
-        // transaction an id, and readers of the log wait for every older transaction to end.
-        tx.rollback().await?;
+    let after = match *checkpoint {
+        Some(position) => position,
+        None => read_checkpoint(conn, name).await?,
+    };
+    *checkpoint = Some(after);
+    let events = read_log(&mut *conn, after, limit).await?;
+    let Some(last) = events.last().map(RecordedEvent::position) else {
         return Ok(0);
     };
-    save_checkpoint(&mut tx, name, batch.last).await?;
-    tx.commit().await?;
+    let ours = handled(projection, &events);
+    let moved = if ours.is_empty() {
+        move_checkpoint(conn, name, Some(after), last).await?
+    } else {
+        let mut tx = conn.begin().await?;
+        if lock_checkpoint(&mut tx, name).await? == after {
+            projection.apply(&mut tx, &ours).await.with_context(|| {
+                format!(
+                    "applying the events after global position {} to {name}",
+                    after.global_position
+                )
+            })?;
+            save_checkpoint(&mut tx, name, last).await?;
+            tx.commit().await?;
+            true
+        } else {
+            tx.rollback().await?;
+            false
+        }
+    };
+    if !moved {
+        *checkpoint = None;
+        return Ok(0);
+    }
+    *checkpoint = Some(last);
     metrics::counter!("projection_events_total", "projection" => name)
-        .increment(batch.events as u64);
-    metrics::gauge!("projection_position", "projection" => name)
-        .set(batch.last.global_position as f64);
+        .increment(events.len() as u64);
+    metrics::gauge!("projection_position", "projection" => name).set(last.global_position as f64);
     tracing::debug!(
         projection = name,
-        events = batch.events,
+        events = events.len(),
+        applied = ours.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "batch applied"
     );
-    Ok(batch.events)
+    Ok(events.len())
 }

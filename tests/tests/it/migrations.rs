@@ -107,13 +107,15 @@ async fn an_audit_trail_indexed_before_changes_were_stored_is_refilled_by_the_ru
         .unwrap();
     // The runner reads only what every transaction on the server has moved past, so other tests'
     // writes may leave the newest events for a later batch.
-    let mut conn = db.pool.acquire().await.unwrap();
+    let mut conn = projector::worker::connect(&db.pool).await.unwrap();
+    let mut checkpoint = None;
     let mut applied = 0;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while (applied as i64) < logged && std::time::Instant::now() < deadline {
-        applied += projector::worker::run_batch(&mut conn, &projector::audit::Audit, 500)
-            .await
-            .unwrap();
+        applied +=
+            projector::worker::run_batch(&mut conn, &projector::audit::Audit, &mut checkpoint, 500)
+                .await
+                .unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(

@@ -24,6 +24,8 @@ struct Recorder {
     hang_at: Option<(i64, Arc<Notify>)>,
     /// Fail once half-way through the batch holding this position.
     fail_once_at: Option<(i64, AtomicBool)>,
+    /// The one stream type it handles (`None`: every type).
+    only: Option<&'static str>,
     /// Runners inside `apply` right now, and the most there ever were.
     active: Arc<AtomicUsize>,
     most_active: Arc<AtomicUsize>,
@@ -37,6 +39,10 @@ impl Projection for Recorder {
 
     fn tables(&self) -> &'static [&'static str] {
         &["recorded", "recorder_counter"]
+    }
+
+    fn handles(&self, stream_type: &str) -> bool {
+        self.only.is_none_or(|only| only == stream_type)
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
@@ -299,7 +305,8 @@ async fn each_applied_batch_tells_waiting_readers_when_it_commits() {
         .listen(contracts::read_models::CHECKPOINT_CHANNEL)
         .await
         .unwrap();
-    let mut conn = db.pool.acquire().await.unwrap();
+    let mut conn = worker::connect(&db.pool).await.unwrap();
+    let mut at = None;
     projector::projection::ensure_checkpoint(&mut conn, "recorder")
         .await
         .unwrap();
@@ -311,7 +318,7 @@ async fn each_applied_batch_tells_waiting_readers_when_it_commits() {
     let mut applied = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
     while (applied as i64) < logged && Instant::now() < deadline {
-        applied += worker::run_batch(&mut conn, &Recorder::default(), 500)
+        applied += worker::run_batch(&mut conn, &Recorder::default(), &mut at, 500)
             .await
             .unwrap();
     }
@@ -332,7 +339,7 @@ async fn each_applied_batch_tells_waiting_readers_when_it_commits() {
 
     // A batch that finds nothing moves nothing and tells nobody.
     assert_eq!(
-        worker::run_batch(&mut conn, &Recorder::default(), 500)
+        worker::run_batch(&mut conn, &Recorder::default(), &mut at, 500)
             .await
             .unwrap(),
         0
@@ -342,5 +349,99 @@ async fn each_applied_batch_tells_waiting_readers_when_it_commits() {
             .await
             .is_err(),
         "an empty batch notified"
+    );
+}
+
+async fn recorded(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM read_models.recorded")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn set_checkpoint(pool: &PgPool, position: LogPosition) {
+    sqlx::query(
+        "UPDATE projection_checkpoints SET transaction_id = $2, global_position = $3 WHERE name = $1",
+    )
+    .bind("recorder")
+    .bind(position.transaction_id)
+    .bind(position.global_position)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn batches_a_projection_does_not_handle_move_its_checkpoint_but_never_one_moved_by_another() {
+    let (db, _store) = setup(40).await;
+    let deaf = Recorder {
+        only: Some("nosuchtype"),
+        ..Default::default()
+    };
+    let mut conn = worker::connect(&db.pool).await.unwrap();
+    projector::projection::ensure_checkpoint(&mut conn, "recorder")
+        .await
+        .unwrap();
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
+        .await
+        .unwrap();
+    listener
+        .listen(contracts::read_models::CHECKPOINT_CHANNEL)
+        .await
+        .unwrap();
+    let head = log_head(&db.pool).await.unwrap();
+    let mut at = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while checkpoint(&db.pool, "recorder").await != head && Instant::now() < deadline {
+        worker::run_batch(&mut conn, &deaf, &mut at, 500)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        checkpoint(&db.pool, "recorder").await,
+        head,
+        "reads waiting for the projection see it reach the head"
+    );
+    assert_eq!(at, Some(head));
+    assert_eq!(recorded(&db.pool).await, 0, "nothing was applied");
+    let notification = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("moving the checkpoint notified the readers")
+        .unwrap();
+    assert_eq!(notification.payload(), "recorder");
+
+    // Another process (a rebuild's swap) sets the checkpoint elsewhere: a runner that still holds its
+    // own position moves nothing, neither alone nor with events it handles, and then goes on from
+    // where the checkpoint is.
+    append_events(&db.pool, 5).await;
+    set_checkpoint(&db.pool, LogPosition::START).await;
+    assert_eq!(
+        worker::run_batch(&mut conn, &deaf, &mut at, 500)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(checkpoint(&db.pool, "recorder").await, LogPosition::START);
+    assert_eq!(at, None);
+
+    let hearing = Recorder::default();
+    let mut at = Some(head);
+    assert_eq!(
+        worker::run_batch(&mut conn, &hearing, &mut at, 500)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(checkpoint(&db.pool, "recorder").await, LogPosition::START);
+    assert_eq!(recorded(&db.pool).await, 0);
+    assert_eq!(at, None);
+    let applied = worker::run_batch(&mut conn, &hearing, &mut at, 500)
+        .await
+        .unwrap();
+    assert!(applied > 0);
+    assert_eq!(
+        recorded(&db.pool).await,
+        applied as i64,
+        "it applied from where the checkpoint was"
     );
 }
