@@ -12,6 +12,7 @@ use http_layer::ApiError;
 use identity::auth::{Authenticated, Credentials};
 use uuid::Uuid;
 
+use crate::consistency::ReadStart;
 use crate::AppState;
 
 /// The authenticated caller of a read, by bearer token or session cookie.
@@ -29,9 +30,11 @@ impl FromRequestParts<AppState> for Caller {
         // The first request of a new user records it, and that event records where it came from.
         let context = RequestContext::from_headers(header, peer_ip);
         let credentials = Credentials::from_headers(header("authorization"), header("cookie"));
-        Ok(Caller(
-            state.auth.authenticate(credentials, &context).await?,
-        ))
+        let authenticated = state.auth.authenticate(credentials, &context).await?;
+        if let Some(head) = authenticated.read_at {
+            parts.extensions.insert(ReadStart(head));
+        }
+        Ok(Caller(authenticated))
     }
 }
 

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use domain::Role;
+use domain::{LogPosition, Role};
 use sqlx::postgres::PgListener;
 use sqlx::types::Json;
 use sqlx::PgPool;
@@ -48,12 +48,31 @@ pub struct AccessRecord {
     pub name: Option<String>,
     pub system_role: bool,
     pub memberships: Json<HashMap<Uuid, Role>>,
+    /// The log's head (transaction id, global position) when the record was read from the database,
+    /// in the same statement: every write answered before then is at or below it. `None` for an
+    /// empty log, and for a record served from the cache.
+    pub log_head: Option<Vec<i64>>,
+}
+
+impl AccessRecord {
+    /// The log's head when this record was read ([`AccessRecord::log_head`]).
+    pub fn read_at(&self) -> Option<LogPosition> {
+        match self.log_head.as_deref() {
+            Some(&[transaction_id, global_position]) => Some(LogPosition {
+                transaction_id,
+                global_position,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// The columns of an [`AccessRecord`], selected from `access_users u`.
 pub const ACCESS_COLUMNS: &str = "u.user_id, u.subject, u.email, u.name, u.system_role, \
      COALESCE((SELECT jsonb_object_agg(m.organization_id, m.role) FROM access_memberships m \
-               WHERE m.user_id = u.user_id), '{}'::jsonb) AS memberships";
+               WHERE m.user_id = u.user_id), '{}'::jsonb) AS memberships, \
+     (SELECT ARRAY[h.transaction_id, h.global_position] FROM events h \
+      ORDER BY h.transaction_id DESC, h.global_position DESC LIMIT 1) AS log_head";
 
 impl AccessRecord {
     /// The lookups of user `id`, read from the database.
@@ -116,7 +135,11 @@ impl AccessCache {
                 if state.entries.len() >= CAPACITY {
                     state.entries.clear();
                 }
-                state.entries.insert(id, (record.clone(), Instant::now()));
+                let kept = AccessRecord {
+                    log_head: None,
+                    ..record.clone()
+                };
+                state.entries.insert(id, (kept, Instant::now()));
             }
         }
         Ok(record)

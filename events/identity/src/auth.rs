@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use commands::access::{AccessRecord, ACCESS_COLUMNS};
 use commands::{Caller, CommandError, Executor, Outcome, Refused, StoreError, WriteSet};
 use domain::user::{user_id, Identity, User};
-use domain::{Actor, Aggregate, RequestContext};
+use domain::{Actor, Aggregate, LogPosition, RequestContext};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -71,6 +71,9 @@ pub struct Authenticated {
     /// The browser session, when the request came with a session cookie (writes then need the CSRF
     /// check).
     pub session: Option<Session>,
+    /// The log's head when the caller's access was read from the database, in the same statement:
+    /// a read may take it as the moment it began (`None` when it came from a cache).
+    pub read_at: Option<LogPosition>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +240,7 @@ impl Authenticator {
     }
 
     fn authenticated(&self, row: AccessRecord) -> Authenticated {
+        let read_at = row.read_at();
         Authenticated {
             actor: Actor {
                 user_id: row.user_id,
@@ -245,6 +249,7 @@ impl Authenticator {
             },
             email: row.email,
             name: row.name,
+            read_at,
             session: None,
         }
     }
