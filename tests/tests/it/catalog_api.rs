@@ -408,6 +408,11 @@ async fn every_kind_is_created_read_listed_updated_and_deleted() {
                 .get(&format!("/api/{path}?{scope}environmentId={other_env}"))
                 .await;
             assert_eq!(none["pagination"]["total"], 0, "{path}");
+            assert_eq!(
+                none["data"],
+                json!([]),
+                "{path}: rows of another environment"
+            );
             let (_, here) = app
                 .get(&format!("/api/{path}?{scope}environmentId={env}"))
                 .await;
