@@ -106,23 +106,22 @@ pub async fn ensure_checkpoint(conn: &mut PgConnection, name: &str) -> sqlx::Res
 /// Locks the projection's checkpoint row until the transaction ends and returns it. Live batches and a
 /// rebuild's swap both take this lock, so they never interleave.
 pub async fn lock_checkpoint(tx: &mut PgConnection, name: &str) -> sqlx::Result<LogPosition> {
-    let (transaction_id, global_position): (i64, i64) = sqlx::query_as(
-        "SELECT transaction_id, global_position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
-    )
-    .bind(name)
-    .fetch_one(tx)
-    .await?;
-    Ok(LogPosition {
-        transaction_id,
-        global_position,
-    })
+    select_checkpoint(tx, name, " FOR UPDATE").await
 }
 
 /// Reads the projection's checkpoint, without locking it.
 pub async fn read_checkpoint(conn: &mut PgConnection, name: &str) -> sqlx::Result<LogPosition> {
-    let (transaction_id, global_position): (i64, i64) = sqlx::query_as(
-        "SELECT transaction_id, global_position FROM projection_checkpoints WHERE name = $1",
-    )
+    select_checkpoint(conn, name, "").await
+}
+
+async fn select_checkpoint(
+    conn: &mut PgConnection,
+    name: &str,
+    locking: &str,
+) -> sqlx::Result<LogPosition> {
+    let (transaction_id, global_position): (i64, i64) = sqlx::query_as(&format!(
+        "SELECT transaction_id, global_position FROM projection_checkpoints WHERE name = $1{locking}"
+    ))
     .bind(name)
     .fetch_one(conn)
     .await?;

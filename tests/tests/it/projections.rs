@@ -295,16 +295,22 @@ async fn two_runners_of_one_projection_never_apply_at_once_and_the_standby_takes
     assert_applied_exactly_once_in_order(&db.pool).await;
 }
 
-#[tokio::test]
-async fn each_applied_batch_tells_waiting_readers_when_it_commits() {
-    let (db, _store) = setup(30).await;
-    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
+/// A listener for the notifications that tell readers a checkpoint moved.
+async fn checkpoint_listener(pool: &PgPool) -> sqlx::postgres::PgListener {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool)
         .await
         .unwrap();
     listener
         .listen(contracts::read_models::CHECKPOINT_CHANNEL)
         .await
         .unwrap();
+    listener
+}
+
+#[tokio::test]
+async fn each_applied_batch_tells_waiting_readers_when_it_commits() {
+    let (db, _store) = setup(30).await;
+    let mut listener = checkpoint_listener(&db.pool).await;
     let mut conn = worker::connect(&db.pool).await.unwrap();
     let mut at = None;
     projector::projection::ensure_checkpoint(&mut conn, "recorder")
@@ -382,13 +388,7 @@ async fn batches_a_projection_does_not_handle_move_its_checkpoint_but_never_one_
     projector::projection::ensure_checkpoint(&mut conn, "recorder")
         .await
         .unwrap();
-    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
-        .await
-        .unwrap();
-    listener
-        .listen(contracts::read_models::CHECKPOINT_CHANNEL)
-        .await
-        .unwrap();
+    let mut listener = checkpoint_listener(&db.pool).await;
     let head = log_head(&db.pool).await.unwrap();
     let mut at = None;
     let deadline = Instant::now() + Duration::from_secs(30);
