@@ -1,5 +1,5 @@
-//! The projection contract and the one batch step every runner uses: read the next events after a
-//! position and apply them, inside the caller's transaction.
+//! The projection contract, what every runner applies a batch with ([`apply_batch`]: only the
+//! events the projection handles, in the schema it is told), and the checkpoint's reads and moves.
 
 use std::borrow::Cow;
 
