@@ -12,6 +12,7 @@ pub mod command;
 pub mod environments;
 pub mod executions;
 pub mod extract;
+pub mod feedback;
 pub mod fields;
 pub mod members;
 pub mod organizations;
@@ -229,6 +230,17 @@ pub fn api_routes() -> Routes<AppState> {
             Method::DELETE,
             "/api/processed-queue/{*key}",
             processed_messages::delete_one,
+        )
+        .add(Method::POST, "/api/feedback", feedback::submit)
+        .add(
+            Method::POST,
+            "/api/v1/admin/feedback/{id}/transitions",
+            feedback::transition,
+        )
+        .add(
+            Method::POST,
+            "/api/v1/admin/feedback/groups/{id}/transitions",
+            feedback::transition_group,
         )
         .add(Method::GET, "/api/auth/login", sign_in::login)
         .add(Method::GET, "/api/auth/callback", sign_in::callback)

@@ -10,6 +10,7 @@ pub mod access;
 pub mod audit;
 pub mod catalog;
 pub mod executions;
+pub mod feedback;
 pub mod housekeeping;
 pub mod indexer;
 pub mod ops;
@@ -35,6 +36,9 @@ pub fn projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(access::Access),
         Arc::new(catalog::Catalog),
         Arc::new(executions::Executions),
+        Arc::new(feedback::FeedbackTriage {
+            burst: feedback::BurstRule::from_env(),
+        }),
         Arc::new(audit::Audit),
     ]
 }

@@ -12,6 +12,7 @@ pub mod consistency;
 pub mod environments;
 pub mod executions;
 pub mod extract;
+pub mod feedback;
 pub mod members;
 pub mod organizations;
 pub mod pagination;
@@ -154,6 +155,13 @@ pub fn api_routes() -> Routes<AppState> {
             executions::list_for_template,
         )
         .add(Method::GET, "/api/executions/{id}", executions::get)
+        .add(Method::GET, "/api/v1/admin/feedback", feedback::list)
+        .add(
+            Method::GET,
+            "/api/v1/admin/feedback/groups",
+            feedback::groups,
+        )
+        .add(Method::GET, "/api/v1/admin/feedback/{id}", feedback::get)
         .add(
             Method::GET,
             "/api/processed-queue",

@@ -16,6 +16,7 @@ use domain::aggregate::Aggregate;
 use domain::catalog::{kinds, SEALED_VALUES, SENTIMENT_ANALYZED};
 use domain::environment::{Environment, EnvironmentEvent};
 use domain::execution::{Execution, ExecutionEvent};
+use domain::feedback::{Feedback, FeedbackEvent};
 use domain::members::{Members, MembersEvent};
 use domain::organization::{Organization, OrganizationEvent};
 use domain::processed_queue::{ProcessedQueue, ProcessedQueueEvent};
@@ -48,6 +49,7 @@ pub fn aggregate_types() -> Vec<&'static str> {
         Members::TYPE,
         Execution::TYPE,
         ProcessedQueue::TYPE,
+        Feedback::TYPE,
     ];
     types.extend(kinds::ALL.iter().map(|kind| kind.type_name));
     types
@@ -129,6 +131,7 @@ pub fn schemas() -> BTreeMap<String, Value> {
         schemars::schema_for!(MembersEvent),
         schemars::schema_for!(ExecutionEvent),
         schemars::schema_for!(ProcessedQueueEvent),
+        schemars::schema_for!(FeedbackEvent),
     ] {
         add_variants(&mut schemas, root.to_value());
     }

@@ -4,14 +4,17 @@
 //! so both answer with the same shape.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 use uuid::Uuid;
 
 use domain::access::Role;
 use domain::environment::EnvironmentData;
+use domain::feedback::classify::{ProbeGroup, Quality};
+use domain::feedback::{FeedbackData, Severity, Source, TriageState};
 use domain::members::Membership;
 use domain::organization::OrganizationData;
 use domain::user::UserData;
+use domain::EventMetadata;
 
 /// Timestamps are rendered as the API shows them (contract §8): RFC 3339, milliseconds, `Z`.
 fn timestamp<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
@@ -132,6 +135,91 @@ impl From<&UserData> for UserView {
             system_role: u.system_role,
             created_at: u.created_at,
             updated_at: u.updated_at,
+        }
+    }
+}
+
+/// A submission in the operator surface's triage queue, as `/api/v1/admin/feedback` shows it. The
+/// `feedback` projection keeps it as JSON (read back to apply later events), with `groupId` left to
+/// the read model's group column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedbackItem {
+    pub id: Uuid,
+    pub organization_id: Option<Uuid>,
+    pub source: Source,
+    pub message: String,
+    pub category: Option<String>,
+    pub severity: Severity,
+    pub page: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub groups: Vec<ProbeGroup>,
+    pub quality: Quality,
+    pub fingerprint: String,
+    pub state: TriageState,
+    pub assignee_id: Option<Uuid>,
+    /// The group it is triaged with; `None` until the projection has grouped it.
+    pub group_id: Option<Uuid>,
+    pub submitted_by: Submitter,
+    /// Every workflow move, oldest first.
+    pub transitions: Vec<TransitionView>,
+    #[serde(serialize_with = "timestamp")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "timestamp")]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Who submitted a piece of feedback, from the request that did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Submitter {
+    pub user_id: String,
+    pub role: Option<Role>,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// One workflow move of a piece of feedback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransitionView {
+    pub from: TriageState,
+    pub to: TriageState,
+    /// The operator's user id.
+    pub by: String,
+    #[serde(serialize_with = "timestamp")]
+    pub at: DateTime<Utc>,
+    pub note: Option<String>,
+    pub assignee_id: Option<Uuid>,
+}
+
+impl FeedbackItem {
+    /// A fresh submission's view, before any move and before it is grouped.
+    pub fn new(data: &FeedbackData, metadata: &EventMetadata) -> Self {
+        FeedbackItem {
+            id: data.id,
+            organization_id: data.organization_id,
+            source: data.source,
+            message: data.message.clone(),
+            category: data.category.clone(),
+            severity: data.severity,
+            page: data.page.clone(),
+            metadata: data.metadata.clone(),
+            groups: data.groups.clone(),
+            quality: data.quality,
+            fingerprint: data.fingerprint.clone(),
+            state: data.state,
+            assignee_id: data.assignee_id,
+            group_id: None,
+            submitted_by: Submitter {
+                user_id: metadata.actor.id.clone(),
+                role: metadata.actor.role,
+                client_ip: metadata.client_ip.clone(),
+                user_agent: metadata.user_agent.clone(),
+            },
+            transitions: Vec::new(),
+            created_at: data.created_at,
+            updated_at: data.updated_at,
         }
     }
 }

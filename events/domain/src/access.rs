@@ -78,6 +78,10 @@ pub enum Resource {
     AuditEvents,
     /// The processed queue's messages: every member reads them; admins delete them.
     ProcessedMessages,
+    /// Reports to the platform's triage queue (`POST /api/feedback`): every member submits them.
+    Feedback,
+    /// The operator surface, `/api/v1/admin/*`: System users only.
+    Operations,
 }
 
 impl fmt::Display for Resource {
@@ -93,6 +97,8 @@ impl fmt::Display for Resource {
             Resource::SystemModels => "system models",
             Resource::AuditEvents => "audit events",
             Resource::ProcessedMessages => "processed messages",
+            Resource::Feedback => "feedback",
+            Resource::Operations => "the operator surface",
         })
     }
 }
@@ -138,6 +144,8 @@ pub fn role_allows(role: Role, resource: Resource, action: Action) -> bool {
         (Role::User | Role::Guest, ProcessedMessages) => action == Read,
         (Role::Admin | Role::User | Role::Guest, Users | SystemModels) => false,
         (Role::User | Role::Guest, AuditEvents) => false,
+        (Role::Admin | Role::User | Role::Guest, Feedback) => action == Create,
+        (Role::Admin | Role::User | Role::Guest, Operations) => false,
     }
 }
 
@@ -341,6 +349,11 @@ mod tests {
             (Role::System, ProcessedMessages, [true, true, true, true]),
             (Role::System, Organizations, [true, true, true, true]),
             (Role::System, Users, [true, true, true, true]),
+            (Role::Admin, Feedback, [false, true, false, false]),
+            (Role::User, Feedback, [false, true, false, false]),
+            (Role::Guest, Feedback, [false, true, false, false]),
+            (Role::Admin, Operations, [false, false, false, false]),
+            (Role::System, Operations, [true, true, true, true]),
         ];
         for (role, resource, expected) in cases {
             let got = [Read, Create, Update, Delete].map(|a| role_allows(role, resource, a));

@@ -18,6 +18,7 @@ use crate::catalog::kinds::{self, by_type_name};
 use crate::catalog::{Change, DocumentState, KindInfo, SEALED_VALUES};
 use crate::environment::Environment;
 use crate::execution::Execution;
+use crate::feedback::Feedback;
 use crate::members::Members;
 use crate::organization::Organization;
 use crate::personal::{self, ERASED};
@@ -44,6 +45,7 @@ pub fn resource_types() -> Vec<&'static str> {
         MEMBER,
         Execution::TYPE,
         PROCESSED_MESSAGE,
+        Feedback::TYPE,
     ];
     types.extend(kinds::ALL.iter().map(|kind| kind.type_name));
     types
@@ -124,6 +126,7 @@ pub enum StreamState {
     /// Boxed: an execution's state is much larger than the other states.
     Execution(Box<Execution>),
     ProcessedQueue(ProcessedQueue),
+    Feedback(Box<Feedback>),
     Document(&'static KindInfo, DocumentState),
 }
 
@@ -147,6 +150,7 @@ impl StreamState {
             Members::TYPE => StreamState::Members(Members::default()),
             Execution::TYPE => StreamState::Execution(Box::default()),
             ProcessedQueue::TYPE => StreamState::ProcessedQueue(ProcessedQueue::default()),
+            Feedback::TYPE => StreamState::Feedback(Box::default()),
             other => StreamState::Document(by_type_name(other)?, DocumentState::default()),
         })
     }
@@ -161,6 +165,7 @@ impl StreamState {
             StreamState::Members(state) => serde_json::to_value(state),
             StreamState::Execution(state) => serde_json::to_value(state),
             StreamState::ProcessedQueue(state) => serde_json::to_value(state),
+            StreamState::Feedback(state) => serde_json::to_value(state),
             StreamState::Document(_, state) => serde_json::to_value(state),
         }
     }
@@ -184,6 +189,7 @@ impl StreamState {
             StreamState::ProcessedQueue(_) => {
                 StreamState::ProcessedQueue(serde_json::from_value(stored)?)
             }
+            StreamState::Feedback(_) => StreamState::Feedback(serde_json::from_value(stored)?),
             StreamState::Document(info, _) => {
                 StreamState::Document(info, serde_json::from_value(stored)?)
             }
@@ -224,6 +230,9 @@ impl StreamState {
             StreamState::ProcessedQueue(state) => {
                 state.apply(&event.decode().map_err(|e| failed(e.to_string()))?, at)
             }
+            StreamState::Feedback(state) => {
+                state.apply(&event.decode().map_err(|e| failed(e.to_string()))?, at)
+            }
             StreamState::Document(info, state) => {
                 let action = event
                     .event_type
@@ -249,7 +258,7 @@ impl StreamState {
             StreamState::Document(_, state) => state.deleted_at,
             StreamState::User(state) => state.erased_at,
             StreamState::ProcessedQueue(state) => state.last_deleted.as_ref().map(|d| d.deleted_at),
-            StreamState::Members(_) | StreamState::Execution(_) => None,
+            StreamState::Members(_) | StreamState::Execution(_) | StreamState::Feedback(_) => None,
         }
     }
 
@@ -306,6 +315,15 @@ impl StreamState {
                     fields.insert("status".into(), json!(deleted.status));
                     fields.insert("messageId".into(), json!(deleted.message_id));
                     fields.insert("deletedAt".into(), json!(deleted.deleted_at));
+                }
+            }
+            StreamState::Feedback(state) => {
+                if let Some(item) = &state.live {
+                    fields.insert("state".into(), json!(item.state));
+                    fields.insert("severity".into(), json!(item.severity));
+                    fields.insert("quality".into(), json!(item.quality));
+                    fields.insert("groups".into(), json!(item.groups));
+                    fields.insert("assigneeId".into(), json!(item.assignee_id));
                 }
             }
             StreamState::Document(info, state) => {

@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod envelope;
 pub mod environment;
 pub mod execution;
+pub mod feedback;
 pub mod history;
 pub mod json;
 pub mod members;

@@ -11,6 +11,7 @@ mod catalog_api;
 mod erasure;
 mod event_schemas;
 mod executions;
+mod feedback;
 mod gateway;
 mod history;
 mod housekeeping;
