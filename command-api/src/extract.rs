@@ -151,6 +151,7 @@ pub async fn authenticate(
     let credentials =
         Credentials::from_headers(header(headers, "authorization"), header(headers, "cookie"));
     let caller = state.auth.authenticate(credentials, &context).await?;
+    http_layer::security::note_caller(&parts.extensions, caller.actor.user_id);
     Ok((caller, context))
 }
 

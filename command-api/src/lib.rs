@@ -17,6 +17,7 @@ pub mod fields;
 pub mod members;
 pub mod organizations;
 pub mod outbound;
+pub mod probes;
 pub mod processed_messages;
 pub mod providers;
 pub mod sentiment;
@@ -36,6 +37,7 @@ use http_layer::config::{required, ApiArgs};
 use http_layer::ops::OpsState;
 use http_layer::process::Api;
 use http_layer::routes::KindRoutes;
+use http_layer::security::SecurityRecorder;
 use http_layer::Routes;
 use identity::auth::Authenticator;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -109,7 +111,12 @@ pub struct AppState {
     pub executions: executions::Executions,
     /// The processed queue's bucket, when there is one.
     pub bucket: Option<Bucket>,
+    /// Where refused requests are recorded.
+    pub security: SecurityRecorder,
 }
+
+/// How often refused requests recorded as probes become triage reports (`probes`).
+const PROBE_INTAKE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// command-api as `config` says, over `pool` (migrated), recording its metrics for `metrics`.
 pub fn build(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow::Result<AppState> {
@@ -126,7 +133,9 @@ pub fn build(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow
     );
     // Writes are authorised from the access lookups' cache: the executor that commits every change
     // to them is the one that keeps it (commands::access).
+    let executor_pool = pool.clone();
     let executor = Executor::with_access_cache(pool);
+    tokio::spawn(probes::run(executor.clone(), PROBE_INTAKE_INTERVAL));
     Ok(AppState {
         auth: Arc::new(Authenticator::with_executor(
             config.api.auth_config()?,
@@ -142,6 +151,7 @@ pub fn build(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow
             config.executions.executions_per_organization.max(1),
         ),
         bucket: config.s3.bucket(),
+        security: SecurityRecorder::start(executor_pool),
     })
 }
 
@@ -161,6 +171,10 @@ impl OpsState for AppState {
 
     fn request_timeout(&self) -> Duration {
         self.request_timeout
+    }
+
+    fn security(&self) -> &SecurityRecorder {
+        &self.security
     }
 }
 

@@ -19,6 +19,7 @@ pub mod publisher;
 pub mod rebuild;
 pub mod replay;
 pub mod scratch;
+pub mod security;
 pub mod status;
 pub mod tail;
 pub mod tenants;
@@ -39,6 +40,7 @@ pub fn projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(feedback::FeedbackTriage {
             burst: feedback::BurstRule::from_env(),
         }),
+        Arc::new(security::Security),
         Arc::new(audit::Audit),
     ]
 }

@@ -31,6 +31,7 @@ impl FromRequestParts<AppState> for Caller {
         let context = RequestContext::from_headers(header, peer_ip);
         let credentials = Credentials::from_headers(header("authorization"), header("cookie"));
         let authenticated = state.auth.authenticate(credentials, &context).await?;
+        http_layer::security::note_caller(&parts.extensions, authenticated.actor.user_id);
         if let Some(head) = authenticated.read_at {
             parts.extensions.insert(ReadStart(head));
         }

@@ -233,8 +233,7 @@ pub async fn groups(
                'severity', (ARRAY['low','medium','high','critical'])[g.severity + 1], \
                'counts', jsonb_build_object('open', g.open, 'triaged', g.triaged, \
                  'in_progress', g.in_progress, 'done', g.done, 'archived', g.archived), \
-               'firstAt', to_char(g.first_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
-               'lastAt', to_char(g.last_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+               'firstAt', api_time(g.first_at), 'lastAt', api_time(g.last_at), \
                'latest', (SELECT jsonb_build_object('id', f.id, 'message', f.message) \
                           FROM read_models.feedback f WHERE f.group_id = g.id \
                           ORDER BY f.created_at DESC, f.id DESC LIMIT 1)) \

@@ -17,6 +17,7 @@ pub mod members;
 pub mod organizations;
 pub mod pagination;
 pub mod processed_messages;
+pub mod security_events;
 pub mod session;
 pub mod users;
 
@@ -30,6 +31,7 @@ use http_layer::config::ApiArgs;
 use http_layer::ops::OpsState;
 use http_layer::process::Api;
 use http_layer::routes::KindRoutes;
+use http_layer::security::SecurityRecorder;
 use http_layer::Routes;
 use identity::auth::Authenticator;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -50,6 +52,8 @@ pub struct AppState {
     pub bucket: Option<Bucket>,
     /// The largest processed message body a detail read shows.
     pub max_body_bytes: usize,
+    /// Where refused requests are recorded: the one table this API writes (`http_layer::security`).
+    pub security: SecurityRecorder,
 }
 
 impl OpsState for AppState {
@@ -63,6 +67,10 @@ impl OpsState for AppState {
 
     fn request_timeout(&self) -> Duration {
         self.request_timeout
+    }
+
+    fn security(&self) -> &SecurityRecorder {
+        &self.security
     }
 }
 
@@ -84,6 +92,7 @@ pub fn build(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow
     Ok(AppState {
         consistency: Consistency::start(pool.clone(), config.consistency),
         auth: Arc::new(Authenticator::new(config.api.auth_config()?, pool.clone())),
+        security: SecurityRecorder::start(pool.clone()),
         pool,
         metrics,
         request_timeout: config.api.request_timeout,
@@ -162,6 +171,11 @@ pub fn api_routes() -> Routes<AppState> {
             feedback::groups,
         )
         .add(Method::GET, "/api/v1/admin/feedback/{id}", feedback::get)
+        .add(
+            Method::GET,
+            "/api/v1/admin/security-events",
+            security_events::list,
+        )
         .add(
             Method::GET,
             "/api/processed-queue",

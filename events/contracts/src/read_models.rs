@@ -46,6 +46,9 @@ pub fn catalog_environment_count(kind: &str, environment_id: Uuid) -> String {
 /// The projection that keeps `feedback` and `feedback_groups` (the operator surface's triage queue).
 pub const FEEDBACK: &str = "feedback";
 
+/// The projection that keeps `security_events` (the security events the log holds).
+pub const SECURITY: &str = "security";
+
 /// The projection that keeps `audit_index` (the audit trail's rows), `audit_counts`, `audit_values`
 /// and `audit_states`.
 pub const AUDIT: &str = "audit";

@@ -11,6 +11,8 @@ use identity::auth::AuthError;
 use identity::token::TokenError;
 use serde_json::json;
 
+use crate::security::{Kind, Refusal};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{error}")]
@@ -24,6 +26,10 @@ pub enum ApiError {
     CrossSite { details: String },
     #[error("{error}")]
     NotFound { error: String, details: String },
+    /// Another tenant's resource: answered exactly as [`ApiError::NotFound`], and recorded as a
+    /// cross-tenant probe (`crate::security`).
+    #[error("{error}")]
+    OtherTenant { error: String, details: String },
     /// Existed once, and was deleted (a point-in-time read after the deletion).
     #[error("{error}")]
     Gone { error: String, details: String },
@@ -83,7 +89,10 @@ impl ApiError {
     ) -> impl FnOnce(AccessError) -> Self {
         move |error| match error {
             AccessError::Forbidden { .. } => ApiError::Forbidden(error.to_string()),
-            AccessError::Hidden => ApiError::not_found(resource, id),
+            AccessError::Hidden => match ApiError::not_found(resource, id) {
+                ApiError::NotFound { error, details } => ApiError::OtherTenant { error, details },
+                other => other,
+            },
         }
     }
 }
@@ -115,7 +124,7 @@ impl From<AccessError> for ApiError {
     fn from(error: AccessError) -> Self {
         match error {
             AccessError::Forbidden { .. } => ApiError::Forbidden(error.to_string()),
-            AccessError::Hidden => ApiError::NotFound {
+            AccessError::Hidden => ApiError::OtherTenant {
                 error: "Not found".into(),
                 details: String::new(),
             },
@@ -235,6 +244,13 @@ impl IntoResponse for ApiError {
             } => Some(*retry_after_seconds),
             _ => None,
         };
+        let kind = match &self {
+            ApiError::Unauthorized(_) => Some(Kind::TokenRefused),
+            ApiError::Forbidden(_) | ApiError::CrossSite { .. } => Some(Kind::PermissionDenied),
+            ApiError::OtherTenant { .. } => Some(Kind::CrossTenant),
+            ApiError::TooManyRequests { .. } => Some(Kind::RateLimited),
+            _ => None,
+        };
         let (status, error, details) = match self {
             ApiError::BadRequest { error, details } => (StatusCode::BAD_REQUEST, error, details),
             ApiError::Unauthorized(details) => {
@@ -246,7 +262,9 @@ impl IntoResponse for ApiError {
                 "Forbidden: cross-site request refused".into(),
                 details,
             ),
-            ApiError::NotFound { error, details } => (StatusCode::NOT_FOUND, error, details),
+            ApiError::NotFound { error, details } | ApiError::OtherTenant { error, details } => {
+                (StatusCode::NOT_FOUND, error, details)
+            }
             ApiError::Gone { error, details } => (StatusCode::GONE, error, details),
             ApiError::Conflict { error, details } => (StatusCode::CONFLICT, error, details),
             ApiError::VersionConflict => (
@@ -297,12 +315,23 @@ impl IntoResponse for ApiError {
                 )
             }
         };
+        let refusal = status.is_client_error().then(|| Refusal {
+            kind,
+            reason: if details.is_empty() {
+                error.clone()
+            } else {
+                details.clone()
+            },
+        });
         let body = if details.is_empty() {
             json!({ "error": error })
         } else {
             json!({ "error": error, "details": details })
         };
         let mut response = (status, Json(body)).into_response();
+        if let Some(refusal) = refusal {
+            response.extensions_mut().insert(refusal);
+        }
         if let Some(seconds) = retry_after {
             response
                 .headers_mut()

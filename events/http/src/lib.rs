@@ -2,13 +2,15 @@
 //! route table every API route is registered in ([`Routes`]), the operations routes and request
 //! layers ([`ops`]), serving with graceful shutdown ([`serve()`], which command-api, query-api and
 //! the projector all use), the life of an API process ([`process`]), the settings the binaries read
-//! ([`config`]) and their logging ([`telemetry`]).
+//! ([`config`]) and their logging ([`telemetry`]), and the recording of refused requests as security
+//! signals ([`security`]).
 
 pub mod config;
 pub mod error;
 pub mod ops;
 pub mod process;
 pub mod routes;
+pub mod security;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;

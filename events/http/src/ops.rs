@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::security::{self, SecurityRecorder};
 use crate::ApiError;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -28,6 +29,8 @@ pub trait OpsState: Clone + Send + Sync + 'static {
     fn metrics(&self) -> &PrometheusHandle;
     /// How long a request may take to produce its response head (`REQUEST_TIMEOUT_SECS`).
     fn request_timeout(&self) -> Duration;
+    /// Where refused requests are recorded (`crate::security`).
+    fn security(&self) -> &SecurityRecorder;
 }
 
 /// `/healthz` (alive), `/readyz` (the database answers) and `/metrics` (Prometheus text).
@@ -56,14 +59,21 @@ async fn readyz<S: OpsState>(State(state): State<S>) -> (StatusCode, &'static st
     }
 }
 
-/// Wraps an API in the request-id, tracing, metrics and time-limit layers (`REQUEST_TIMEOUT_SECS`).
+/// Wraps an API in the request-id, tracing, metrics, refusal-recording (`crate::security`) and
+/// time-limit layers (`REQUEST_TIMEOUT_SECS`).
 /// Routes in `self_timed` (their paths as registered) bound their own time and are not cut off.
-pub fn layered(app: Router, request_timeout: Duration, self_timed: Vec<String>) -> Router {
+pub fn layered(
+    app: Router,
+    request_timeout: Duration,
+    self_timed: Vec<String>,
+    security: SecurityRecorder,
+) -> Router {
     let limit = TimeLimit {
         limit: request_timeout,
         self_timed: Arc::new(self_timed),
     };
     app.layer(middleware::from_fn_with_state(limit, time_limit))
+        .layer(middleware::from_fn_with_state(security, security::observe))
         .layer(middleware::from_fn(record_metrics))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {

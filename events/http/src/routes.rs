@@ -86,6 +86,7 @@ impl<S: OpsState> Routes<S> {
     /// layers; a path no route serves answers the API's `404`.
     pub fn into_router(self, state: S) -> Router {
         let request_timeout = state.request_timeout();
+        let security = state.security().clone();
         ops::layered(
             self.router
                 .merge(ops::routes())
@@ -93,6 +94,7 @@ impl<S: OpsState> Routes<S> {
                 .with_state(state),
             request_timeout,
             self.self_timed,
+            security,
         )
     }
 }

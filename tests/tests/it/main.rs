@@ -23,6 +23,7 @@ mod openapi;
 mod processed_queue;
 mod projections;
 mod secrets;
+mod security_events;
 mod sign_in;
 mod tenants_api;
 mod tokens;
