@@ -77,6 +77,7 @@ pub async fn submit(State(state): State<AppState>, write: Write) -> Result<Respo
         severity,
         page: input.page,
         metadata: input.metadata,
+        classify: state.classify_feedback,
     };
     execute(&state, &write, || async {
         // A System user may name any organization: it must exist.

@@ -61,6 +61,15 @@ pub struct Config {
     pub executions: ExecutionArgs,
     #[command(flatten)]
     pub s3: S3Args,
+    /// Whether reports (`POST /api/feedback`) are classified by attack class. Off records them
+    /// unclassified (no `groups`); probes the platform captures are always classified.
+    #[arg(
+        long = "feedback-classification",
+        env = "FEEDBACK_CLASSIFICATION",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub feedback_classification: bool,
 }
 
 /// How prompt templates are executed against models.
@@ -113,6 +122,8 @@ pub struct AppState {
     pub bucket: Option<Bucket>,
     /// Where refused requests are recorded.
     pub security: SecurityRecorder,
+    /// Whether reports are classified (`FEEDBACK_CLASSIFICATION`).
+    pub classify_feedback: bool,
 }
 
 /// How often refused requests recorded as probes become triage reports (`probes`).
@@ -152,6 +163,7 @@ pub fn build(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow
         ),
         bucket: config.s3.bucket(),
         security: SecurityRecorder::start(executor_pool),
+        classify_feedback: config.feedback_classification,
     })
 }
 

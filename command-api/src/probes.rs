@@ -136,6 +136,7 @@ fn report(probe: &Probe, id: Uuid, key: &str) -> Result<Outcome, ApiError> {
             "reason": probe.sample["reason"],
             "groups": groups,
         })),
+        classify: true,
     }))?;
     let events = item.record(events, &metadata, Utc::now());
     let write = WriteSet::append(&Feedback::stream_id(id), 0, events);

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use contracts::read_models::FEEDBACK;
+use contracts::read_models::{feedback_count, FEEDBACK, FEEDBACK_ALL};
 use contracts::views::{FeedbackItem, TransitionView};
 use domain::aggregate::Aggregate;
 use domain::feedback::{Feedback, FeedbackEvent, Source, TriageState};
@@ -188,6 +188,32 @@ struct Batch {
     /// Each source's newest burst group.
     bursts: HashMap<String, Uuid>,
     changed: Vec<Uuid>,
+    /// What the batch adds to each kept count (`feedback_counts`).
+    counts: HashMap<String, i64>,
+}
+
+impl Batch {
+    fn count(&mut self, scope: String, by: i64) {
+        *self.counts.entry(scope).or_default() += by;
+    }
+
+    /// Counts a new submission in every scope it belongs to.
+    fn count_new(&mut self, item: &FeedbackItem) {
+        self.count(FEEDBACK_ALL.to_owned(), 1);
+        self.count(feedback_count("state", item.state.as_str()), 1);
+        self.count(feedback_count("quality", item.quality.as_str()), 1);
+        self.count(
+            feedback_count("severity", &item.severity.rank().to_string()),
+            1,
+        );
+        self.count(feedback_count("source", item.source.as_str()), 1);
+        for group in &item.groups {
+            self.count(feedback_count("group", group.as_str()), 1);
+        }
+        if let Some(organization) = item.organization_id {
+            self.count(feedback_count("organization", &organization.to_string()), 1);
+        }
+    }
 }
 
 #[async_trait]
@@ -197,7 +223,7 @@ impl Projection for FeedbackTriage {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["feedback", "feedback_groups"]
+        &["feedback", "feedback_groups", "feedback_counts"]
     }
 
     fn handles(&self, stream_type: &str) -> bool {
@@ -246,6 +272,8 @@ impl Projection for FeedbackTriage {
                     });
                     group.add_back(&item.view);
                     batch.changed.push(*id);
+                    batch.count(feedback_count("state", from.as_str()), -1);
+                    batch.count(feedback_count("state", to.as_str()), 1);
                 }
             }
         }
@@ -451,6 +479,7 @@ impl FeedbackTriage {
             .by_fingerprint
             .insert(view.fingerprint.clone(), group_id);
         batch.recent.entry(origin.clone()).or_default().push(id);
+        batch.count_new(&view);
         batch.items.insert(
             id,
             Item {
@@ -543,6 +572,16 @@ async fn write(conn: &mut PgConnection, batch: &Batch) -> anyhow::Result<()> {
     .bind(kept.iter().map(|g| g.severity).collect::<Vec<_>>())
     .bind(kept.iter().map(|g| g.first_at).collect::<Vec<_>>())
     .bind(kept.iter().map(|g| g.last_at).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    let (scopes, counts): (Vec<&String>, Vec<i64>) =
+        batch.counts.iter().map(|(s, c)| (s, *c)).unzip();
+    sqlx::query(
+        "INSERT INTO feedback_counts (scope, count) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+         ON CONFLICT (scope) DO UPDATE SET count = feedback_counts.count + EXCLUDED.count",
+    )
+    .bind(scopes)
+    .bind(counts)
     .execute(&mut *conn)
     .await?;
     Ok(())

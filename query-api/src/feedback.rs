@@ -5,7 +5,7 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use contracts::read_models::FEEDBACK;
+use contracts::read_models::{feedback_count, FEEDBACK, FEEDBACK_ALL};
 use domain::feedback::classify::{ProbeGroup, Quality};
 use domain::feedback::{Severity, TriageState};
 use domain::{Action, Actor, Resource};
@@ -94,6 +94,32 @@ impl Filter {
         })
     }
 
+    /// The kept count that is this filter's exact total, when it filters by at most one of the
+    /// counted fields and by nothing else.
+    fn kept_count(&self) -> Option<String> {
+        if self.pattern.is_some() || self.group_id.is_some() || self.range != (None, None) {
+            return None;
+        }
+        let scopes: Vec<String> = [
+            self.state.map(|s| feedback_count("state", s.as_str())),
+            self.group.map(|g| feedback_count("group", g.as_str())),
+            self.quality.map(|q| feedback_count("quality", q.as_str())),
+            self.severity
+                .map(|s| feedback_count("severity", &s.rank().to_string())),
+            self.source.map(|s| feedback_count("source", s)),
+            self.organization
+                .map(|o| feedback_count("organization", &o.to_string())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match scopes.as_slice() {
+            [] => Some(FEEDBACK_ALL.to_owned()),
+            [scope] => Some(scope.clone()),
+            _ => None,
+        }
+    }
+
     fn push_conditions(&self, query: &mut QueryBuilder<'_, Postgres>) {
         query.push(" WHERE true");
         if let Some(state) = self.state {
@@ -161,8 +187,20 @@ pub async fn list(
             .map_err(ApiError::from)
     };
     let total = async {
-        let mut query = QueryBuilder::new("SELECT count(*) FROM read_models.feedback");
-        filter.push_conditions(&mut query);
+        let mut query = match filter.kept_count() {
+            Some(scope) => {
+                let mut query = QueryBuilder::new(
+                    "SELECT coalesce((SELECT count FROM read_models.feedback_counts WHERE scope = ",
+                );
+                query.push_bind(scope).push("), 0)");
+                query
+            }
+            None => {
+                let mut query = QueryBuilder::new("SELECT count(*) FROM read_models.feedback");
+                filter.push_conditions(&mut query);
+                query
+            }
+        };
         query
             .build_query_scalar::<i64>()
             .fetch_one(&state.pool)

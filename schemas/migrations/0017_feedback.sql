@@ -56,3 +56,11 @@ CREATE TABLE read_models.feedback_groups (
 CREATE INDEX feedback_groups_newest ON read_models.feedback_groups (last_at DESC, id DESC);
 CREATE INDEX feedback_groups_by_state ON read_models.feedback_groups (state, last_at DESC, id DESC);
 CREATE INDEX feedback_groups_bursts ON read_models.feedback_groups (origin, last_at DESC) WHERE kind = 'burst';
+
+-- Exact totals of the lists that filter by at most one of these, kept by the same projection:
+-- `all`, `state:<state>`, `quality:<quality>`, `group:<attack class>`, `severity:<rank>`,
+-- `source:<user|probe>`, `organization:<id>`. Other lists count their rows.
+CREATE TABLE read_models.feedback_counts (
+    scope text PRIMARY KEY,
+    count bigint NOT NULL
+);

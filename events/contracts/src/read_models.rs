@@ -43,8 +43,18 @@ pub fn catalog_environment_count(kind: &str, environment_id: Uuid) -> String {
     format!("{kind}:environment:{environment_id}")
 }
 
-/// The projection that keeps `feedback` and `feedback_groups` (the operator surface's triage queue).
+/// The projection that keeps `feedback`, `feedback_groups` and `feedback_counts` (the operator
+/// surface's triage queue).
 pub const FEEDBACK: &str = "feedback";
+
+/// The `feedback_counts` scope counting every submission.
+pub const FEEDBACK_ALL: &str = "all";
+
+/// The `feedback_counts` scope counting the submissions whose `filter` (`state`, `quality`, `group`,
+/// `severity` as its rank, `source`, `organization`) is `value`.
+pub fn feedback_count(filter: &str, value: &str) -> String {
+    format!("{filter}:{value}")
+}
 
 /// The projection that keeps `security_events` (the security events the log holds).
 pub const SECURITY: &str = "security";

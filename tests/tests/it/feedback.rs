@@ -58,6 +58,20 @@ async fn members_report_feedback_that_operators_see_classified_and_others_cannot
         probe["severity"], "high",
         "a probe's classes raise the severity it was sent with"
     );
+    // An operator may turn classification off: reports are then recorded without attack classes.
+    let unclassified = app
+        .another_command_api_with(|config| config.feedback_classification = false)
+        .await;
+    let (status, plain) = send(
+        app.http
+            .post(format!("{unclassified}/api/feedback"))
+            .bearer_auth(app.issuer.token("guest-1"))
+            .json(&json!({ "organizationId": acme, "message": "' OR '1'='1' --" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{plain}");
+    assert_eq!(plain["groups"], json!([]));
+    assert_ne!(plain["quality"], "security_probe");
     let (status, template) = submit(
         &app,
         "guest-1",
@@ -85,7 +99,8 @@ async fn members_report_feedback_that_operators_see_classified_and_others_cannot
             "message",
         ),
         (
-            json!({ "organizationId": acme, "message": "x".repeat(4001) }),
+            // Too long, but no probe (a run of one character would be reported as fuzzing, and listed).
+            json!({ "organizationId": acme, "message": "word ".repeat(801) }),
             "message",
         ),
         (
@@ -137,7 +152,7 @@ async fn members_report_feedback_that_operators_see_classified_and_others_cannot
     assert_eq!(status, 403);
 
     let (total, rows) = items(&app, "").await;
-    assert_eq!(total, 3);
+    assert_eq!(total, 4);
     assert_eq!(rows[0]["id"], template["id"], "newest first");
     let (status, item) = app
         .get(&format!(
@@ -154,8 +169,13 @@ async fn members_report_feedback_that_operators_see_classified_and_others_cannot
 
     let (total, rows) = items(&app, "group=sql").await;
     assert_eq!((total, rows[0]["id"].clone()), (1, probe["id"].clone()));
+    // Totals come from the kept counts for one filter, and are counted for several: the same answer.
     let (total, _) = items(&app, "quality=security_probe").await;
     assert_eq!(total, 1);
+    let (total, _) = items(&app, "state=open").await;
+    assert_eq!(total, 4);
+    let (total, rows) = items(&app, "state=open&group=sql&source=user").await;
+    assert_eq!((total, rows.len()), (1, 1));
     let (total, _) = items(&app, &format!("organizationId={other}")).await;
     assert_eq!(total, 0);
     let (total, rows) = items(&app, "search=DARK").await;
@@ -163,7 +183,7 @@ async fn members_report_feedback_that_operators_see_classified_and_others_cannot
     let (_, rows) = items(&app, "sort=severity").await;
     assert_eq!(rows[0]["id"], probe["id"], "the most severe first");
     let (total, rows) = items(&app, "limit=1&page=2").await;
-    assert_eq!((total, rows.len()), (3, 1));
+    assert_eq!((total, rows.len()), (4, 1));
     for query in [
         "state=closed",
         "group=xss",

@@ -179,7 +179,7 @@ static FORMAT: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"%(\d+\$)?[-+ #0-9.]*(n|s|x|p|d)").unwrap());
 
 /// Format strings, control characters, overlong tokens, long runs of one character, and text that is
-/// mostly symbols.
+/// a third or more unusual symbols (or has no letters or digits at all).
 fn is_fuzz(text: &str) -> bool {
     let format_strings = FORMAT.find_iter(text).count();
     if format_strings >= 3 || (text.contains("%n") && format_strings >= 2) {
@@ -191,27 +191,31 @@ fn is_fuzz(text: &str) -> bool {
     {
         return true;
     }
-    if text.split_whitespace().any(|token| {
-        token.chars().count() > 120
-            && !token.starts_with("http://")
-            && !token.starts_with("https://")
-    }) {
+    // One word of more than 120 characters, between spaces and the separators of paths, queries and
+    // JSON (so a long URL or a compact JSON body is not one).
+    if text
+        .split(|c: char| c.is_whitespace() || "\"{}[]:,/?&=".contains(c))
+        .any(|word| word.chars().count() > 120)
+    {
         return true;
     }
     if longest_run(text) >= 40 {
         return true;
     }
-    let (symbols, letters) = text.chars().filter(|c| !c.is_whitespace()).fold(
-        (0usize, 0usize),
-        |(symbols, letters), c| {
-            if c.is_alphanumeric() {
-                (symbols, letters + 1)
-            } else {
-                (symbols + 1, letters)
-            }
+    // Structured input (JSON, paths, queries, timestamps, ids) is mostly punctuation of these kinds;
+    // random input is not.
+    let structural = |c: char| "\"{}[]:,.-_/'?&@+()".contains(c);
+    let (unusual, total, alphanumeric) = text.chars().filter(|c| !c.is_whitespace()).fold(
+        (0usize, 0usize, 0usize),
+        |(unusual, total, alphanumeric), c| {
+            (
+                unusual + usize::from(!c.is_alphanumeric() && !structural(c)),
+                total + 1,
+                alphanumeric + usize::from(c.is_alphanumeric()),
+            )
         },
     );
-    symbols + letters >= 16 && symbols * 2 > symbols + letters
+    total >= 16 && (unusual * 3 >= total || alphanumeric == 0)
 }
 
 /// The longest run of one repeated character.

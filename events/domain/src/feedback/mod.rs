@@ -193,6 +193,9 @@ pub struct Submission {
     pub severity: Option<Severity>,
     pub page: Option<String>,
     pub metadata: Option<Value>,
+    /// Whether to look for attack classes (an operator may turn it off: `FEEDBACK_CLASSIFICATION`).
+    /// Without, `groups` is empty; quality and fingerprint are still decided.
+    pub classify: bool,
 }
 
 pub enum FeedbackCommand {
@@ -348,8 +351,11 @@ fn submitted(submission: Submission) -> Result<FeedbackEvent, DomainError> {
         .flatten()
         .collect::<Vec<_>>()
         .join("\n");
-    let mut groups = classify::classify(&looked_at);
-    if let Some(metadata) = &submission.metadata {
+    let mut groups = Vec::new();
+    if submission.classify {
+        groups = classify::classify(&looked_at);
+    }
+    if let Some(metadata) = submission.metadata.as_ref().filter(|_| submission.classify) {
         for group in classify::classify(&metadata.to_string()) {
             if !groups.contains(&group) {
                 groups.push(group);
@@ -409,6 +415,7 @@ mod tests {
             severity: None,
             page: None,
             metadata: None,
+            classify: true,
         }
     }
 

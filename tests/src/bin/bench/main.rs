@@ -21,7 +21,9 @@
 //! platform adds at p50 and p99. (k) is the processed queue against a private moto S3 server: the
 //! indexer's discovery of `--queue-objects` objects against a raw ListObjectsV2 walk of the same
 //! prefixes, its reading of their bodies against as many raw GetObject calls at the same concurrency,
-//! and list and counts latency with `--list-rows` messages indexed in one organization.
+//! and list and counts latency with `--list-rows` messages indexed in one organization. (l) is the
+//! operator surface's triage queue (`feedback`): capture with classification against the same
+//! requests without it, and list latency with `--list-rows` submissions.
 //!
 //! `--only <letters>` runs the sections named (`--only i`), with those they build on: (b) is compared
 //! with (a), (g) uses (f)'s publisher, and (h) reads (c)'s events.
@@ -54,6 +56,7 @@ use tests::s3::S3Server;
 use tests::TestApp;
 use uuid::Uuid;
 
+mod feedback;
 mod write_path;
 
 #[derive(Parser)]
@@ -247,6 +250,16 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.runs('k') {
         processed_queue(&args).await?;
+    }
+    if args.runs('l') {
+        feedback::run(
+            &app,
+            args.clients,
+            duration,
+            args.list_rows,
+            args.list_requests,
+        )
+        .await?;
     }
     Ok(())
 }
