@@ -269,6 +269,8 @@ async fn the_workflow_moves_step_by_step_records_who_and_refuses_invalid_moves()
     assert_eq!(status, 412);
     let (total, _) = items(&app, "state=archived").await;
     assert_eq!(total, 1);
+    let (total, _) = items(&app, "state=open").await;
+    assert_eq!(total, 0, "the kept count of the state it left");
 }
 
 #[tokio::test]

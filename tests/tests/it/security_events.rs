@@ -31,6 +31,18 @@ fn count(rows: &[Value]) -> i64 {
     rows.iter().map(|row| row["count"].as_i64().unwrap()).sum()
 }
 
+/// The requests the rows `query` matches count, once they count `expected` (or after 10 s).
+async fn counted(app: &TestApp, query: &str, expected: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let counted = count(&events(app, query, 1).await.1);
+        if counted >= expected || Instant::now() > deadline {
+            return counted;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn refused_requests_and_the_logs_security_events_are_listed_filtered_and_exported() {
     let app = TestApp::spawn().await;
@@ -91,16 +103,37 @@ async fn refused_requests_and_the_logs_security_events_are_listed_filtered_and_e
         .await;
     assert_eq!(status, 201);
 
+    // Sign-ins started from one address past its cap, and a callback no browser started.
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut limited = 0;
+    for _ in 0..25 {
+        let started = browser
+            .get(format!("{}/api/auth/login", app.command_url))
+            .header("x-real-ip", "203.0.113.88")
+            .send()
+            .await
+            .unwrap();
+        limited += i64::from(started.status() == 429);
+    }
+    assert!(limited > 0, "the per-address cap of sign-ins was reached");
+    let forged = browser
+        .get(format!(
+            "{}/api/auth/callback?state=forged&code=x",
+            app.command_url
+        ))
+        .header("x-real-ip", "203.0.113.88")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+
     let (total, rows) = events(&app, "kind=token_refused", 1).await;
     assert_eq!(total, 1, "{rows:#?}");
     assert_eq!(rows[0]["ip"], "203.0.113.7");
-    let (_, rows) = events(&app, "kind=token_refused", 1).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut flood = count(&rows);
-    while flood < 50 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        flood = count(&events(&app, "kind=token_refused", 1).await.1);
-    }
+    let flood = counted(&app, "kind=token_refused", 50).await;
     assert_eq!(flood, 50, "every refusal is counted");
 
     let (_, rows) = events(&app, "kind=permission_denied&ip=198.51.100.4", 1).await;
@@ -115,6 +148,22 @@ async fn refused_requests_and_the_logs_security_events_are_listed_filtered_and_e
     assert_eq!(rows[0]["details"]["groups"], json!(["sql"]));
     let excerpt = rows[0]["details"]["excerpt"].as_str().unwrap();
     assert!(excerpt.contains("OR '1'='1"), "{excerpt}");
+    let (_, rows) = events(&app, "kind=rate_limited&ip=203.0.113.88", 1).await;
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0]["details"]["route"], "/api/auth/login");
+    assert_eq!(
+        counted(&app, "kind=rate_limited&ip=203.0.113.88", limited).await,
+        limited
+    );
+    let (_, rows) = events(&app, "kind=sign_in_failed&ip=203.0.113.88", 1).await;
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert!(
+        rows[0]["details"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not started in this browser"),
+        "{rows:#?}"
+    );
     let (_, rows) = events(&app, "kind=system_role_granted", 1).await;
     assert_eq!(rows[0]["details"]["userId"], guest);
     assert_eq!(rows[0]["actorId"], app.admin_id);
@@ -167,6 +216,10 @@ async fn refused_requests_and_the_logs_security_events_are_listed_filtered_and_e
         status, 200,
         "the guest was made a System user above, so it may read them"
     );
+    let (status, _) = app.delete(&format!("/api/users/{guest}/system-role")).await;
+    assert_eq!(status, 200);
+    let (_, rows) = events(&app, "kind=system_role_revoked", 1).await;
+    assert_eq!(rows[0]["details"]["userId"], guest);
     app.add_member(&acme, "user-2", "user").await;
     let (status, _) =
         send(app.as_user("user-2", Method::GET, "/api/v1/admin/security-events")).await;
@@ -220,8 +273,16 @@ async fn probes_become_one_triage_report_per_source_and_minute() {
     assert_eq!(report["submittedBy"]["userAgent"], "sqlmap/1.8");
     assert_eq!(report["submittedBy"]["userId"], app.admin_id);
     assert_eq!(report["page"], "/api/organizations/{id}");
-    // Reported once: the intake does not report a row again.
+    // Reported once: the intake marks the rows it reported, and a report made again would be the
+    // same stream.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (_, page) = app.get("/api/v1/admin/feedback?source=probe").await;
     assert_eq!(page["pagination"]["total"], reports.len());
+    let unreported: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM security_refusals WHERE kind = 'probe' AND NOT reported",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(unreported, 0);
 }
