@@ -18,11 +18,12 @@
 //! `value`, keys …) are replaced by `[redacted]` before anything is kept, and headers are never kept.
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::header::CONTENT_LENGTH;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -46,6 +47,8 @@ pub const SOURCES_PER_MINUTE: usize = 1000;
 /// Bodies up to this size (by `Content-Length`) are looked at; larger ones are not buffered.
 const BODY_LOOKED_AT: u64 = 64 * 1024;
 const CHANNEL: usize = 1000;
+/// The headers a refusal's record reads: where the request came from, and its client.
+const FORWARDING: [&str; 3] = ["x-real-ip", "x-forwarded-for", "user-agent"];
 
 /// What kind of refusal a security event records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -176,29 +179,35 @@ pub async fn observe(
     } else {
         (body, Bytes::new())
     };
-    let route = parts
+    // What a refusal's record needs, kept by cheap clones (reference-counted): most answers are not
+    // refusals, and pay for nothing more.
+    let (method, uri) = (parts.method.clone(), parts.uri.clone());
+    let route = parts.extensions.get::<MatchedPath>().cloned();
+    let forwarding = FORWARDING.map(|name| parts.headers.get(name).cloned());
+    let peer = parts
         .extensions
-        .get::<MatchedPath>()
-        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
-    let method = parts.method.to_string();
-    let path = parts.uri.path().to_owned();
-    let query = parts.uri.query().unwrap_or("").to_owned();
-    let context = RequestContext::from_headers(
-        |name| parts.headers.get(name).and_then(|v| v.to_str().ok()),
-        None,
-    );
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
     let response = next.run(Request::from_parts(parts, body)).await;
     let status = response.status();
     if !status.is_client_error() {
         return response;
     }
+    let context = RequestContext::from_headers(
+        |name| {
+            let at = FORWARDING.iter().position(|n| *n == name)?;
+            forwarding[at].as_ref()?.to_str().ok()
+        },
+        peer.map(|ip| ip.to_string()),
+    );
+    let route = route.map_or_else(|| uri.path().to_owned(), |r| r.as_str().to_owned());
     let refusal = response.extensions().get::<Refusal>().cloned();
     let kind = if route == "/api/auth/callback" {
         Some(Kind::SignInFailed)
     } else {
         refusal.as_ref().and_then(|r| r.kind)
     };
-    let mut input = format!("{path}?{query}\n");
+    let mut input = format!("{}?{}\n", uri.path(), uri.query().unwrap_or(""));
     input.push_str(&String::from_utf8_lossy(&kept[..kept.len().min(INPUT_MAX)]));
     recorder.record(Observation {
         at: Utc::now(),
@@ -207,7 +216,7 @@ pub async fn observe(
         source: context.client_ip,
         actor: slot.0.get().copied(),
         user_agent: context.user_agent,
-        method,
+        method: method.to_string(),
         route,
         status: status.as_u16(),
         input,

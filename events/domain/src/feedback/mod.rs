@@ -497,6 +497,41 @@ mod tests {
     }
 
     #[test]
+    fn every_move_the_workflow_allows_and_none_other() {
+        use TriageState::*;
+        let allowed = [
+            (Open, Triaged),
+            (Triaged, InProgress),
+            (Triaged, Done),
+            (Triaged, Open),
+            (InProgress, Done),
+            (InProgress, Triaged),
+            (Done, Archived),
+            (Done, InProgress),
+            (Archived, Open),
+        ];
+        for from in TriageState::ALL {
+            // Folding does not check moves, so any state can be set up directly.
+            let item =
+                given::<Feedback>([submitted_event("Please add exports"), moved(Open, from)]);
+            for to in TriageState::ALL {
+                let decided = item.state.decide(FeedbackCommand::Transition {
+                    to,
+                    note: None,
+                    assignee_id: None,
+                });
+                assert_eq!(
+                    decided.is_ok(),
+                    allowed.contains(&(from, to)),
+                    "{} -> {}: {decided:?}",
+                    from.as_str(),
+                    to.as_str()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn bad_input_is_refused_naming_the_field() {
         let refused = |submission: Submission| {
             Feedback::default()
