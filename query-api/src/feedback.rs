@@ -172,14 +172,20 @@ pub async fn list(
     let page = PageRequest::parse(params.get("page"), params.get("limit"))?;
     state.consistency.wait(FEEDBACK, consistency).await?;
     let rows = async {
-        let mut query = QueryBuilder::new(format!("SELECT {VIEW} FROM read_models.feedback"));
+        // The page's ids first, from an index alone (the skipped rows are never read or built), then
+        // its rows.
+        let mut query = QueryBuilder::new(format!(
+            "SELECT {VIEW} FROM read_models.feedback WHERE id IN (SELECT id FROM read_models.feedback"
+        ));
         filter.push_conditions(&mut query);
         query
             .push(order)
             .push(" LIMIT ")
             .push_bind(page.limit)
             .push(" OFFSET ")
-            .push_bind(page.offset());
+            .push_bind(page.offset())
+            .push(")")
+            .push(order);
         query
             .build_query_scalar::<Value>()
             .fetch_all(&state.pool)
@@ -275,7 +281,7 @@ pub async fn groups(
                'latest', (SELECT jsonb_build_object('id', f.id, 'message', f.message) \
                           FROM read_models.feedback f WHERE f.group_id = g.id \
                           ORDER BY f.created_at DESC, f.id DESC LIMIT 1)) \
-             FROM read_models.feedback_groups g",
+             FROM read_models.feedback_groups g WHERE g.id IN (SELECT g.id FROM read_models.feedback_groups g",
         );
         conditions(&mut query);
         query
@@ -283,7 +289,9 @@ pub async fn groups(
             .push(" LIMIT ")
             .push_bind(page.limit)
             .push(" OFFSET ")
-            .push_bind(page.offset());
+            .push_bind(page.offset())
+            .push(")")
+            .push(order);
         query
             .build_query_scalar::<Value>()
             .fetch_all(&state.pool)

@@ -1,5 +1,5 @@
 //! (l) The triage queue: feedback capture through `POST /api/feedback` from `--clients` HTTP clients,
-//! classified (the app's command-api) against the same requests to a second command-api with
+//! classified against the same requests to a command-api built alike but with
 //! `FEEDBACK_CLASSIFICATION` off, run in both orders and averaged, the messages drawn from the
 //! classifier's corpora (ordinary reports and attack payloads); then `--list-rows` submissions written
 //! straight into the read model and pages 1-100 of the queue from 8 clients, newest first and open
@@ -73,14 +73,18 @@ pub async fn run(
     requests: usize,
 ) -> anyhow::Result<()> {
     let organization = app.create_organization("Feedback Corp").await;
-    let plain = app
+    // Two command-apis built alike (same pool size) but for the switch.
+    let with = app
+        .another_command_api_with(|config| config.feedback_classification = true)
+        .await;
+    let without = app
         .another_command_api_with(|config| config.feedback_classification = false)
         .await;
     let half = duration / 2;
-    let classified_first = capture(app, &app.command_url, &organization, clients, half).await;
-    let plain_second = capture(app, &plain, &organization, clients, half).await;
-    let plain_first = capture(app, &plain, &organization, clients, half).await;
-    let classified_second = capture(app, &app.command_url, &organization, clients, half).await;
+    let classified_first = capture(app, &with, &organization, clients, half).await;
+    let plain_second = capture(app, &without, &organization, clients, half).await;
+    let plain_first = capture(app, &without, &organization, clients, half).await;
+    let classified_second = capture(app, &with, &organization, clients, half).await;
     let classified = (classified_first.rate + classified_second.rate) / 2.0;
     let unclassified = (plain_first.rate + plain_second.rate) / 2.0;
     println!(
