@@ -1,6 +1,7 @@
 //! Housekeeping: deletes what has expired from the tables the APIs keep beside the log: sign-in
-//! attempts past their time to come back, sessions past their end, and idempotency records older
-//! than the 24 hours a key is honoured. It runs in the projector process, every
+//! attempts past their time to come back, sessions past their end, idempotency records older
+//! than the 24 hours a key is honoured, and recorded refusals (`security_refusals`) older than
+//! [`REFUSALS_KEPT_DAYS`] (probes once reported into the triage queue). It runs in the projector process, every
 //! `HOUSEKEEPING_INTERVAL_SECS`.
 //!
 //! Each statement deletes at most one batch and commits on its own, skipping rows another
@@ -16,6 +17,9 @@ use sqlx::PgPool;
 /// Most rows one statement deletes.
 pub const BATCH: i64 = 1_000;
 
+/// How long refused requests stay among the security events.
+pub const REFUSALS_KEPT_DAYS: i64 = 90;
+
 /// Deletes everything expired, a batch at a time; returns how many rows it deleted.
 pub async fn purge(pool: &PgPool) -> sqlx::Result<u64> {
     let purges = [
@@ -30,6 +34,12 @@ pub async fn purge(pool: &PgPool) -> sqlx::Result<u64> {
         "DELETE FROM idempotency_keys WHERE (caller, key) IN (SELECT caller, key FROM idempotency_keys \
          WHERE created_at < now() - interval '24 hours' LIMIT $1 FOR UPDATE SKIP LOCKED)"
             .to_owned(),
+        format!(
+            "DELETE FROM security_refusals WHERE (minute, kind, source, actor_id) IN ( \
+               SELECT minute, kind, source, actor_id FROM security_refusals \
+               WHERE first_at < now() - interval '{REFUSALS_KEPT_DAYS} days' AND (kind <> 'probe' OR reported) \
+               LIMIT $1 FOR UPDATE SKIP LOCKED)"
+        ),
     ];
     let mut deleted = 0;
     for purge in &purges {

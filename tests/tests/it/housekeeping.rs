@@ -1,5 +1,5 @@
-//! Expired sign-in attempts, sessions and idempotency records are purged by the projector's
-//! housekeeping; anonymous sign-in starts are capped per client address and in all.
+//! Expired sign-in attempts, sessions, idempotency records and old recorded refusals are purged by
+//! the projector's housekeeping; anonymous sign-in starts are capped per client address and in all.
 
 use std::time::{Duration, Instant};
 
@@ -54,13 +54,28 @@ async fn the_projector_purges_expired_rows_and_keeps_live_ones() {
         .execute(&db.pool)
         .await
         .expect("an idempotency record");
+        sqlx::query(
+            "INSERT INTO security_refusals (minute, kind, source, actor_id, count, first_at, last_at, sample) \
+             VALUES (date_trunc('minute', now()), 'permission_denied', $1, '', 1, \
+                     now() - CASE WHEN $2 = '0' THEN interval '0' ELSE interval '91 days' END, now(), '{}')",
+        )
+        .bind(format!("10.0.0.{n}"))
+        .bind(age)
+        .execute(&db.pool)
+        .await
+        .expect("a recorded refusal");
     }
 
     let mut stack = Stack::new(&db, &issuer);
     stack.set("HOUSEKEEPING_INTERVAL_SECS", "1");
     let _projector = stack.projector().await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    for table in ["sign_in_attempts", "sessions", "idempotency_keys"] {
+    for table in [
+        "sign_in_attempts",
+        "sessions",
+        "idempotency_keys",
+        "security_refusals",
+    ] {
         while count(&db, table).await > 2 {
             assert!(Instant::now() < deadline, "{table} was not purged");
             tokio::time::sleep(Duration::from_millis(100)).await;
