@@ -12,9 +12,8 @@
 
 use std::collections::HashMap;
 
-use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -22,7 +21,6 @@ use contracts::read_models::{audit_count, audit_resource_count, AuditRows, AUDIT
 use domain::history::resource_types;
 use domain::{Action, Resource};
 use event_log::Stored;
-use futures::SinkExt;
 use http_layer::ApiError;
 use identity::auth::Authenticated;
 use serde_json::{json, Value};
@@ -30,11 +28,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::consistency::ReadConsistency;
+use crate::export;
 use crate::extract::{Caller, Params};
 use crate::pagination::{Page, PageRequest};
 use crate::AppState;
-
-pub const NDJSON: &str = "application/x-ndjson";
 
 /// Rows an export reads at a time.
 const EXPORT_BATCH: i64 = 500;
@@ -107,10 +104,7 @@ pub async fn list(
         from,
         to,
     };
-    let export = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains(NDJSON));
+    let export = export::wanted(&headers);
     // Paging parameters are checked even for an export, which ignores them.
     let page = PageRequest::parse(params.get("page"), params.get("limit"))?;
     state.consistency.wait(AUDIT, consistency).await?;
@@ -284,47 +278,33 @@ fn row_json(row: IndexRow, values: &HashMap<String, Value>) -> Result<Value, Api
 /// Streams every row `filter` matches as NDJSON, newest first, a batch at a time. Each batch goes on
 /// below the last position sent, so rows appended during the export neither shift nor join it.
 fn export_rows(pool: PgPool, filter: Filter) -> Response {
-    let (mut lines, body) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::spawn(async move {
-        let result: Result<(), ApiError> = async {
-            let query = format!(
-                "SELECT a.global_position FROM read_models.audit_index a WHERE {MATCHING} \
-                 AND a.global_position < $7 ORDER BY a.global_position DESC LIMIT $8"
-            );
-            let mut before = i64::MAX;
-            loop {
-                let positions: Vec<(i64,)> = bind_filter(sqlx::query_as(&query), &filter)
-                    .bind(before)
-                    .bind(EXPORT_BATCH)
-                    .fetch_all(&pool)
-                    .await?;
-                let Some((last,)) = positions.last().copied() else {
-                    return Ok(());
-                };
-                before = last;
-                let positions: Vec<i64> = positions.into_iter().map(|(p,)| p).collect();
-                let mut chunk = Vec::new();
-                for row in audit_rows(&pool, &positions).await? {
-                    serde_json::to_writer(&mut chunk, &row).map_err(anyhow::Error::from)?;
-                    chunk.push(b'\n');
-                }
-                if lines.send(Ok(Bytes::from(chunk))).await.is_err() {
-                    // The client went away.
-                    return Ok(());
-                }
-            }
-        }
-        .await;
-        if let Err(error) = result {
-            tracing::error!(error = %error, "audit export failed part-way");
-            let _ = lines
-                .send(Err(std::io::Error::other("the export failed part-way")))
-                .await;
-        }
-    });
-    (
-        [(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON))],
-        Body::from_stream(body),
-    )
-        .into_response()
+    let batches = futures::stream::unfold(
+        (pool, filter, Some(i64::MAX)),
+        |(pool, filter, before)| async move {
+            let batch = export_batch(&pool, &filter, before?).await;
+            let next = batch.as_ref().ok().and_then(|(_, last)| *last);
+            Some((batch.map(|(rows, _)| rows), (pool, filter, next)))
+        },
+    );
+    export::ndjson("audit", batches)
+}
+
+/// The export's rows below position `before`, and the last one's position (`None`: no more).
+async fn export_batch(
+    pool: &PgPool,
+    filter: &Filter,
+    before: i64,
+) -> Result<(Vec<Value>, Option<i64>), ApiError> {
+    let query = format!(
+        "SELECT a.global_position FROM read_models.audit_index a WHERE {MATCHING} \
+         AND a.global_position < $7 ORDER BY a.global_position DESC LIMIT $8"
+    );
+    let positions: Vec<(i64,)> = bind_filter(sqlx::query_as(&query), filter)
+        .bind(before)
+        .bind(EXPORT_BATCH)
+        .fetch_all(pool)
+        .await?;
+    let last = positions.last().map(|(p,)| *p);
+    let positions: Vec<i64> = positions.into_iter().map(|(p,)| p).collect();
+    Ok((audit_rows(pool, &positions).await?, last))
 }

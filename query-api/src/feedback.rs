@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::consistency::ReadConsistency;
 use crate::extract::{parse_id, Caller, Params, TimeRange};
-use crate::pagination::{contains_pattern, Page, PageRequest};
+use crate::pagination::{contains_pattern, rows_and_total, Page, PageRequest};
 use crate::AppState;
 
 /// A submission's view: the kept one with its group.
@@ -171,49 +171,34 @@ pub async fn list(
     let order = order(&params)?;
     let page = PageRequest::parse(params.get("page"), params.get("limit"))?;
     state.consistency.wait(FEEDBACK, consistency).await?;
-    let rows = async {
-        // The page's ids first, from an index alone (the skipped rows are never read or built), then
-        // its rows.
-        let mut query = QueryBuilder::new(format!(
-            "SELECT {VIEW} FROM read_models.feedback WHERE id IN (SELECT id FROM read_models.feedback"
-        ));
-        filter.push_conditions(&mut query);
-        query
-            .push(order)
-            .push(" LIMIT ")
-            .push_bind(page.limit)
-            .push(" OFFSET ")
-            .push_bind(page.offset())
-            .push(")")
-            .push(order);
-        query
-            .build_query_scalar::<Value>()
-            .fetch_all(&state.pool)
-            .await
-            .map_err(ApiError::from)
+    // The page's ids first, from an index alone (the skipped rows are never read or built), then its
+    // rows.
+    let mut rows = QueryBuilder::new(format!(
+        "SELECT {VIEW} FROM read_models.feedback WHERE id IN (SELECT id FROM read_models.feedback"
+    ));
+    filter.push_conditions(&mut rows);
+    rows.push(order)
+        .push(" LIMIT ")
+        .push_bind(page.limit)
+        .push(" OFFSET ")
+        .push_bind(page.offset())
+        .push(")")
+        .push(order);
+    let total = match filter.kept_count() {
+        Some(scope) => {
+            let mut total = QueryBuilder::new(
+                "SELECT coalesce((SELECT count FROM read_models.feedback_counts WHERE scope = ",
+            );
+            total.push_bind(scope).push("), 0)");
+            total
+        }
+        None => {
+            let mut total = QueryBuilder::new("SELECT count(*) FROM read_models.feedback");
+            filter.push_conditions(&mut total);
+            total
+        }
     };
-    let total = async {
-        let mut query = match filter.kept_count() {
-            Some(scope) => {
-                let mut query = QueryBuilder::new(
-                    "SELECT coalesce((SELECT count FROM read_models.feedback_counts WHERE scope = ",
-                );
-                query.push_bind(scope).push("), 0)");
-                query
-            }
-            None => {
-                let mut query = QueryBuilder::new("SELECT count(*) FROM read_models.feedback");
-                filter.push_conditions(&mut query);
-                query
-            }
-        };
-        query
-            .build_query_scalar::<i64>()
-            .fetch_one(&state.pool)
-            .await
-            .map_err(ApiError::from)
-    };
-    let (rows, total) = tokio::try_join!(rows, total)?;
+    let (rows, total) = rows_and_total(&state.pool, rows, total).await?;
     Ok(Json(Page::new(rows, page, total)))
 }
 
@@ -270,43 +255,28 @@ pub async fn groups(
             query.push(" AND g.kind = ").push_bind(kind);
         }
     };
-    let rows = async {
-        let mut query = QueryBuilder::new(
-            "SELECT jsonb_build_object('id', g.id, 'kind', g.kind, 'fingerprint', g.fingerprint, \
-               'origin', g.origin, 'items', g.items, 'state', g.state, \
-               'severity', (ARRAY['low','medium','high','critical'])[g.severity + 1], \
-               'counts', jsonb_build_object('open', g.open, 'triaged', g.triaged, \
-                 'in_progress', g.in_progress, 'done', g.done, 'archived', g.archived), \
-               'firstAt', api_time(g.first_at), 'lastAt', api_time(g.last_at), \
-               'latest', (SELECT jsonb_build_object('id', f.id, 'message', f.message) \
-                          FROM read_models.feedback f WHERE f.group_id = g.id \
-                          ORDER BY f.created_at DESC, f.id DESC LIMIT 1)) \
-             FROM read_models.feedback_groups g WHERE g.id IN (SELECT g.id FROM read_models.feedback_groups g",
-        );
-        conditions(&mut query);
-        query
-            .push(order)
-            .push(" LIMIT ")
-            .push_bind(page.limit)
-            .push(" OFFSET ")
-            .push_bind(page.offset())
-            .push(")")
-            .push(order);
-        query
-            .build_query_scalar::<Value>()
-            .fetch_all(&state.pool)
-            .await
-            .map_err(ApiError::from)
-    };
-    let total = async {
-        let mut query = QueryBuilder::new("SELECT count(*) FROM read_models.feedback_groups g");
-        conditions(&mut query);
-        query
-            .build_query_scalar::<i64>()
-            .fetch_one(&state.pool)
-            .await
-            .map_err(ApiError::from)
-    };
-    let (rows, total) = tokio::try_join!(rows, total)?;
+    let mut rows = QueryBuilder::new(
+        "SELECT jsonb_build_object('id', g.id, 'kind', g.kind, 'fingerprint', g.fingerprint, \
+           'origin', g.origin, 'items', g.items, 'state', g.state, \
+           'severity', (ARRAY['low','medium','high','critical'])[g.severity + 1], \
+           'counts', jsonb_build_object('open', g.open, 'triaged', g.triaged, \
+             'in_progress', g.in_progress, 'done', g.done, 'archived', g.archived), \
+           'firstAt', api_time(g.first_at), 'lastAt', api_time(g.last_at), \
+           'latest', (SELECT jsonb_build_object('id', f.id, 'message', f.message) \
+                      FROM read_models.feedback f WHERE f.group_id = g.id \
+                      ORDER BY f.created_at DESC, f.id DESC LIMIT 1)) \
+         FROM read_models.feedback_groups g WHERE g.id IN (SELECT g.id FROM read_models.feedback_groups g",
+    );
+    conditions(&mut rows);
+    rows.push(order)
+        .push(" LIMIT ")
+        .push_bind(page.limit)
+        .push(" OFFSET ")
+        .push_bind(page.offset())
+        .push(")")
+        .push(order);
+    let mut total = QueryBuilder::new("SELECT count(*) FROM read_models.feedback_groups g");
+    conditions(&mut total);
+    let (rows, total) = rows_and_total(&state.pool, rows, total).await?;
     Ok(Json(Page::new(rows, page, total)))
 }

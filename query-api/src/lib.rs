@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod consistency;
 pub mod environments;
 pub mod executions;
+pub mod export;
 pub mod extract;
 pub mod feedback;
 pub mod members;

@@ -1,8 +1,10 @@
 //! `page`/`limit` parameters and the `{data, pagination}` envelope of list responses (contract §5,
-//! `events/docs/contract.md`).
+//! `events/docs/contract.md`), and running a page's query beside its total's.
 
 use http_layer::ApiError;
 use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, QueryBuilder};
 
 pub const DEFAULT_LIMIT: i64 = 10;
 pub const MAX_LIMIT: i64 = 100;
@@ -84,6 +86,20 @@ pub fn contains_pattern(search: &str) -> String {
     }
     pattern.push('%');
     pattern
+}
+
+/// A page's rows (one JSON value each) and its total, each from its own query, run at once on two
+/// connections.
+pub async fn rows_and_total(
+    pool: &PgPool,
+    mut rows: QueryBuilder<'_, Postgres>,
+    mut total: QueryBuilder<'_, Postgres>,
+) -> Result<(Vec<Value>, i64), ApiError> {
+    let (rows, total) = tokio::try_join!(
+        rows.build_query_scalar::<Value>().fetch_all(pool),
+        total.build_query_scalar::<i64>().fetch_one(pool),
+    )?;
+    Ok((rows, total))
 }
 
 #[cfg(test)]

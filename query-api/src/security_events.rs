@@ -9,15 +9,13 @@
 //! Filters by kind, actor, organization (log events only: refusals carry none), address and time;
 //! exact totals; `Accept: application/x-ndjson` streams every matching row.
 
-use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use contracts::read_models::SECURITY;
 use domain::{Action, Resource};
-use futures::SinkExt;
 use http_layer::security::Kind;
 use http_layer::ApiError;
 use identity::auth::Authenticated;
@@ -25,10 +23,10 @@ use serde_json::Value;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::audit::NDJSON;
 use crate::consistency::ReadConsistency;
+use crate::export;
 use crate::extract::{Caller, Params, TimeRange};
-use crate::pagination::{Page, PageRequest};
+use crate::pagination::{rows_and_total, Page, PageRequest};
 use crate::AppState;
 
 /// The kinds the event log holds.
@@ -155,90 +153,62 @@ pub async fn list(
     let filter = Filter::parse(&params)?;
     let page = PageRequest::parse(params.get("page"), params.get("limit"))?;
     state.consistency.wait(SECURITY, consistency).await?;
-    let export = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains(NDJSON));
-    if export {
+    if export::wanted(&headers) {
         return Ok(export_rows(state.pool.clone(), filter));
     }
-    let rows = async {
-        let mut query = QueryBuilder::new("SELECT row FROM ");
-        filter.push_events(&mut query);
-        query
-            .push(" AS s ORDER BY occurred_at DESC, key DESC LIMIT ")
-            .push_bind(page.limit)
-            .push(" OFFSET ")
-            .push_bind(page.offset());
-        query
-            .build_query_scalar::<Value>()
-            .fetch_all(&state.pool)
-            .await
-            .map_err(ApiError::from)
-    };
-    let total = async {
-        let mut query = QueryBuilder::new("SELECT count(*) FROM ");
-        filter.push_events(&mut query);
-        query.push(" AS s");
-        query
-            .build_query_scalar::<i64>()
-            .fetch_one(&state.pool)
-            .await
-            .map_err(ApiError::from)
-    };
-    let (rows, total) = tokio::try_join!(rows, total)?;
+    let mut rows = QueryBuilder::new("SELECT row FROM ");
+    filter.push_events(&mut rows);
+    rows.push(" AS s ORDER BY occurred_at DESC, key DESC LIMIT ")
+        .push_bind(page.limit)
+        .push(" OFFSET ")
+        .push_bind(page.offset());
+    let mut total = QueryBuilder::new("SELECT count(*) FROM ");
+    filter.push_events(&mut total);
+    total.push(" AS s");
+    let (rows, total) = rows_and_total(&state.pool, rows, total).await?;
     Ok(Json(Page::<Value>::new(rows, page, total)).into_response())
 }
 
 /// Streams every row `filter` matches as NDJSON, newest first, a batch at a time, each batch after
 /// the last row sent.
 fn export_rows(pool: PgPool, filter: Filter) -> Response {
-    let (mut lines, body) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::spawn(async move {
-        let result: Result<(), ApiError> = async {
-            let mut after: Option<(DateTime<Utc>, String)> = None;
-            loop {
-                let mut query = QueryBuilder::new("SELECT occurred_at, key, row FROM ");
-                filter.push_events(&mut query);
-                query.push(" AS s");
-                if let Some((at, key)) = &after {
-                    query
-                        .push(" WHERE (occurred_at, key) < (")
-                        .push_bind(*at)
-                        .push(", ")
-                        .push_bind(key.clone())
-                        .push(")");
-                }
-                query
-                    .push(" ORDER BY occurred_at DESC, key DESC LIMIT ")
-                    .push_bind(EXPORT_BATCH);
-                let rows: Vec<(DateTime<Utc>, String, Value)> =
-                    query.build_query_as().fetch_all(&pool).await?;
-                let Some((at, key, _)) = rows.last().cloned() else {
-                    return Ok(());
-                };
-                after = Some((at, key));
-                let mut chunk = Vec::new();
-                for (_, _, row) in rows {
-                    serde_json::to_writer(&mut chunk, &row).map_err(anyhow::Error::from)?;
-                    chunk.push(b'\n');
-                }
-                if lines.send(Ok(Bytes::from(chunk))).await.is_err() {
-                    return Ok(());
-                }
-            }
-        }
-        .await;
-        if let Err(error) = result {
-            tracing::error!(error = %error, "security events export failed part-way");
-            let _ = lines
-                .send(Err(std::io::Error::other("the export failed part-way")))
-                .await;
-        }
-    });
-    (
-        [(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON))],
-        Body::from_stream(body),
-    )
-        .into_response()
+    // The state's cursor: `None` once done, `Some(None)` before the first batch.
+    let batches = futures::stream::unfold(
+        (pool, filter, Some(None)),
+        |(pool, filter, after)| async move {
+            let batch = export_batch(&pool, &filter, after?).await;
+            let next = batch
+                .as_ref()
+                .ok()
+                .and_then(|(_, last)| last.clone().map(Some));
+            Some((batch.map(|(rows, _)| rows), (pool, filter, next)))
+        },
+    );
+    export::ndjson("security events", batches)
+}
+
+/// The rows after `after` (the time and key of the last row sent; `None`: from the newest), and the
+/// last one's time and key (`None`: no more).
+async fn export_batch(
+    pool: &PgPool,
+    filter: &Filter,
+    after: Option<(DateTime<Utc>, String)>,
+) -> Result<(Vec<Value>, Option<(DateTime<Utc>, String)>), ApiError> {
+    let mut query = QueryBuilder::new("SELECT occurred_at, key, row FROM ");
+    filter.push_events(&mut query);
+    query.push(" AS s");
+    if let Some((at, key)) = after {
+        query
+            .push(" WHERE (occurred_at, key) < (")
+            .push_bind(at)
+            .push(", ")
+            .push_bind(key)
+            .push(")");
+    }
+    query
+        .push(" ORDER BY occurred_at DESC, key DESC LIMIT ")
+        .push_bind(EXPORT_BATCH);
+    let rows: Vec<(DateTime<Utc>, String, Value)> = query.build_query_as().fetch_all(pool).await?;
+    let last = rows.last().map(|(at, key, _)| (*at, key.clone()));
+    Ok((rows.into_iter().map(|(_, _, row)| row).collect(), last))
 }
