@@ -15,6 +15,7 @@ pub mod extract;
 pub mod feedback;
 pub mod fields;
 pub mod members;
+pub mod notifications;
 pub mod organizations;
 pub mod outbound;
 pub mod probes;
@@ -267,6 +268,16 @@ pub fn api_routes() -> Routes<AppState> {
             Method::POST,
             "/api/v1/admin/feedback/groups/{id}/transitions",
             feedback::transition_group,
+        )
+        .add(
+            Method::POST,
+            "/api/v1/admin/notifications/{id}/acknowledge",
+            notifications::acknowledge,
+        )
+        .add(
+            Method::POST,
+            "/api/v1/admin/notifications/{id}/resolve",
+            notifications::resolve,
         )
         .add(Method::GET, "/api/auth/login", sign_in::login)
         .add(Method::GET, "/api/auth/callback", sign_in::callback)

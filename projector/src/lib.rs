@@ -13,6 +13,7 @@ pub mod executions;
 pub mod feedback;
 pub mod housekeeping;
 pub mod indexer;
+pub mod notifications;
 pub mod ops;
 pub mod projection;
 pub mod publisher;
@@ -41,6 +42,7 @@ pub fn projections() -> Vec<Arc<dyn Projection>> {
             burst: feedback::BurstRule::from_env(),
         }),
         Arc::new(security::Security),
+        Arc::new(notifications::Notifications),
         Arc::new(audit::Audit),
     ]
 }

@@ -15,6 +15,7 @@ pub mod export;
 pub mod extract;
 pub mod feedback;
 pub mod members;
+pub mod notifications;
 pub mod organizations;
 pub mod pagination;
 pub mod processed_messages;
@@ -172,6 +173,16 @@ pub fn api_routes() -> Routes<AppState> {
             feedback::groups,
         )
         .add(Method::GET, "/api/v1/admin/feedback/{id}", feedback::get)
+        .add(
+            Method::GET,
+            "/api/v1/admin/notifications",
+            notifications::list,
+        )
+        .add(
+            Method::GET,
+            "/api/v1/admin/notifications/unread",
+            notifications::unread,
+        )
         .add(
             Method::GET,
             "/api/v1/admin/security-events",

@@ -18,6 +18,7 @@ use domain::environment::{Environment, EnvironmentEvent};
 use domain::execution::{Execution, ExecutionEvent};
 use domain::feedback::{Feedback, FeedbackEvent};
 use domain::members::{Members, MembersEvent};
+use domain::notification::{Notification, NotificationEvent};
 use domain::organization::{Organization, OrganizationEvent};
 use domain::processed_queue::{ProcessedQueue, ProcessedQueueEvent};
 use domain::sentiment::SentimentAnalysis;
@@ -50,6 +51,7 @@ pub fn aggregate_types() -> Vec<&'static str> {
         Execution::TYPE,
         ProcessedQueue::TYPE,
         Feedback::TYPE,
+        Notification::TYPE,
     ];
     types.extend(kinds::ALL.iter().map(|kind| kind.type_name));
     types
@@ -132,6 +134,7 @@ pub fn schemas() -> BTreeMap<String, Value> {
         schemars::schema_for!(ExecutionEvent),
         schemars::schema_for!(ProcessedQueueEvent),
         schemars::schema_for!(FeedbackEvent),
+        schemars::schema_for!(NotificationEvent),
     ] {
         add_variants(&mut schemas, root.to_value());
     }

@@ -56,6 +56,9 @@ pub fn feedback_count(filter: &str, value: &str) -> String {
     format!("{filter}:{value}")
 }
 
+/// The projection that keeps `notifications` (the operator surface's platform alerts).
+pub const NOTIFICATIONS: &str = "notifications";
+
 /// The projection that keeps `security_events` (the security events the log holds).
 pub const SECURITY: &str = "security";
 

@@ -20,6 +20,7 @@ use crate::environment::Environment;
 use crate::execution::Execution;
 use crate::feedback::Feedback;
 use crate::members::Members;
+use crate::notification::Notification;
 use crate::organization::Organization;
 use crate::personal::{self, ERASED};
 use crate::processed_queue::ProcessedQueue;
@@ -46,6 +47,7 @@ pub fn resource_types() -> Vec<&'static str> {
         Execution::TYPE,
         PROCESSED_MESSAGE,
         Feedback::TYPE,
+        Notification::TYPE,
     ];
     types.extend(kinds::ALL.iter().map(|kind| kind.type_name));
     types
@@ -127,6 +129,7 @@ pub enum StreamState {
     Execution(Box<Execution>),
     ProcessedQueue(ProcessedQueue),
     Feedback(Box<Feedback>),
+    Notification(Notification),
     Document(&'static KindInfo, DocumentState),
 }
 
@@ -151,6 +154,7 @@ impl StreamState {
             Execution::TYPE => StreamState::Execution(Box::default()),
             ProcessedQueue::TYPE => StreamState::ProcessedQueue(ProcessedQueue::default()),
             Feedback::TYPE => StreamState::Feedback(Box::default()),
+            Notification::TYPE => StreamState::Notification(Notification::default()),
             other => StreamState::Document(by_type_name(other)?, DocumentState::default()),
         })
     }
@@ -166,6 +170,7 @@ impl StreamState {
             StreamState::Execution(state) => serde_json::to_value(state),
             StreamState::ProcessedQueue(state) => serde_json::to_value(state),
             StreamState::Feedback(state) => serde_json::to_value(state),
+            StreamState::Notification(state) => serde_json::to_value(state),
             StreamState::Document(_, state) => serde_json::to_value(state),
         }
     }
@@ -190,6 +195,9 @@ impl StreamState {
                 StreamState::ProcessedQueue(serde_json::from_value(stored)?)
             }
             StreamState::Feedback(_) => StreamState::Feedback(serde_json::from_value(stored)?),
+            StreamState::Notification(_) => {
+                StreamState::Notification(serde_json::from_value(stored)?)
+            }
             StreamState::Document(info, _) => {
                 StreamState::Document(info, serde_json::from_value(stored)?)
             }
@@ -233,6 +241,9 @@ impl StreamState {
             StreamState::Feedback(state) => {
                 state.apply(&event.decode().map_err(|e| failed(e.to_string()))?, at)
             }
+            StreamState::Notification(state) => {
+                state.apply(&event.decode().map_err(|e| failed(e.to_string()))?, at)
+            }
             StreamState::Document(info, state) => {
                 let action = event
                     .event_type
@@ -258,7 +269,10 @@ impl StreamState {
             StreamState::Document(_, state) => state.deleted_at,
             StreamState::User(state) => state.erased_at,
             StreamState::ProcessedQueue(state) => state.last_deleted.as_ref().map(|d| d.deleted_at),
-            StreamState::Members(_) | StreamState::Execution(_) | StreamState::Feedback(_) => None,
+            StreamState::Members(_)
+            | StreamState::Execution(_)
+            | StreamState::Feedback(_)
+            | StreamState::Notification(_) => None,
         }
     }
 
@@ -325,6 +339,10 @@ impl StreamState {
                     fields.insert("groups".into(), json!(item.groups));
                     fields.insert("assigneeId".into(), json!(item.assignee_id));
                 }
+            }
+            StreamState::Notification(state) => {
+                fields.insert("acknowledgedAt".into(), json!(state.acknowledged_at));
+                fields.insert("resolvedAt".into(), json!(state.resolved_at));
             }
             StreamState::Document(info, state) => {
                 if let Some(live) = &state.live {

@@ -14,6 +14,7 @@ pub mod feedback;
 pub mod history;
 pub mod json;
 pub mod members;
+pub mod notification;
 pub mod organization;
 pub mod personal;
 pub mod processed_queue;

@@ -849,3 +849,125 @@ async fn sentiment_is_analysed_recorded_and_not_a_new_version() {
     assert_eq!(status, 200, "{past}");
     assert_eq!(past["rawSentimentAnalysis"], Value::Null);
 }
+
+/// The operator surface's notifications: failed executions raise one alert per organization, cause
+/// and hour, counting its occurrences, with credentials scrubbed; operators acknowledge and resolve
+/// it (who and when), a new failure makes a resolved alert unread again, and the badge counts
+/// unread alerts by severity. System only.
+#[tokio::test]
+async fn failed_executions_raise_one_alert_per_cause_that_operators_acknowledge_and_resolve() {
+    let s = Setup::start().await;
+    let failing = s
+        .template("Hi {{name}}", &s.model("server-error", "openai").await)
+        .await;
+    let refusing = s
+        .template("Hi {{name}}", &s.model("echo-credential", "openai").await)
+        .await;
+    for _ in 0..2 {
+        let (status, _) = s.execute(&failing, json!({"variableSet": "default"})).await;
+        assert_eq!(status, 502);
+    }
+    let (status, _) = s
+        .execute(&refusing, json!({"variableSet": "default"}))
+        .await;
+    assert_eq!(status, 502);
+    let (status, _) = s.execute(&failing, json!({"variableSet": "default"})).await;
+    assert_eq!(status, 502);
+
+    let alerts = |query: &'static str| {
+        let app = &s.app;
+        async move {
+            let (status, page) = app
+                .get(&format!("/api/v1/admin/notifications?{query}"))
+                .await;
+            assert_eq!(status, 200, "{page}");
+            page["data"].as_array().unwrap().clone()
+        }
+    };
+    let listed = alerts("kind=message&severity=high").await;
+    assert_eq!(listed.len(), 2, "one alert per cause: {listed:#?}");
+    let failed = listed
+        .iter()
+        .find(|a| a["source"]["reason"] == "provider_failed")
+        .unwrap()
+        .clone();
+    let refused = listed
+        .iter()
+        .find(|a| a["source"]["reason"] == "provider_refused")
+        .unwrap();
+    assert_eq!(failed["occurrences"], 3);
+    assert_eq!(failed["organizationId"], s.org);
+    assert_eq!(failed["state"], "unread");
+    assert!(
+        failed["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 failures since"),
+        "{failed}"
+    );
+    assert!(
+        !refused.to_string().contains(&s.token),
+        "the provider echoed the credential; the alert must not: {refused}"
+    );
+    let (_, badge) = s.app.get("/api/v1/admin/notifications/unread").await;
+    assert_eq!(
+        badge,
+        json!({ "total": 2, "bySeverity": { "low": 0, "medium": 0, "high": 2, "critical": 0 } })
+    );
+
+    let id = failed["id"].as_str().unwrap();
+    let (status, answer) = s
+        .app
+        .post(
+            &format!("/api/v1/admin/notifications/{id}/acknowledge"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["acknowledgedAt"].is_string());
+    let (status, _) = s
+        .app
+        .post(
+            &format!("/api/v1/admin/notifications/{id}/resolve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let resolved = alerts("state=resolved").await;
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0]["resolvedBy"], s.app.admin_id);
+    assert_eq!(resolved[0]["acknowledgedBy"], s.app.admin_id);
+    let (_, badge) = s.app.get("/api/v1/admin/notifications/unread").await;
+    assert_eq!(badge["total"], 1);
+
+    // It fires again: unread again, counted on.
+    let (status, _) = s.execute(&failing, json!({"variableSet": "default"})).await;
+    assert_eq!(status, 502);
+    let again = alerts("state=unread").await;
+    let again = again.iter().find(|a| a["id"] == failed["id"]).unwrap();
+    assert_eq!(again["occurrences"], 4);
+
+    let missing = uuid::Uuid::now_v7();
+    let (status, _) = s
+        .app
+        .post(
+            &format!("/api/v1/admin/notifications/{missing}/resolve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = s.app.get("/api/v1/admin/notifications?state=closed").await;
+    assert_eq!(status, 400);
+    s.app.add_member(&s.org, "org-admin", "admin").await;
+    for (method, path) in [
+        (Method::GET, "/api/v1/admin/notifications".to_owned()),
+        (Method::GET, "/api/v1/admin/notifications/unread".to_owned()),
+        (
+            Method::POST,
+            format!("/api/v1/admin/notifications/{id}/resolve"),
+        ),
+    ] {
+        let (status, _) = send(s.app.as_user("org-admin", method, &path).json(&json!({}))).await;
+        assert_eq!(status, 403, "{path}");
+    }
+}
