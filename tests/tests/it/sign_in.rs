@@ -197,6 +197,20 @@ async fn a_browser_signs_in_acts_with_its_session_and_signs_out_everywhere() {
     .await
     .unwrap();
     assert_eq!(leaked, 0);
+
+    // Operators see both among the security events.
+    let user_id = session["user"]["id"].as_str().unwrap();
+    for kind in ["sign_in", "sign_out"] {
+        let (status, page) = app
+            .get(&format!(
+                "/api/v1/admin/security-events?kind={kind}&actorId={user_id}"
+            ))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["pagination"]["total"], 1, "{kind}: {page}");
+        assert_eq!(page["data"][0]["details"]["userId"], user_id);
+        assert!(!page.to_string().contains(&token), "{page}");
+    }
 }
 
 #[tokio::test]
