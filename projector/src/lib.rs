@@ -47,6 +47,13 @@ pub fn projections() -> Vec<Arc<dyn Projection>> {
     ]
 }
 
+/// The connections a projector process's pool needs: each live projection holds one for as long as it
+/// runs (its LISTEN for appends); the publisher, the indexer, housekeeping and the health routes share
+/// the rest.
+pub fn pool_size() -> u32 {
+    projections().len() as u32 + 4
+}
+
 /// Spawns a live runner for each projection on the current runtime.
 pub fn spawn_workers(
     pool: &sqlx::PgPool,

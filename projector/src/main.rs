@@ -132,10 +132,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Run => cli.limits.limits(),
         _ => cli.limits.limits().without_statement_timeout(),
     };
-    // Each live projection holds one pooled connection for as long as it runs (its LISTEN for
-    // appends); the publisher, the indexer, housekeeping and the health routes share the rest.
-    let pool_size = projections().len() as u32 + 4;
-    let pool = event_log::database::connect(&cli.database_url, pool_size, limits).await?;
+    let pool =
+        event_log::database::connect(&cli.database_url, projector::pool_size(), limits).await?;
 
     match command {
         Command::Run => {

@@ -338,7 +338,12 @@ impl TestApp {
             retry_delay: Duration::from_millis(50),
             ..Default::default()
         };
-        self.projector = projector::spawn_workers(&self.db.pool, config);
+        // A pool of its own, as the projector's process has: its live projections each hold one of
+        // its connections, which the APIs' pool of any size must not run short of.
+        let pool = PgPoolOptions::new()
+            .max_connections(projector::pool_size())
+            .connect_lazy_with(self.db.connect_options());
+        self.projector = projector::spawn_workers(&pool, config);
         if let Some(bucket) = &self.bucket {
             let config = projector::indexer::IndexerConfig {
                 poll_interval: Duration::from_millis(100),
