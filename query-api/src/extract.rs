@@ -94,6 +94,32 @@ impl Params {
         Ok((from, to))
     }
 
+    /// The parameter `name` as `parse` reads it, if given; `400` listing `names` (what it accepts) when
+    /// `parse` reads nothing.
+    pub fn one_of<T>(
+        &self,
+        name: &str,
+        names: &[&str],
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, ApiError> {
+        self.get(name)
+            .map(|raw| {
+                parse(raw).ok_or_else(|| {
+                    ApiError::invalid(name, format!("must be one of {}", names.join(", ")))
+                })
+            })
+            .transpose()
+    }
+
+    /// The parameter `name`, if given, which must be one of `names`.
+    pub fn named(
+        &self,
+        name: &str,
+        names: &[&'static str],
+    ) -> Result<Option<&'static str>, ApiError> {
+        self.one_of(name, names, |raw| names.iter().copied().find(|n| *n == raw))
+    }
+
     /// The `search` term, if any; an empty one means no filter.
     pub fn search(&self) -> Result<Option<&str>, ApiError> {
         match self.get("search") {

@@ -50,23 +50,6 @@ struct Filter {
     range: TimeRange,
 }
 
-/// One of the names `parse` knows, or `400` listing them.
-fn one_of<T>(
-    params: &Params,
-    name: &str,
-    names: &[&str],
-    parse: impl Fn(&str) -> Option<T>,
-) -> Result<Option<T>, ApiError> {
-    params
-        .get(name)
-        .map(|raw| {
-            parse(raw).ok_or_else(|| {
-                ApiError::invalid(name, format!("must be one of {}", names.join(", ")))
-            })
-        })
-        .transpose()
-}
-
 impl Filter {
     fn parse(params: &Params) -> Result<Filter, ApiError> {
         match params.get("mode") {
@@ -78,15 +61,11 @@ impl Filter {
         let qualities = Quality::ALL.map(Quality::as_str);
         let severities = Severity::ALL.map(Severity::as_str);
         Ok(Filter {
-            state: one_of(params, "state", &states, TriageState::parse)?,
-            group: one_of(params, "group", &groups, ProbeGroup::parse)?,
-            quality: one_of(params, "quality", &qualities, Quality::parse)?,
-            severity: one_of(params, "severity", &severities, Severity::parse)?,
-            source: one_of(params, "source", &["user", "probe"], |s| match s {
-                "user" => Some("user"),
-                "probe" => Some("probe"),
-                _ => None,
-            })?,
+            state: params.one_of("state", &states, TriageState::parse)?,
+            group: params.one_of("group", &groups, ProbeGroup::parse)?,
+            quality: params.one_of("quality", &qualities, Quality::parse)?,
+            severity: params.one_of("severity", &severities, Severity::parse)?,
+            source: params.named("source", &["user", "probe"])?,
             organization: params.uuid("organizationId")?,
             group_id: params.uuid("groupId")?,
             pattern: params.search()?.map(contains_pattern),
@@ -231,12 +210,8 @@ pub async fn groups(
 ) -> Result<Json<Page<Value>>, ApiError> {
     operator(&actor)?;
     let states = TriageState::ALL.map(TriageState::as_str);
-    let group_state = one_of(&params, "state", &states, TriageState::parse)?;
-    let kind = one_of(&params, "kind", &["single", "duplicate", "burst"], |k| {
-        ["single", "duplicate", "burst"]
-            .into_iter()
-            .find(|name| *name == k)
-    })?;
+    let group_state = params.one_of("state", &states, TriageState::parse)?;
+    let kind = params.named("kind", &["single", "duplicate", "burst"])?;
     let order = match params.get("sort") {
         None | Some("newest") => " ORDER BY g.last_at DESC, g.id DESC",
         Some("severity") => " ORDER BY g.severity DESC, g.last_at DESC, g.id DESC",

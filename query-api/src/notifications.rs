@@ -29,22 +29,6 @@ const VIEW: &str = "jsonb_build_object('id', n.id, 'kind', n.kind, \
    'state', n.state, 'acknowledgedBy', n.acknowledged_by, 'acknowledgedAt', api_time(n.acknowledged_at), \
    'resolvedBy', n.resolved_by, 'resolvedAt', api_time(n.resolved_at))";
 
-/// One of `names`, or `400` listing them.
-fn one_of(
-    params: &Params,
-    name: &str,
-    names: &[&'static str],
-) -> Result<Option<&'static str>, ApiError> {
-    params
-        .get(name)
-        .map(|raw| {
-            names.iter().copied().find(|n| *n == raw).ok_or_else(|| {
-                ApiError::invalid(name, format!("must be one of {}", names.join(", ")))
-            })
-        })
-        .transpose()
-}
-
 pub async fn list(
     State(state): State<AppState>,
     Caller(Authenticated { actor, .. }): Caller,
@@ -52,16 +36,13 @@ pub async fn list(
     params: Params,
 ) -> Result<Json<Page<Value>>, ApiError> {
     actor.authorize_platform(Resource::Operations, Action::Read)?;
-    let alert_state = one_of(&params, "state", &STATES)?;
-    let kind = one_of(&params, "kind", &KINDS)?;
-    let severity = params
-        .get("severity")
-        .map(|raw| {
-            Severity::parse(raw).ok_or_else(|| {
-                ApiError::invalid("severity", "must be one of low, medium, high, critical")
-            })
-        })
-        .transpose()?;
+    let alert_state = params.named("state", &STATES)?;
+    let kind = params.named("kind", &KINDS)?;
+    let severity = params.one_of(
+        "severity",
+        &Severity::ALL.map(Severity::as_str),
+        Severity::parse,
+    )?;
     let organization = params.uuid("organizationId")?;
     let (from, to) = params.time_range()?;
     let page = PageRequest::parse(params.get("page"), params.get("limit"))?;

@@ -51,19 +51,11 @@ struct Filter {
 
 impl Filter {
     fn parse(params: &Params) -> Result<Filter, ApiError> {
-        let kinds: Vec<&str> = LOGGED
+        let kinds: Vec<&'static str> = LOGGED
             .into_iter()
             .chain(Kind::ALL.map(Kind::as_str))
             .collect();
-        let kind = match params.get("kind") {
-            Some(kind) if !kinds.contains(&kind) => {
-                return Err(ApiError::invalid(
-                    "kind",
-                    format!("must be one of {}", kinds.join(", ")),
-                ))
-            }
-            other => other.map(str::to_owned),
-        };
+        let kind = params.named("kind", &kinds)?.map(str::to_owned);
         let bounded = |name: &str| match params.get(name) {
             Some(value) if value.chars().count() > 200 => {
                 Err(ApiError::invalid(name, "must be at most 200 characters"))
