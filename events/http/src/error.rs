@@ -75,10 +75,8 @@ impl ApiError {
     }
 
     pub fn not_found(resource: &str, id: impl std::fmt::Display) -> Self {
-        ApiError::NotFound {
-            error: format!("{resource} not found"),
-            details: format!("no {} with id {id}", resource.to_lowercase()),
-        }
+        let (error, details) = missing(resource, id);
+        ApiError::NotFound { error, details }
     }
 
     /// Maps a refusal of access to `resource` `id`: `403`, or for another tenant's resource exactly
@@ -89,12 +87,20 @@ impl ApiError {
     ) -> impl FnOnce(AccessError) -> Self {
         move |error| match error {
             AccessError::Forbidden { .. } => ApiError::Forbidden(error.to_string()),
-            AccessError::Hidden => match ApiError::not_found(resource, id) {
-                ApiError::NotFound { error, details } => ApiError::OtherTenant { error, details },
-                other => other,
-            },
+            AccessError::Hidden => {
+                let (error, details) = missing(resource, id);
+                ApiError::OtherTenant { error, details }
+            }
         }
     }
+}
+
+/// The `404` answer's error and details for `resource` `id`.
+fn missing(resource: &str, id: impl std::fmt::Display) -> (String, String) {
+    (
+        format!("{resource} not found"),
+        format!("no {} with id {id}", resource.to_lowercase()),
+    )
 }
 
 impl From<DomainError> for ApiError {
