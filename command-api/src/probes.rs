@@ -3,16 +3,15 @@
 //! source `probe`, one per minute, source and caller, so that the operators triage them with the
 //! rest of the queue (where the duplicate and burst groups collect repeated ones).
 //!
-//! Each report's id is derived from its row, so a report appended twice (two processes, or a crash
-//! before the row was marked) is the same stream and the second append is refused: it is then only
-//! marked. The report carries the redacted excerpt, never the request's body.
+//! Each report's id is derived from its row, so a row reported again (by two processes, or after a
+//! crash before the row was marked) finds its report's stream already there: it is then only marked. The report carries the redacted excerpt, never the request's body.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use commands::{Caller, Executor, Outcome, WriteSet};
 use domain::feedback::{Feedback, FeedbackCommand, Source, Submission, MESSAGE_MAX};
-use domain::{Actor, ActorRef, Aggregate, EventMetadata, Loaded};
+use domain::{Actor, ActorRef, Aggregate, EventMetadata};
 use http_layer::ApiError;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -69,12 +68,12 @@ pub async fn report_new(executor: &Executor) -> anyhow::Result<usize> {
             idempotency: None,
         };
         let appended = executor
-            .run(caller, || async { report(probe, id, &key) })
+            .run(caller, || report(executor, probe, id, &key))
             .await;
         match appended {
             Ok(_) => {}
-            // Reported already, by another process or before a crash.
-            Err(ApiError::VersionConflict) | Err(ApiError::Conflict { .. }) => {}
+            // Reported already, by another process or before a crash: the stream exists.
+            Err(ApiError::Conflict { .. }) => {}
             Err(error) => return Err(anyhow::anyhow!("reporting probe {key}: {error}")),
         }
         sqlx::query(
@@ -90,7 +89,13 @@ pub async fn report_new(executor: &Executor) -> anyhow::Result<usize> {
     Ok(probes.len())
 }
 
-fn report(probe: &Probe, id: Uuid, key: &str) -> Result<Outcome, ApiError> {
+/// The report of `probe` as report `id`; refused (`409`) when that report exists already.
+async fn report(
+    executor: &Executor,
+    probe: &Probe,
+    id: Uuid,
+    key: &str,
+) -> Result<Outcome, ApiError> {
     let text = |name: &str| probe.sample[name].as_str().unwrap_or("").to_owned();
     let route = text("route");
     let groups: Vec<&str> = probe.sample["groups"]
@@ -120,7 +125,8 @@ fn report(probe: &Probe, id: Uuid, key: &str) -> Result<Outcome, ApiError> {
         client_ip: known(&probe.source),
         user_agent: probe.sample["userAgent"].as_str().map(str::to_owned),
     };
-    let mut item = Loaded::<Feedback>::new_stream();
+    let mut item = executor.load::<Feedback>(id).await?;
+    let expected = item.version;
     let events = item.state.decide(FeedbackCommand::Submit(Submission {
         id,
         organization_id: None,
@@ -139,6 +145,6 @@ fn report(probe: &Probe, id: Uuid, key: &str) -> Result<Outcome, ApiError> {
         classify: true,
     }))?;
     let events = item.record(events, &metadata, Utc::now());
-    let write = WriteSet::append(&Feedback::stream_id(id), 0, events);
+    let write = WriteSet::append(&Feedback::stream_id(id), expected, events);
     Ok(Outcome::new(201, json!({ "id": id }), write.version_after()).appending(write, None))
 }

@@ -365,23 +365,27 @@ mod tests {
         assert_eq!(excerpt(&"a".repeat(1000)).len(), EXCERPT_MAX);
     }
 
+    /// A permission denial from `source`, now.
+    fn denial(source: String) -> Observation {
+        Observation {
+            at: Utc::now(),
+            kind: Some(Kind::PermissionDenied),
+            reason: String::new(),
+            source: Some(source),
+            actor: None,
+            user_agent: None,
+            method: "GET".into(),
+            route: "/api/x".into(),
+            status: 403,
+            input: "/api/x?\n".into(),
+        }
+    }
+
     #[test]
     fn a_flood_of_sources_is_bounded_per_minute() {
         let mut aggregator = Aggregator::default();
-        let at = Utc::now();
         for n in 0..(SOURCES_PER_MINUTE + 500) {
-            aggregator.add(Observation {
-                at,
-                kind: Some(Kind::PermissionDenied),
-                reason: String::new(),
-                source: Some(format!("10.0.{}.{}", n / 256, n % 256)),
-                actor: None,
-                user_agent: None,
-                method: "GET".into(),
-                route: "/api/x".into(),
-                status: 403,
-                input: "/api/x?\n".into(),
-            });
+            aggregator.add(denial(format!("10.0.{}.{}", n / 256, n % 256)));
         }
         assert_eq!(aggregator.pending.len(), SOURCES_PER_MINUTE + 1);
         let overflow = aggregator
@@ -391,5 +395,24 @@ mod tests {
             .unwrap()
             .1;
         assert_eq!(overflow.count, 500);
+    }
+
+    /// Recording never waits: with the recorder's task behind (here: not draining at all), the
+    /// observations past the channel's room are dropped, and every call returns (a waiting send would
+    /// never return here).
+    #[test]
+    fn recording_never_waits_for_the_store() {
+        let (sender, receiver) = mpsc::channel(CHANNEL);
+        let recorder = SecurityRecorder {
+            sender: Some(sender),
+        };
+        for n in 0..(CHANNEL * 10) {
+            recorder.record(denial(format!("10.1.0.{}", n % 256)));
+        }
+        assert_eq!(
+            receiver.len(),
+            CHANNEL,
+            "the channel holds what it has room for"
+        );
     }
 }
