@@ -14,6 +14,13 @@
 //! Each organization may run at most `EXECUTIONS_PER_ORGANIZATION` executions at once in this
 //! process; past that, `429`.
 //!
+//! An organization whose budget has a hard stop may start an execution only while what its finished
+//! executions cost this UTC month, in the budget's currency, is below the limit; past it, `402`. The
+//! spend is committed with each execution's end (`commands::lookups`), so the check sees every
+//! finished execution. Executions already running when the limit is reached finish and count: the
+//! overspend is at most what the executions in flight at that moment cost, one per slot of the cap
+//! above in each command-api process.
+//!
 //! A request repeated with the same `Idempotency-Key` does not call the model again: it gets the
 //! recorded execution's answer, or `409` while it is still running.
 
@@ -30,6 +37,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use commands::executor::CONSISTENCY_TOKEN;
 use commands::{Answer, Caller, Outcome, WriteSet};
+use domain::budget;
 use domain::catalog::kinds::{Model, PromptTemplate, PromptTemplateFields, Provider, SystemModel};
 use domain::catalog::{Change, Document, DocumentData, DocumentState, Kind};
 use domain::execution::{
@@ -503,6 +511,7 @@ pub async fn start(
         .executions
         .running
         .try_start(prepared.organization_id)?;
+    check_budget(state, prepared.organization_id).await?;
     let id = Uuid::now_v7();
     let metadata = write.metadata(prepared.role, Some(prepared.organization_id));
     let requested = ExecutionEvent::Requested {
@@ -561,6 +570,29 @@ pub async fn start(
         deltas,
         finished,
     }))
+}
+
+/// Refuses an execution (`402`) while its organization's hard-stopped budget is spent (module docs).
+async fn check_budget(state: &AppState, organization: Uuid) -> Result<(), ApiError> {
+    let spent: Option<(f64, String, f64)> = sqlx::query_as(
+        "SELECT b.monthly_limit::float8, b.currency, s.spent::float8 \
+         FROM organization_budgets b JOIN organization_spend s \
+           ON s.organization_id = b.organization_id AND s.period = $2 AND s.currency = b.currency \
+         WHERE b.organization_id = $1 AND b.hard_stop AND s.spent >= b.monthly_limit",
+    )
+    .bind(organization)
+    .bind(budget::period(Utc::now()))
+    .fetch_optional(state.executor.pool())
+    .await?;
+    match spent {
+        None => Ok(()),
+        Some((limit, currency, spent)) => Err(ApiError::BudgetExhausted {
+            details: format!(
+                "this organization has spent {spent} {currency} of its monthly budget of {limit} {currency}, \
+                 which stops executions until the next month or a raised limit"
+            ),
+        }),
+    }
 }
 
 /// Commits an execution's request; the answer kept under the caller's key names the execution.

@@ -7,6 +7,7 @@
 //! `http_layer::process`) and the tests both start it that way. Its error answers, route table,
 //! operations routes and request layers are `http_layer`'s.
 
+pub mod budgets;
 pub mod catalog;
 pub mod command;
 pub mod environments;
@@ -278,6 +279,16 @@ pub fn api_routes() -> Routes<AppState> {
             Method::POST,
             "/api/v1/admin/notifications/{id}/resolve",
             notifications::resolve,
+        )
+        .add(
+            Method::PUT,
+            "/api/v1/admin/organizations/{id}/budget",
+            budgets::set,
+        )
+        .add(
+            Method::DELETE,
+            "/api/v1/admin/organizations/{id}/budget",
+            budgets::remove,
         )
         .add(Method::GET, "/api/auth/login", sign_in::login)
         .add(Method::GET, "/api/auth/callback", sign_in::callback)

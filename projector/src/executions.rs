@@ -1,7 +1,8 @@
 //! The `executions` projection: one `read_models.executions` row per prompt-template execution (its
 //! folded state, for `GET /api/executions/{id}` and a template's executions), and
-//! `execution_totals`, the executions, failures, tokens and cost per organization, model, UTC day and
-//! currency, counted when an execution finishes.
+//! `execution_totals`, the executions, failures, tokens and cost per organization, UTC day, environment,
+//! model and currency, counted when an execution finishes, on the day it finished (when its cost was
+//! incurred, the day budgets count it on).
 //!
 //! A batch folds the executions it touches in memory with the aggregate's own `apply`, starting from
 //! their stored rows, and writes them back with one statement per table. The totals are increments:
@@ -51,7 +52,7 @@ impl Projection for Executions {
             .into_iter()
             .map(|(id, data)| (id, Execution { live: Some(data.0) }))
             .collect();
-        let mut totals: BTreeMap<(Uuid, Uuid, NaiveDate, String), Totals> = BTreeMap::new();
+        let mut totals: BTreeMap<(Uuid, NaiveDate, Uuid, Uuid, String), Totals> = BTreeMap::new();
         for event in events {
             let decoded: ExecutionEvent = event.decode().map_err(|e| {
                 anyhow::anyhow!("event {} of {}: {e}", event.event_id, event.stream_id)
@@ -65,8 +66,9 @@ impl Projection for Executions {
             if !matches!(decoded, ExecutionEvent::Requested { .. }) {
                 let key = (
                     live.organization_id,
+                    event.recorded_at.date_naive(),
+                    live.environment_id,
                     live.model_id,
-                    live.requested_at.date_naive(),
                     live.cost
                         .as_ref()
                         .map(|c| c.currency.clone())
@@ -96,9 +98,9 @@ impl Projection for Executions {
         if !totals.is_empty() {
             let (keys, totals): (Vec<_>, Vec<_>) = totals.into_iter().unzip();
             sqlx::query(
-                "INSERT INTO execution_totals (organization_id, model_id, day, currency, executions, failures, input_tokens, output_tokens, cost) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::date[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::numeric[]) \
-                 ON CONFLICT (organization_id, model_id, day, currency) DO UPDATE SET \
+                "INSERT INTO execution_totals (organization_id, day, environment_id, model_id, currency, executions, failures, input_tokens, output_tokens, cost) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::date[], $3::uuid[], $4::uuid[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::numeric[]) \
+                 ON CONFLICT (organization_id, day, environment_id, model_id, currency) DO UPDATE SET \
                    executions = execution_totals.executions + EXCLUDED.executions, \
                    failures = execution_totals.failures + EXCLUDED.failures, \
                    input_tokens = execution_totals.input_tokens + EXCLUDED.input_tokens, \
@@ -108,7 +110,8 @@ impl Projection for Executions {
             .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
             .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
             .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
-            .bind(keys.iter().map(|k| k.3.clone()).collect::<Vec<_>>())
+            .bind(keys.iter().map(|k| k.3).collect::<Vec<_>>())
+            .bind(keys.iter().map(|k| k.4.clone()).collect::<Vec<_>>())
             .bind(totals.iter().map(|t| t.executions).collect::<Vec<_>>())
             .bind(totals.iter().map(|t| t.failures).collect::<Vec<_>>())
             .bind(totals.iter().map(|t| t.input_tokens).collect::<Vec<_>>())

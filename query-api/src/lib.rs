@@ -21,6 +21,7 @@ pub mod pagination;
 pub mod processed_messages;
 pub mod security_events;
 pub mod session;
+pub mod usage;
 pub mod users;
 
 use std::sync::Arc;
@@ -187,6 +188,13 @@ pub fn api_routes() -> Routes<AppState> {
             Method::GET,
             "/api/v1/admin/security-events",
             security_events::list,
+        )
+        .add(Method::GET, "/api/v1/admin/usage", usage::usage)
+        .add(Method::GET, "/api/v1/admin/billing", usage::billing)
+        .add(
+            Method::GET,
+            "/api/v1/admin/organizations/{id}/budget",
+            usage::budget,
         )
         .add(
             Method::GET,

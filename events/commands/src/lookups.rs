@@ -1,7 +1,9 @@
 //! What a write's events imply outside the log, committed in the same transaction: the access lookups
 //! every request is authorised against (`access_users`, `access_memberships`), and the keys that go
 //! when an organization is deleted (its data key, `crate::secrets`) or a user erased (its personal
-//! data key, `event_log::personal`, with its sessions and kept responses).
+//! data key, `event_log::personal`, with its sessions and kept responses); and what an
+//! organization's budget is and what it has spent this month (`organization_budgets`,
+//! `organization_spend`), which executions are refused against (`402` past a hard stop) with no lag.
 //!
 //! They are derived here, in Rust, from the events the write appends, each read as the current version
 //! of its type through `domain::upcast` (as every reader of the log reads them), so that a new version
@@ -18,7 +20,9 @@ use uuid::Uuid;
 
 use domain::access::Role;
 use domain::aggregate::Aggregate;
+use domain::budget::{self, Budget, BudgetEvent};
 use domain::envelope::NewEvent;
+use domain::execution::{Execution, ExecutionEvent};
 use domain::members::{Members, MembersEvent};
 use domain::organization::{Organization, OrganizationEvent};
 use domain::user::{User, UserEvent};
@@ -33,6 +37,9 @@ pub struct Lookups {
     memberships_removed: Vec<MembershipRemoved>,
     organization_deleted: Option<Uuid>,
     user_erased: Option<Uuid>,
+    budget_set: Option<BudgetRow>,
+    budget_removed: Option<Uuid>,
+    spend: Vec<Spend>,
 }
 
 /// Never prints personal data.
@@ -69,6 +76,26 @@ struct Membership {
     user_id: Uuid,
     organization_id: Uuid,
     role: Role,
+}
+
+/// An organization's budget as the hard stop reads it.
+#[derive(Clone, Serialize)]
+struct BudgetRow {
+    organization_id: Uuid,
+    monthly_limit: f64,
+    currency: String,
+    alert_at: Vec<f64>,
+    hard_stop: bool,
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// What a finished execution cost, added to its organization's spend in the month it finished.
+#[derive(Clone, Serialize)]
+struct Spend {
+    organization_id: Uuid,
+    period: chrono::NaiveDate,
+    currency: String,
+    amount: f64,
 }
 
 #[derive(Clone, Serialize)]
@@ -123,6 +150,46 @@ impl Lookups {
                     }
                 }
             }
+            Budget::TYPE => {
+                for (event, decoded) in events.iter().zip(decoded::<BudgetEvent>(events)) {
+                    match decoded {
+                        BudgetEvent::Set { limits, .. } => {
+                            lookups.budget_removed = None;
+                            lookups.budget_set = Some(BudgetRow {
+                                organization_id: id,
+                                monthly_limit: limits.monthly_limit,
+                                currency: limits.currency,
+                                alert_at: limits.alert_at,
+                                hard_stop: limits.hard_stop,
+                                updated_at: event.recorded_at,
+                            });
+                        }
+                        BudgetEvent::Removed {} => {
+                            lookups.budget_set = None;
+                            lookups.budget_removed = Some(id);
+                        }
+                    }
+                }
+            }
+            Execution::TYPE => {
+                for (event, decoded) in events.iter().zip(decoded::<ExecutionEvent>(events)) {
+                    let (
+                        ExecutionEvent::Succeeded {
+                            cost: Some(cost), ..
+                        },
+                        Some(organization_id),
+                    ) = (decoded, event.metadata.organization_id)
+                    else {
+                        continue;
+                    };
+                    lookups.spend.push(Spend {
+                        organization_id,
+                        period: budget::period(event.recorded_at),
+                        currency: cost.currency,
+                        amount: cost.total,
+                    });
+                }
+            }
             Organization::TYPE => {
                 for event in decoded::<OrganizationEvent>(events) {
                     if let OrganizationEvent::Deleted {} = event {
@@ -144,6 +211,9 @@ impl Lookups {
             && self.memberships_removed.is_empty()
             && self.organization_deleted.is_none()
             && self.user_erased.is_none()
+            && self.budget_set.is_none()
+            && self.budget_removed.is_none()
+            && self.spend.is_empty()
     }
 
     /// Whose access lookups these change.

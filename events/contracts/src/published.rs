@@ -13,6 +13,7 @@ use chrono::SecondsFormat;
 use serde_json::{json, Map, Value};
 
 use domain::aggregate::Aggregate;
+use domain::budget::{Budget, BudgetEvent};
 use domain::catalog::{kinds, SEALED_VALUES, SENTIMENT_ANALYZED};
 use domain::environment::{Environment, EnvironmentEvent};
 use domain::execution::{Execution, ExecutionEvent};
@@ -52,6 +53,7 @@ pub fn aggregate_types() -> Vec<&'static str> {
         ProcessedQueue::TYPE,
         Feedback::TYPE,
         Notification::TYPE,
+        Budget::TYPE,
     ];
     types.extend(kinds::ALL.iter().map(|kind| kind.type_name));
     types
@@ -135,6 +137,7 @@ pub fn schemas() -> BTreeMap<String, Value> {
         schemars::schema_for!(ProcessedQueueEvent),
         schemars::schema_for!(FeedbackEvent),
         schemars::schema_for!(NotificationEvent),
+        schemars::schema_for!(BudgetEvent),
     ] {
         add_variants(&mut schemas, root.to_value());
     }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use uuid::Uuid;
 
 use domain::access::Role;
+use domain::budget::Limits;
 use domain::environment::EnvironmentData;
 use domain::feedback::classify::{ProbeGroup, Quality};
 use domain::feedback::{FeedbackData, Severity, Source, TriageState};
@@ -220,6 +221,32 @@ impl FeedbackItem {
             transitions: Vec::new(),
             created_at: data.created_at,
             updated_at: data.updated_at,
+        }
+    }
+}
+
+/// An organization's budget (`GET`/`PUT /api/v1/admin/organizations/{id}/budget`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetView {
+    pub organization_id: Uuid,
+    pub monthly_limit: f64,
+    pub currency: String,
+    pub alert_at: Vec<f64>,
+    pub hard_stop: bool,
+    #[serde(serialize_with = "timestamp")]
+    pub updated_at: DateTime<Utc>,
+}
+
+impl BudgetView {
+    pub fn new(organization_id: Uuid, limits: &Limits, updated_at: DateTime<Utc>) -> Self {
+        BudgetView {
+            organization_id,
+            monthly_limit: limits.monthly_limit,
+            currency: limits.currency.clone(),
+            alert_at: limits.alert_at.clone(),
+            hard_stop: limits.hard_stop,
+            updated_at,
         }
     }
 }

@@ -14,6 +14,7 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use crate::aggregate::Aggregate;
+use crate::budget::Budget;
 use crate::catalog::kinds::{self, by_type_name};
 use crate::catalog::{Change, DocumentState, KindInfo, SEALED_VALUES};
 use crate::environment::Environment;
@@ -48,6 +49,7 @@ pub fn resource_types() -> Vec<&'static str> {
         PROCESSED_MESSAGE,
         Feedback::TYPE,
         Notification::TYPE,
+        Budget::TYPE,
     ];
     types.extend(kinds::ALL.iter().map(|kind| kind.type_name));
     types
@@ -130,6 +132,7 @@ pub enum StreamState {
     ProcessedQueue(ProcessedQueue),
     Feedback(Box<Feedback>),
     Notification(Notification),
+    Budget(Budget),
     Document(&'static KindInfo, DocumentState),
 }
 
@@ -155,6 +158,7 @@ impl StreamState {
             ProcessedQueue::TYPE => StreamState::ProcessedQueue(ProcessedQueue::default()),
             Feedback::TYPE => StreamState::Feedback(Box::default()),
             Notification::TYPE => StreamState::Notification(Notification::default()),
+            Budget::TYPE => StreamState::Budget(Budget::default()),
             other => StreamState::Document(by_type_name(other)?, DocumentState::default()),
         })
     }
@@ -171,6 +175,7 @@ impl StreamState {
             StreamState::ProcessedQueue(state) => serde_json::to_value(state),
             StreamState::Feedback(state) => serde_json::to_value(state),
             StreamState::Notification(state) => serde_json::to_value(state),
+            StreamState::Budget(state) => serde_json::to_value(state),
             StreamState::Document(_, state) => serde_json::to_value(state),
         }
     }
@@ -198,6 +203,7 @@ impl StreamState {
             StreamState::Notification(_) => {
                 StreamState::Notification(serde_json::from_value(stored)?)
             }
+            StreamState::Budget(_) => StreamState::Budget(serde_json::from_value(stored)?),
             StreamState::Document(info, _) => {
                 StreamState::Document(info, serde_json::from_value(stored)?)
             }
@@ -244,6 +250,9 @@ impl StreamState {
             StreamState::Notification(state) => {
                 state.apply(&event.decode().map_err(|e| failed(e.to_string()))?, at)
             }
+            StreamState::Budget(state) => {
+                state.apply(&event.decode().map_err(|e| failed(e.to_string()))?, at)
+            }
             StreamState::Document(info, state) => {
                 let action = event
                     .event_type
@@ -272,7 +281,8 @@ impl StreamState {
             StreamState::Members(_)
             | StreamState::Execution(_)
             | StreamState::Feedback(_)
-            | StreamState::Notification(_) => None,
+            | StreamState::Notification(_)
+            | StreamState::Budget(_) => None,
         }
     }
 
@@ -343,6 +353,14 @@ impl StreamState {
             StreamState::Notification(state) => {
                 fields.insert("acknowledgedAt".into(), json!(state.acknowledged_at));
                 fields.insert("resolvedAt".into(), json!(state.resolved_at));
+            }
+            StreamState::Budget(state) => {
+                if let Some(limits) = &state.limits {
+                    fields.insert("monthlyLimit".into(), json!(limits.monthly_limit));
+                    fields.insert("currency".into(), json!(limits.currency));
+                    fields.insert("alertAt".into(), json!(limits.alert_at));
+                    fields.insert("hardStop".into(), json!(limits.hard_stop));
+                }
             }
             StreamState::Document(info, state) => {
                 if let Some(live) = &state.live {

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod aggregate;
+pub mod budget;
 pub mod catalog;
 pub mod envelope;
 pub mod environment;

@@ -51,6 +51,9 @@ pub enum ApiError {
         details: String,
         retry_after_seconds: u64,
     },
+    /// The organization's budget is spent and stops executions until the next month (`402`).
+    #[error("budget exhausted: {details}")]
+    BudgetExhausted { details: String },
     /// An upstream service (a model provider) answered with something unusable (`502`).
     #[error("{error}")]
     BadGateway { error: String, details: String },
@@ -296,6 +299,11 @@ impl IntoResponse for ApiError {
             ApiError::TooManyRequests { details, .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too Many Requests".into(),
+                details,
+            ),
+            ApiError::BudgetExhausted { details } => (
+                StatusCode::PAYMENT_REQUIRED,
+                "Budget exhausted".into(),
                 details,
             ),
             ApiError::BadGateway { error, details } => (StatusCode::BAD_GATEWAY, error, details),

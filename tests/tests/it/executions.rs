@@ -11,17 +11,18 @@ use serde_json::{json, Value};
 use tests::fake_provider::{FakeProvider, Outcome};
 use tests::{send, TestApp, EXECUTIONS_PER_ORGANIZATION};
 
-/// An organization and environment with a model on the fake provider and a template that uses it.
-struct Setup {
-    app: TestApp,
-    provider: FakeProvider,
-    org: String,
-    env: String,
+/// An organization and environment with a model on the fake provider and a template that uses it
+/// (also what `usage` runs its executions in).
+pub(crate) struct Setup {
+    pub(crate) app: TestApp,
+    pub(crate) provider: FakeProvider,
+    pub(crate) org: String,
+    pub(crate) env: String,
     token: String,
 }
 
 impl Setup {
-    async fn start() -> Setup {
+    pub(crate) async fn start() -> Setup {
         let app = TestApp::spawn().await;
         let provider = FakeProvider::spawn()
             .await
@@ -38,12 +39,12 @@ impl Setup {
     }
 
     /// A model of the organization at `scenario` of the fake provider, speaking `provider`'s format.
-    async fn model(&self, scenario: &str, provider: &str) -> String {
+    pub(crate) async fn model(&self, scenario: &str, provider: &str) -> String {
         self.model_at(&self.provider.url(scenario, provider), provider)
             .await
     }
 
-    async fn model_at(&self, url: &str, provider: &str) -> String {
+    pub(crate) async fn model_at(&self, url: &str, provider: &str) -> String {
         let (status, model) = self
             .app
             .post(
@@ -60,7 +61,7 @@ impl Setup {
         model["id"].as_str().unwrap().to_owned()
     }
 
-    async fn template(&self, text: &str, model: &str) -> String {
+    pub(crate) async fn template(&self, text: &str, model: &str) -> String {
         let (status, template) = self
             .app
             .post(
@@ -77,13 +78,13 @@ impl Setup {
         template["id"].as_str().unwrap().to_owned()
     }
 
-    async fn execute(&self, template: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn execute(&self, template: &str, body: Value) -> (u16, Value) {
         self.app
             .post(&format!("/api/prompt-templates/{template}/execute"), body)
             .await
     }
 
-    async fn execution(&self, id: &Value) -> Value {
+    pub(crate) async fn execution(&self, id: &Value) -> Value {
         let (status, body) = self
             .app
             .get(&format!("/api/executions/{}", id.as_str().unwrap()))

@@ -27,5 +27,6 @@ mod security_events;
 mod sign_in;
 mod tenants_api;
 mod tokens;
+mod usage;
 mod verification;
 mod write_path;

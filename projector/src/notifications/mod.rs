@@ -2,11 +2,17 @@
 //! so that a rebuild derives them again, with what operators did about them (`notification-<id>`
 //! streams: acknowledged, resolved).
 //!
-//! An alert gathers the occurrences of one cause in one organization and UTC hour, so an outage is one
-//! alert with a count rather than a flood. Today's causes are message events: prompt executions that
-//! failed (not those the client cancelled), one alert per failure reason, high severity but for rate
-//! limits and refused addresses (medium). A new occurrence after the alert was resolved makes it unread
-//! again; an acknowledged one stays acknowledged.
+//! Its causes:
+//! - message events: prompt executions that failed (not those the client cancelled), gathered per
+//!   organization, failure reason and UTC hour, so an outage is one alert with a count rather than a
+//!   flood; high severity but for rate limits and refused addresses (medium);
+//! - usage events ([`usage`]): an organization's spend this month reaching a threshold of its budget,
+//!   once per threshold and month; high severity from the whole budget on, medium below.
+//!
+//! A new occurrence after the alert was resolved makes it unread again; an acknowledged one stays
+//! acknowledged.
+
+mod usage;
 
 use std::collections::HashMap;
 
@@ -14,6 +20,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, DurationRound, Utc};
 use contracts::read_models::NOTIFICATIONS;
 use domain::aggregate::Aggregate;
+use domain::budget::Budget;
 use domain::execution::{Execution, ExecutionEvent, FailureReason};
 use domain::notification::{Notification, NotificationEvent};
 use domain::RecordedEvent;
@@ -23,6 +30,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::projection::Projection;
+use usage::UsageWatch;
 
 /// The ids of alerts: UUID v5 of their key (`<kind>/<organization>/<cause>/<hour>`) in this namespace.
 pub const ALERTS: Uuid = Uuid::from_u128(0x0193_7a1e_5c00_7000_8000_616c_6572_7473);
@@ -57,10 +65,19 @@ struct Occurrence {
     kind: &'static str,
     severity: i16,
     organization_id: Option<Uuid>,
-    subject: &'static str,
+    subject: String,
+    cause: Cause,
     /// What the summary says of this occurrence (the latest one's is kept).
     detail: String,
     source: Value,
+}
+
+/// What kind of cause an alert has, which decides how its summary reads.
+enum Cause {
+    /// Failures counted over the alert's hour.
+    ExecutionFailures,
+    /// A threshold reached, once.
+    Usage,
 }
 
 /// The alert `event` is an occurrence of, if any.
@@ -100,7 +117,8 @@ fn occurrence(event: &RecordedEvent) -> anyhow::Result<Option<Occurrence>> {
         kind: "message",
         severity,
         organization_id,
-        subject: "Prompt executions failing",
+        subject: "Prompt executions failing".into(),
+        cause: Cause::ExecutionFailures,
         detail: message.chars().take(QUOTED).collect(),
         source: json!({
             "type": "execution.failed",
@@ -118,7 +136,7 @@ impl Alert {
             kind: occurrence.kind.into(),
             severity: occurrence.severity,
             organization_id: occurrence.organization_id,
-            subject: occurrence.subject.into(),
+            subject: occurrence.subject.clone(),
             summary: String::new(),
             source: Json(occurrence.source.clone()),
             occurrences: 0,
@@ -136,15 +154,18 @@ impl Alert {
         self.occurrences += 1;
         self.last_at = self.last_at.max(at);
         self.source = Json(occurrence.source);
-        self.summary = format!(
-            "{} since {} UTC; the last: {}",
-            match self.occurrences {
-                1 => "1 failure".to_owned(),
-                n => format!("{n} failures"),
-            },
-            self.occurred_at.format("%H:%M"),
-            occurrence.detail
-        );
+        self.summary = match occurrence.cause {
+            Cause::ExecutionFailures => format!(
+                "{} since {} UTC; the last: {}",
+                match self.occurrences {
+                    1 => "1 failure".to_owned(),
+                    n => format!("{n} failures"),
+                },
+                self.occurred_at.format("%H:%M"),
+                occurrence.detail
+            ),
+            Cause::Usage => occurrence.detail,
+        };
         if self.state == "resolved" {
             self.state = "unread".into();
         }
@@ -158,16 +179,26 @@ impl Projection for Notifications {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["notifications"]
+        &[
+            "notifications",
+            "notification_budgets",
+            "notification_spend",
+        ]
     }
 
     fn handles(&self, stream_type: &str) -> bool {
-        stream_type == Execution::TYPE || stream_type == Notification::TYPE
+        stream_type == Execution::TYPE
+            || stream_type == Notification::TYPE
+            || stream_type == Budget::TYPE
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        let mut usage = UsageWatch::load(conn, events).await?;
         let mut changes = Vec::new();
         for event in events {
+            for occurrence in usage.observe(event)? {
+                changes.push((event, Change::Occurred(occurrence)));
+            }
             if let Some(occurrence) = occurrence(event)? {
                 changes.push((event, Change::Occurred(occurrence)));
             } else if let Some(id) = event.stream_id.strip_prefix("notification-") {
@@ -175,6 +206,7 @@ impl Projection for Notifications {
                 changes.push((event, Change::Handled(id.parse()?, decided)));
             }
         }
+        usage.save(conn).await?;
         if changes.is_empty() {
             return Ok(());
         }
