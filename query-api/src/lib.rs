@@ -17,6 +17,7 @@ pub mod feedback;
 pub mod members;
 pub mod notifications;
 pub mod organizations;
+pub mod ownership;
 pub mod pagination;
 pub mod processed_messages;
 pub mod security_events;
@@ -190,6 +191,12 @@ pub fn api_routes() -> Routes<AppState> {
             security_events::list,
         )
         .add(Method::GET, "/api/v1/admin/usage", usage::usage)
+        .add(
+            Method::GET,
+            "/api/v1/admin/organizations",
+            ownership::organizations,
+        )
+        .add(Method::GET, "/api/v1/admin/users", ownership::users)
         .add(Method::GET, "/api/v1/admin/billing", usage::billing)
         .add(
             Method::GET,

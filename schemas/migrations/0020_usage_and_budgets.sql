@@ -1,5 +1,5 @@
 -- Usage and spend control (operator surface): budgets, the spend they are held against, and usage
--- reports per environment.
+-- reports per environment; and an index for the ownership overview.
 --
 -- `organization_budgets` and `organization_spend` are kept by the write path (commands::lookups, in
 -- apply_lookups, in the transaction that appends the events they follow from): an organization's
@@ -158,3 +158,7 @@ UPDATE projection_checkpoints
 SET transaction_id = 0, global_position = 0, updated_at = now(),
     failing_since = NULL, failed_attempts = 0, failed_position = NULL, last_error = NULL
 WHERE name IN ('executions', 'notifications');
+
+-- The ownership overview's users with their last sign-in (GET /api/v1/admin/users).
+CREATE INDEX security_events_sign_ins ON read_models.security_events (actor_id, occurred_at DESC)
+    WHERE kind = 'sign_in';

@@ -147,6 +147,11 @@ impl Authenticator {
         self.executor.pool()
     }
 
+    /// The subjects `SYSTEM_ADMINS` confers the System role on, whatever is recorded.
+    pub fn configured_system_admins(&self) -> Vec<String> {
+        self.system_admins.iter().cloned().collect()
+    }
+
     pub fn verifier(&self) -> &TokenVerifier {
         &self.verifier
     }

@@ -20,6 +20,7 @@ mod layering;
 mod limits;
 mod migrations;
 mod openapi;
+mod ownership;
 mod processed_queue;
 mod projections;
 mod secrets;

@@ -211,6 +211,25 @@ async fn a_browser_signs_in_acts_with_its_session_and_signs_out_everywhere() {
         assert_eq!(page["data"][0]["details"]["userId"], user_id);
         assert!(!page.to_string().contains(&token), "{page}");
     }
+    // The ownership overview shows when the user last signed in.
+    let (status, page) = app.get("/api/v1/admin/users?limit=100").await;
+    assert_eq!(status, 200, "{page}");
+    let listed = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == user_id)
+        .unwrap()
+        .clone();
+    let (_, signed_in) = app
+        .get(&format!(
+            "/api/v1/admin/security-events?kind=sign_in&actorId={user_id}"
+        ))
+        .await;
+    assert_eq!(
+        listed["lastSignInAt"], signed_in["data"][0]["occurredAt"],
+        "{listed}"
+    );
 }
 
 #[tokio::test]
