@@ -2,7 +2,8 @@
 //! folded state, for `GET /api/executions/{id}` and a template's executions), and
 //! `execution_totals`, the executions, failures, tokens and cost per organization, UTC day, environment,
 //! model and currency, counted when an execution finishes, on the day it finished (when its cost was
-//! incurred, the day budgets count it on).
+//! incurred, the day budgets count it on), and the same by month in `execution_totals_monthly`, so that a
+//! report over whole months reads a thirtieth of the rows.
 //!
 //! A batch folds the executions it touches in memory with the aggregate's own `apply`, starting from
 //! their stored rows, and writes them back with one statement per table. The totals are increments:
@@ -30,7 +31,7 @@ impl Projection for Executions {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["executions", "execution_totals"]
+        &["executions", "execution_totals", "execution_totals_monthly"]
     }
 
     fn handles(&self, stream_type: &str) -> bool {
@@ -97,15 +98,32 @@ impl Projection for Executions {
         .await?;
         if !totals.is_empty() {
             let (keys, totals): (Vec<_>, Vec<_>) = totals.into_iter().unzip();
+            // The same sums by month too (`execution_totals_monthly`), for reports over whole months.
             sqlx::query(
-                "INSERT INTO execution_totals (organization_id, day, environment_id, model_id, currency, executions, failures, input_tokens, output_tokens, cost) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::date[], $3::uuid[], $4::uuid[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::numeric[]) \
-                 ON CONFLICT (organization_id, day, environment_id, model_id, currency) DO UPDATE SET \
-                   executions = execution_totals.executions + EXCLUDED.executions, \
-                   failures = execution_totals.failures + EXCLUDED.failures, \
-                   input_tokens = execution_totals.input_tokens + EXCLUDED.input_tokens, \
-                   output_tokens = execution_totals.output_tokens + EXCLUDED.output_tokens, \
-                   cost = execution_totals.cost + EXCLUDED.cost",
+                "WITH batch AS (SELECT * FROM UNNEST($1::uuid[], $2::date[], $3::uuid[], $4::uuid[], $5::text[], \
+                   $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::numeric[]) \
+                   AS b(organization_id, day, environment_id, model_id, currency, executions, failures, \
+                        input_tokens, output_tokens, cost)), \
+                 daily AS (INSERT INTO execution_totals (organization_id, day, environment_id, model_id, currency, \
+                     executions, failures, input_tokens, output_tokens, cost) \
+                   SELECT * FROM batch \
+                   ON CONFLICT (organization_id, day, environment_id, model_id, currency) DO UPDATE SET \
+                     executions = execution_totals.executions + EXCLUDED.executions, \
+                     failures = execution_totals.failures + EXCLUDED.failures, \
+                     input_tokens = execution_totals.input_tokens + EXCLUDED.input_tokens, \
+                     output_tokens = execution_totals.output_tokens + EXCLUDED.output_tokens, \
+                     cost = execution_totals.cost + EXCLUDED.cost) \
+                 INSERT INTO execution_totals_monthly AS m (organization_id, month, environment_id, model_id, currency, \
+                     executions, failures, input_tokens, output_tokens, cost) \
+                 SELECT organization_id, date_trunc('month', day)::date, environment_id, model_id, currency, \
+                   sum(executions), sum(failures), sum(input_tokens), sum(output_tokens), sum(cost) \
+                 FROM batch GROUP BY 1, 2, 3, 4, 5 \
+                 ON CONFLICT (organization_id, month, environment_id, model_id, currency) DO UPDATE SET \
+                   executions = m.executions + EXCLUDED.executions, \
+                   failures = m.failures + EXCLUDED.failures, \
+                   input_tokens = m.input_tokens + EXCLUDED.input_tokens, \
+                   output_tokens = m.output_tokens + EXCLUDED.output_tokens, \
+                   cost = m.cost + EXCLUDED.cost",
             )
             .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
             .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())

@@ -135,6 +135,24 @@ ALTER TABLE read_models.execution_totals
 -- A platform-wide report over a range reads by day.
 CREATE INDEX execution_totals_by_day ON read_models.execution_totals (day);
 
+-- The same sums per UTC month (`month` is its first day), kept in the same batches: reports over whole
+-- months (or all time) that are not grouped by day or week read these.
+CREATE TABLE read_models.execution_totals_monthly (
+    organization_id uuid    NOT NULL,
+    month           date    NOT NULL,
+    environment_id  uuid    NOT NULL,
+    model_id        uuid    NOT NULL,
+    currency        text    NOT NULL,
+    executions      bigint  NOT NULL,
+    failures        bigint  NOT NULL,
+    input_tokens    bigint  NOT NULL,
+    output_tokens   bigint  NOT NULL,
+    cost            numeric NOT NULL,
+    PRIMARY KEY (organization_id, month, environment_id, model_id, currency)
+);
+
+CREATE INDEX execution_totals_monthly_by_month ON read_models.execution_totals_monthly (month);
+
 -- The `notifications` projection's own bookkeeping for usage alerts: each organization's budget, and
 -- per organization and month its spend in the budget's currency and the thresholds already alerted.
 -- The projection is rebuilt from the log the same way, so that this month's spend is counted.
