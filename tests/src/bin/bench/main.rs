@@ -23,7 +23,8 @@
 //! prefixes, its reading of their bodies against as many raw GetObject calls at the same concurrency,
 //! and list and counts latency with `--list-rows` messages indexed in one organization. (l) is the
 //! operator surface's triage queue (`feedback`): capture with classification against the same
-//! requests without it, and list latency with `--list-rows` submissions.
+//! requests without it, and list latency with `--list-rows` submissions. (m) is usage reports over
+//! `--usage-executions` executions' sums, each against the same aggregate sent straight to PostgreSQL.
 //!
 //! `--only <letters>` runs the sections named (`--only i`), with those they build on: (b) is compared
 //! with (a), (g) uses (f)'s publisher, and (h) reads (c)'s events.
@@ -57,6 +58,7 @@ use tests::TestApp;
 use uuid::Uuid;
 
 mod feedback;
+mod usage;
 mod write_path;
 
 #[derive(Parser)]
@@ -103,6 +105,9 @@ struct Args {
     /// Objects written into the bucket and indexed in (k).
     #[arg(long, default_value_t = 10_000)]
     queue_objects: usize,
+    /// Executions whose sums (m) reports over.
+    #[arg(long, default_value_t = 10_000_000)]
+    usage_executions: i64,
     /// Only these sections (letters, e.g. `i` or `dei`), with those they build on.
     #[arg(long)]
     only: Option<String>,
@@ -260,6 +265,9 @@ async fn main() -> anyhow::Result<()> {
             args.list_requests,
         )
         .await?;
+    }
+    if args.runs('m') {
+        usage::run(&app, args.usage_executions, args.list_requests).await?;
     }
     Ok(())
 }
