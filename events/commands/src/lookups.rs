@@ -78,7 +78,7 @@ struct Membership {
     role: Role,
 }
 
-/// An organization's budget as the hard stop reads it.
+/// An organization's budget, as the hard stop, `GET …/budget` and billing health read it.
 #[derive(Clone, Serialize)]
 struct BudgetRow {
     organization_id: Uuid,
@@ -172,13 +172,17 @@ impl Lookups {
                 }
             }
             Execution::TYPE => {
-                for (event, decoded) in events.iter().zip(decoded::<ExecutionEvent>(events)) {
+                // Only an execution's end has a cost; its request (the rendered prompt) is not decoded.
+                let ends = events
+                    .iter()
+                    .filter(|e| e.event_type == "execution.succeeded");
+                for event in ends {
                     let (
                         ExecutionEvent::Succeeded {
                             cost: Some(cost), ..
                         },
                         Some(organization_id),
-                    ) = (decoded, event.metadata.organization_id)
+                    ) = (decode(event), event.metadata.organization_id)
                     else {
                         continue;
                     };
@@ -278,12 +282,14 @@ pub enum AccessChanges {
 
 /// `events` as their aggregate's event type, each upcast to its type's current version first.
 fn decoded<E: DeserializeOwned>(events: &[NewEvent]) -> impl Iterator<Item = E> + '_ {
-    events.iter().map(|event| {
-        let (_, data) =
-            domain::upcast::upcast(&event.event_type, event.schema_version, event.data.clone());
-        serde_json::from_value(json!({ "type": event.event_type, "data": data }))
-            .unwrap_or_else(|error| panic!("a {} event does not decode: {error}", event.event_type))
-    })
+    events.iter().map(|event| decode(event))
+}
+
+fn decode<E: DeserializeOwned>(event: &NewEvent) -> E {
+    let (_, data) =
+        domain::upcast::upcast(&event.event_type, event.schema_version, event.data.clone());
+    serde_json::from_value(json!({ "type": event.event_type, "data": data }))
+        .unwrap_or_else(|error| panic!("a {} event does not decode: {error}", event.event_type))
 }
 
 #[cfg(test)]

@@ -249,6 +249,14 @@ async fn usage_alerts(s: &Setup, org: &str) -> Vec<Value> {
     alerts
 }
 
+/// Sets the setup organization's budget.
+async fn set_budget(s: &Setup, budget: Value) -> Value {
+    let path = format!("/api/v1/admin/organizations/{}/budget", s.org);
+    let (status, answer) = s.app.put(&path, budget).await;
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
 async fn billing(s: &Setup) -> Value {
     let (status, page) = s.app.get("/api/v1/admin/billing?limit=100").await;
     assert_eq!(status, 200, "{page}");
@@ -272,14 +280,11 @@ async fn a_budget_alerts_once_per_threshold_and_its_hard_stop_refuses_executions
     let budget_path = format!("/api/v1/admin/organizations/{}/budget", s.org);
 
     // Spent: one execution. The limit is 2.5 of them: alerts at half and at the whole.
-    let (status, budget) = s
-        .app
-        .put(
-            &budget_path,
-            json!({"monthlyLimit": cost * 2.5, "currency": "USD", "alertAt": [1.0, 0.5], "hardStop": true}),
-        )
-        .await;
-    assert_eq!(status, 200, "{budget}");
+    let budget = set_budget(
+        &s,
+        json!({"monthlyLimit": cost * 2.5, "currency": "USD", "alertAt": [1.0, 0.5], "hardStop": true}),
+    )
+    .await;
     assert_eq!(budget["alertAt"], json!([0.5, 1.0]));
     let (status, read) = s.app.get(&budget_path).await;
     assert_eq!(status, 200);
@@ -337,45 +342,25 @@ async fn a_budget_alerts_once_per_threshold_and_its_hard_stop_refuses_executions
     );
 
     // Without the hard stop, or with a raised limit, executions run again.
-    let (status, _) = s
-        .app
-        .put(
-            &budget_path,
-            json!({"monthlyLimit": cost * 2.5, "currency": "USD", "alertAt": [0.5, 1.0], "hardStop": false}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    set_budget(&s, json!({"monthlyLimit": cost * 2.5, "currency": "USD", "alertAt": [0.5, 1.0], "hardStop": false})).await;
     assert_eq!(run(&s, &template).await["status"], "succeeded");
-    let (status, _) = s
-        .app
-        .put(
-            &budget_path,
-            json!({"monthlyLimit": cost * 100.0, "currency": "USD", "alertAt": [0.5, 1.0], "hardStop": true}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    set_budget(&s, json!({"monthlyLimit": cost * 100.0, "currency": "USD", "alertAt": [0.5, 1.0], "hardStop": true})).await;
     assert_eq!(run(&s, &template).await["status"], "succeeded");
     // A budget in another currency counts none of this spend.
-    let (status, _) = s
-        .app
-        .put(
-            &budget_path,
-            json!({"monthlyLimit": cost, "currency": "EUR", "hardStop": true}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    set_budget(
+        &s,
+        json!({"monthlyLimit": cost, "currency": "EUR", "hardStop": true}),
+    )
+    .await;
     assert_eq!(run(&s, &template).await["status"], "succeeded");
 
     // Lowered under this month's spend: stopped at once; the whole was alerted this month already,
     // so it is not alerted again.
-    let (status, _) = s
-        .app
-        .put(
-            &budget_path,
-            json!({"monthlyLimit": cost, "currency": "USD", "alertAt": [1.0], "hardStop": true}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    set_budget(
+        &s,
+        json!({"monthlyLimit": cost, "currency": "USD", "alertAt": [1.0], "hardStop": true}),
+    )
+    .await;
     let (status, _) = s
         .execute(&template, json!({"variableSet": "default"}))
         .await;
@@ -481,16 +466,12 @@ async fn the_hard_stop_holds_under_concurrent_executions_to_the_executions_in_fl
         .template("Hi {{name}}", &s.model("slow-300", "openai").await)
         .await;
     let cost = run(&s, &template).await["cost"]["total"].as_f64().unwrap();
-    let path = format!("/api/v1/admin/organizations/{}/budget", s.org);
     // Spent: 1 execution; the limit: 2.5.
-    let (status, _) = s
-        .app
-        .put(
-            &path,
-            json!({"monthlyLimit": cost * 2.5, "currency": "USD", "hardStop": true}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    set_budget(
+        &s,
+        json!({"monthlyLimit": cost * 2.5, "currency": "USD", "hardStop": true}),
+    )
+    .await;
 
     // Rounds of as many concurrent executions as the organization may run at once.
     let mut succeeded = 1;
