@@ -2,8 +2,9 @@
 //! folded state, for `GET /api/executions/{id}` and a template's executions), and
 //! `execution_totals`, the executions, failures, tokens and cost per organization, UTC day, environment,
 //! model and currency, counted when an execution finishes, on the day it finished (when its cost was
-//! incurred, the day budgets count it on), and the same by month in `execution_totals_monthly`, so that a
-//! report over whole months reads a thirtieth of the rows.
+//! incurred, the day budgets count it on); the same by month in `execution_totals_monthly`, so that a
+//! report over whole months reads a thirtieth of the rows; and platform-wide per day and currency in
+//! `execution_totals_platform`, for the platform's trend over time.
 //!
 //! A batch folds the executions it touches in memory with the aggregate's own `apply`, starting from
 //! their stored rows, and writes them back with one statement per table. The totals are increments:
@@ -31,7 +32,12 @@ impl Projection for Executions {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["executions", "execution_totals", "execution_totals_monthly"]
+        &[
+            "executions",
+            "execution_totals",
+            "execution_totals_monthly",
+            "execution_totals_platform",
+        ]
     }
 
     fn handles(&self, stream_type: &str) -> bool {
@@ -98,7 +104,8 @@ impl Projection for Executions {
         .await?;
         if !totals.is_empty() {
             let (keys, totals): (Vec<_>, Vec<_>) = totals.into_iter().unzip();
-            // The same sums by month too (`execution_totals_monthly`), for reports over whole months.
+            // The same sums by month (`execution_totals_monthly`), for reports over whole months, and
+            // platform-wide by day (`execution_totals_platform`), for the platform's trend.
             sqlx::query(
                 "WITH batch AS (SELECT * FROM UNNEST($1::uuid[], $2::date[], $3::uuid[], $4::uuid[], $5::text[], \
                    $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::numeric[]) \
@@ -112,8 +119,8 @@ impl Projection for Executions {
                      failures = execution_totals.failures + EXCLUDED.failures, \
                      input_tokens = execution_totals.input_tokens + EXCLUDED.input_tokens, \
                      output_tokens = execution_totals.output_tokens + EXCLUDED.output_tokens, \
-                     cost = execution_totals.cost + EXCLUDED.cost) \
-                 INSERT INTO execution_totals_monthly AS m (organization_id, month, environment_id, model_id, currency, \
+                     cost = execution_totals.cost + EXCLUDED.cost), \
+                 monthly AS (INSERT INTO execution_totals_monthly AS m (organization_id, month, environment_id, model_id, currency, \
                      executions, failures, input_tokens, output_tokens, cost) \
                  SELECT organization_id, date_trunc('month', day)::date, environment_id, model_id, currency, \
                    sum(executions), sum(failures), sum(input_tokens), sum(output_tokens), sum(cost) \
@@ -123,7 +130,16 @@ impl Projection for Executions {
                    failures = m.failures + EXCLUDED.failures, \
                    input_tokens = m.input_tokens + EXCLUDED.input_tokens, \
                    output_tokens = m.output_tokens + EXCLUDED.output_tokens, \
-                   cost = m.cost + EXCLUDED.cost",
+                   cost = m.cost + EXCLUDED.cost) \
+                 INSERT INTO execution_totals_platform AS p (day, currency, executions, failures, input_tokens, output_tokens, cost) \
+                 SELECT day, currency, sum(executions), sum(failures), sum(input_tokens), sum(output_tokens), sum(cost) \
+                 FROM batch GROUP BY 1, 2 \
+                 ON CONFLICT (day, currency) DO UPDATE SET \
+                   executions = p.executions + EXCLUDED.executions, \
+                   failures = p.failures + EXCLUDED.failures, \
+                   input_tokens = p.input_tokens + EXCLUDED.input_tokens, \
+                   output_tokens = p.output_tokens + EXCLUDED.output_tokens, \
+                   cost = p.cost + EXCLUDED.cost",
             )
             .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
             .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())

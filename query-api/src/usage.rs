@@ -4,7 +4,9 @@
 //!   model and currency), filtered and grouped by day, week, month, model, organization or
 //!   environment, with the whole range's total. An execution counts on the UTC day it finished. A
 //!   report over whole months not grouped by day or week reads the monthly sums instead
-//!   (`execution_totals_monthly`), the same numbers in a thirtieth of the rows.
+//!   (`execution_totals_monthly`), the same numbers in a thirtieth of the rows; one over time with no
+//!   organization, environment or model filter reads the platform's daily sums
+//!   (`execution_totals_platform`).
 //! - `GET /api/v1/admin/organizations/{id}/budget`: an organization's budget.
 //! - `GET /api/v1/admin/billing`: billing health, every organization with a budget by what it has
 //!   spent this UTC month against it, the most spent first.
@@ -33,14 +35,20 @@ use crate::extract::{parse_id, Caller, Params};
 use crate::pagination::{rows_and_total, Page, PageRequest};
 use crate::AppState;
 
-/// What usage can be grouped by, and the SQL of each group's key over `execution_totals t`.
-const GROUPS: [(&str, &str); 6] = [
-    ("day", "t.day::text"),
-    ("week", "date_trunc('week', t.day)::date::text"),
-    ("month", "to_char(t.day, 'YYYY-MM')"),
-    ("model", "t.model_id::text"),
-    ("organization", "t.organization_id::text"),
-    ("environment", "t.environment_id::text"),
+/// What usage can be grouped by: the SQL of each group over `execution_totals t` (or the monthly sums,
+/// whose `day` is the month's first), and of its key as the API shows it over the group `g.grp`. Rows
+/// are grouped by the plain column and the key formatted once per group, not once per row.
+const GROUPS: [(&str, &str, &str); 6] = [
+    ("day", "t.day", "g.grp::text"),
+    ("week", "date_trunc('week', t.day)", "g.grp::date::text"),
+    (
+        "month",
+        "date_trunc('month', t.day)",
+        "to_char(g.grp, 'YYYY-MM')",
+    ),
+    ("model", "t.model_id", "g.grp::text"),
+    ("organization", "t.organization_id", "g.grp::text"),
+    ("environment", "t.environment_id", "g.grp::text"),
 ];
 
 /// The sums of one group, or of the whole range.
@@ -91,10 +99,10 @@ pub async fn usage(
     params: Params,
 ) -> Result<Json<Value>, ApiError> {
     actor.authorize_platform(Resource::Operations, Action::Read)?;
-    let names: Vec<&str> = GROUPS.iter().map(|(name, _)| *name).collect();
-    let (group_by, key) = params
+    let names: Vec<&str> = GROUPS.iter().map(|(name, ..)| *name).collect();
+    let (group_by, group, key) = params
         .one_of("groupBy", &names, |raw| {
-            GROUPS.iter().find(|(n, _)| *n == raw)
+            GROUPS.iter().find(|(n, ..)| *n == raw)
         })?
         .copied()
         .unwrap_or(GROUPS[0]);
@@ -108,21 +116,30 @@ pub async fn usage(
         }
     }
     state.consistency.wait(EXECUTIONS, consistency).await?;
+    let over_time = matches!(group_by, "day" | "week" | "month");
+    let platform_wide = organization.is_none() && environment.is_none() && model.is_none();
     let monthly = !matches!(group_by, "day" | "week")
         && [from, to].iter().flatten().all(|bound| bound.day() == 1);
-    let totals = if monthly {
-        "(SELECT month AS day, * FROM read_models.execution_totals_monthly) t"
+    let (totals, group) = if over_time && platform_wide {
+        ("read_models.execution_totals_platform t", group)
+    } else if monthly {
+        (
+            "(SELECT month AS day, * FROM read_models.execution_totals_monthly) t",
+            // Already the month's first day.
+            if group_by == "month" { "t.day" } else { group },
+        )
     } else {
-        "read_models.execution_totals t"
+        ("read_models.execution_totals t", group)
     };
     let names = match group_by {
-        "organization" => "(SELECT name FROM read_models.organizations WHERE id = g.key::uuid)",
-        "environment" => "(SELECT name FROM read_models.environments WHERE id = g.key::uuid)",
-        "model" => "(SELECT name FROM read_models.catalog WHERE id = g.key::uuid)",
+        "organization" => "(SELECT name FROM read_models.organizations WHERE id = g.grp)",
+        "environment" => "(SELECT name FROM read_models.environments WHERE id = g.grp)",
+        "model" => "(SELECT name FROM read_models.catalog WHERE id = g.grp)",
         _ => "NULL::text",
     };
     let mut query = QueryBuilder::<Postgres>::new(format!(
-        "SELECT g.*, {names} AS name FROM (SELECT {key} AS key, t.currency, \
+        "SELECT {key} AS key, g.currency, g.executions, g.failures, g.input_tokens, g.output_tokens, g.cost, \
+           {names} AS name FROM (SELECT {group} AS grp, t.currency, \
            sum(t.executions)::int8 AS executions, sum(t.failures)::int8 AS failures, \
            sum(t.input_tokens)::int8 AS input_tokens, sum(t.output_tokens)::int8 AS output_tokens, \
            sum(t.cost)::float8 AS cost \
@@ -147,7 +164,7 @@ pub async fn usage(
     if let Some(to) = to {
         query.push(" AND t.day < ").push_bind(to);
     }
-    query.push(" GROUP BY 1, 2) g ORDER BY g.key, g.currency");
+    query.push(" GROUP BY 1, 2) g ORDER BY g.grp, g.currency");
     let rows: Vec<UsageRow> = query.build_query_as().fetch_all(&state.pool).await?;
     let mut total = Usage::default();
     let mut groups: Vec<Usage> = Vec::new();

@@ -153,6 +153,19 @@ CREATE TABLE read_models.execution_totals_monthly (
 
 CREATE INDEX execution_totals_monthly_by_month ON read_models.execution_totals_monthly (month);
 
+-- The platform's sums per UTC day and currency, kept in the same batches: reports with no
+-- organization, environment or model filter grouped by day, week or month read these.
+CREATE TABLE read_models.execution_totals_platform (
+    day           date    NOT NULL,
+    currency      text    NOT NULL,
+    executions    bigint  NOT NULL,
+    failures      bigint  NOT NULL,
+    input_tokens  bigint  NOT NULL,
+    output_tokens bigint  NOT NULL,
+    cost          numeric NOT NULL,
+    PRIMARY KEY (day, currency)
+);
+
 -- The `notifications` projection's own bookkeeping for usage alerts: each organization's budget, and
 -- per organization and month its spend in the budget's currency and the thresholds already alerted.
 -- The projection is rebuilt from the log the same way, so that this month's spend is counted.

@@ -189,6 +189,15 @@ async fn usage_equals_the_executions_it_covers_in_every_grouping() {
     let body = usage(&s, &format!("organizationId={org}&to={today}")).await;
     assert_eq!(body["total"]["executions"], 0, "before today: {body}");
 
+    // Platform-wide over time (the platform's own daily sums): everyone's executions.
+    let everyone: Vec<&Value> = mine.iter().copied().chain([&theirs]).collect();
+    for group_by in ["day", "week", "month"] {
+        let body = usage(&s, &format!("groupBy={group_by}")).await;
+        assert_eq!(reported(&body["total"]), sums(&everyone), "{group_by}");
+    }
+    let body = usage(&s, "groupBy=day").await;
+    assert_eq!(groups(&body), expected(&everyone, day));
+
     // Platform-wide by organization: each organization its own, with its name.
     let body = usage(&s, "groupBy=organization").await;
     let listed = &body["groups"];
