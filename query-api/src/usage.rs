@@ -131,15 +131,22 @@ pub async fn usage(
     } else {
         ("read_models.execution_totals t", group)
     };
-    let names = match group_by {
-        "organization" => "(SELECT name FROM read_models.organizations WHERE id = g.grp)",
-        "environment" => "(SELECT name FROM read_models.environments WHERE id = g.grp)",
-        "model" => "(SELECT name FROM read_models.catalog WHERE id = g.grp)",
-        _ => "NULL::text",
+    // Where a group of resources finds its name (one join for the page, not a lookup per group).
+    let (name, names) = match group_by {
+        "organization" => (
+            "n.name",
+            " LEFT JOIN read_models.organizations n ON n.id = g.grp",
+        ),
+        "environment" => (
+            "n.name",
+            " LEFT JOIN read_models.environments n ON n.id = g.grp",
+        ),
+        "model" => ("n.name", " LEFT JOIN read_models.catalog n ON n.id = g.grp"),
+        _ => ("NULL::text", ""),
     };
     let mut query = QueryBuilder::<Postgres>::new(format!(
         "SELECT {key} AS key, g.currency, g.executions, g.failures, g.input_tokens, g.output_tokens, g.cost, \
-           {names} AS name FROM (SELECT {group} AS grp, t.currency, \
+           {name} AS name FROM (SELECT {group} AS grp, t.currency, \
            sum(t.executions)::int8 AS executions, sum(t.failures)::int8 AS failures, \
            sum(t.input_tokens)::int8 AS input_tokens, sum(t.output_tokens)::int8 AS output_tokens, \
            sum(t.cost)::float8 AS cost \
@@ -164,7 +171,10 @@ pub async fn usage(
     if let Some(to) = to {
         query.push(" AND t.day < ").push_bind(to);
     }
-    query.push(" GROUP BY 1, 2) g ORDER BY g.grp, g.currency");
+    query
+        .push(" GROUP BY 1, 2) g")
+        .push(names)
+        .push(" ORDER BY g.grp, g.currency");
     let rows: Vec<UsageRow> = query.build_query_as().fetch_all(&state.pool).await?;
     let mut total = Usage::default();
     let mut groups: Vec<Usage> = Vec::new();
