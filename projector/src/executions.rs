@@ -89,8 +89,8 @@ impl Projection for Executions {
             .filter_map(|e| e.live.as_ref())
             .collect();
         sqlx::query(
-            "INSERT INTO executions (id, organization_id, template_id, model_id, status, requested_at, data) \
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::timestamptz[], $7::jsonb[]) \
+            "INSERT INTO executions (id, organization_id, template_id, model_id, status, requested_at, data, environment_id) \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::timestamptz[], $7::jsonb[], $8::uuid[]) \
              ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, data = EXCLUDED.data",
         )
         .bind(rows.iter().map(|d| d.id).collect::<Vec<_>>())
@@ -100,6 +100,7 @@ impl Projection for Executions {
         .bind(rows.iter().map(|d| status_name(d.status)).collect::<Vec<_>>())
         .bind(rows.iter().map(|d| d.requested_at).collect::<Vec<_>>())
         .bind(rows.iter().map(serde_json::to_value).collect::<Result<Vec<_>, _>>()?)
+        .bind(rows.iter().map(|d| d.environment_id).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
         if !totals.is_empty() {

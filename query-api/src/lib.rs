@@ -20,6 +20,7 @@ pub mod organizations;
 pub mod ownership;
 pub mod pagination;
 pub mod processed_messages;
+pub mod sandboxes;
 pub mod security_events;
 pub mod session;
 pub mod usage;
@@ -197,6 +198,7 @@ pub fn api_routes() -> Routes<AppState> {
             ownership::organizations,
         )
         .add(Method::GET, "/api/v1/admin/users", ownership::users)
+        .add(Method::GET, "/api/v1/admin/sandboxes", sandboxes::list)
         .add(Method::GET, "/api/v1/admin/billing", usage::billing)
         .add(
             Method::GET,

@@ -1,5 +1,5 @@
 -- Usage and spend control (operator surface): budgets, the spend they are held against, and usage
--- reports per environment; and an index for the ownership overview.
+-- reports per environment; and what the ownership overview and the sandbox status read.
 --
 -- `organization_budgets` and `organization_spend` are kept by the write path (commands::lookups, in
 -- apply_lookups, in the transaction that appends the events they follow from): an organization's
@@ -127,6 +127,12 @@ $$;
 -- `executions`, emptied too) from the log with no manual step.
 TRUNCATE read_models.executions, read_models.execution_totals;
 
+-- Executions by environment, for the operators' sandbox status: what runs now, what ran in the last hour.
+ALTER TABLE read_models.executions ADD COLUMN environment_id uuid NOT NULL;
+CREATE INDEX executions_running ON read_models.executions (environment_id) WHERE status = 'running';
+CREATE INDEX executions_by_environment ON read_models.executions (environment_id, requested_at DESC);
+CREATE INDEX executions_recent ON read_models.executions (requested_at);
+
 ALTER TABLE read_models.execution_totals
     ADD COLUMN environment_id uuid NOT NULL,
     DROP CONSTRAINT execution_totals_pkey,
@@ -189,6 +195,10 @@ UPDATE projection_checkpoints
 SET transaction_id = 0, global_position = 0, updated_at = now(),
     failing_since = NULL, failed_attempts = 0, failed_position = NULL, last_error = NULL
 WHERE name IN ('executions', 'notifications');
+
+-- The sandbox status's last change to an environment's resources.
+CREATE INDEX catalog_recently_changed ON read_models.catalog (environment_id, updated_at DESC)
+    WHERE environment_id IS NOT NULL;
 
 -- The ownership overview's users with their last sign-in (GET /api/v1/admin/users).
 CREATE INDEX security_events_sign_ins ON read_models.security_events (actor_id, occurred_at DESC)

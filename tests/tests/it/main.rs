@@ -23,6 +23,7 @@ mod openapi;
 mod ownership;
 mod processed_queue;
 mod projections;
+mod sandboxes;
 mod secrets;
 mod security_events;
 mod sign_in;
