@@ -149,6 +149,7 @@ pub fn build(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow
     let executor_pool = pool.clone();
     let executor = Executor::with_access_cache(pool);
     tokio::spawn(probes::run(executor.clone(), PROBE_INTAKE_INTERVAL));
+    http_layer::heartbeat::spawn(executor_pool.clone(), "command-api");
     Ok(AppState {
         auth: Arc::new(Authenticator::with_executor(
             config.api.auth_config()?,

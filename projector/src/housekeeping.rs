@@ -1,7 +1,8 @@
 //! Housekeeping: deletes what has expired from the tables the APIs keep beside the log: sign-in
 //! attempts past their time to come back, sessions past their end, idempotency records older
-//! than the 24 hours a key is honoured, and recorded refusals (`security_refusals`) older than
-//! [`REFUSALS_KEPT_DAYS`] (probes once reported into the triage queue). It runs in the projector process, every
+//! than the 24 hours a key is honoured, recorded refusals (`security_refusals`) older than
+//! [`REFUSALS_KEPT_DAYS`] (probes once reported into the triage queue), and the heartbeats of service
+//! instances not seen for a day (`service_instances`). It runs in the projector process, every
 //! `HOUSEKEEPING_INTERVAL_SECS`.
 //!
 //! Each statement deletes at most one batch and commits on its own, skipping rows another
@@ -40,6 +41,9 @@ pub async fn purge(pool: &PgPool) -> sqlx::Result<u64> {
                WHERE first_at < now() - interval '{REFUSALS_KEPT_DAYS} days' AND (kind <> 'probe' OR reported) \
                LIMIT $1 FOR UPDATE SKIP LOCKED)"
         ),
+        "DELETE FROM service_instances WHERE instance_id IN (SELECT instance_id FROM service_instances \
+         WHERE last_seen_at < now() - interval '1 day' LIMIT $1 FOR UPDATE SKIP LOCKED)"
+            .to_owned(),
     ];
     let mut deleted = 0;
     for purge in &purges {

@@ -21,7 +21,6 @@ pub mod rebuild;
 pub mod replay;
 pub mod scratch;
 pub mod security;
-pub mod status;
 pub mod tail;
 pub mod tenants;
 pub mod verify;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use event_log::status::statuses;
 use http_layer::config::{seconds, ConnectionLimitArgs};
 use http_layer::shutdown::Shutdown;
 use processed_queue::S3Args;
@@ -18,7 +19,6 @@ use projector::publisher::{self, PublisherConfig};
 use projector::rebuild::rebuild;
 use projector::replay::replay;
 use projector::scratch::{Progress, Until};
-use projector::status::statuses;
 use projector::tail::tail;
 use projector::verify::{verify, verify_log, ProjectionReport, VerifyProgress};
 use projector::worker::WorkerConfig;
@@ -174,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 None => tracing::info!("S3_BUCKET is not set: no processed queue to index"),
             }
+            http_layer::heartbeat::spawn(pool.clone(), "projector");
             tasks.push(tokio::spawn(housekeeping::run(
                 pool.clone(),
                 cli.housekeeping_interval,

@@ -9,7 +9,7 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
-use crate::status::statuses;
+use event_log::status::statuses;
 
 #[derive(Clone)]
 struct OpsState {

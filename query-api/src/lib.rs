@@ -20,6 +20,7 @@ pub mod organizations;
 pub mod ownership;
 pub mod pagination;
 pub mod processed_messages;
+pub mod runtime;
 pub mod sandboxes;
 pub mod security_events;
 pub mod session;
@@ -94,6 +95,7 @@ pub struct Config {
 
 /// query-api as `config` says, over `pool` (migrated), recording its metrics for `metrics`.
 pub fn build(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow::Result<AppState> {
+    http_layer::heartbeat::spawn(pool.clone(), "query-api");
     Ok(AppState {
         consistency: Consistency::start(pool.clone(), config.consistency),
         auth: Arc::new(Authenticator::new(config.api.auth_config()?, pool.clone())),
@@ -199,6 +201,7 @@ pub fn api_routes() -> Routes<AppState> {
         )
         .add(Method::GET, "/api/v1/admin/users", ownership::users)
         .add(Method::GET, "/api/v1/admin/sandboxes", sandboxes::list)
+        .add(Method::GET, "/api/v1/admin/runtime", runtime::runtime)
         .add(Method::GET, "/api/v1/admin/billing", usage::billing)
         .add(
             Method::GET,

@@ -1,5 +1,6 @@
 -- Usage and spend control (operator surface): budgets, the spend they are held against, and usage
--- reports per environment; and what the ownership overview and the sandbox status read.
+-- reports per environment; what the ownership overview and the sandbox status read; and service
+-- instances' heartbeats.
 --
 -- `organization_budgets` and `organization_spend` are kept by the write path (commands::lookups, in
 -- apply_lookups, in the transaction that appends the events they follow from): an organization's
@@ -203,3 +204,12 @@ CREATE INDEX catalog_recently_changed ON read_models.catalog (environment_id, up
 -- The ownership overview's users with their last sign-in (GET /api/v1/admin/users).
 CREATE INDEX security_events_sign_ins ON read_models.security_events (actor_id, occurred_at DESC)
     WHERE kind = 'sign_in';
+
+-- Each service instance's heartbeat (http_layer::heartbeat), for GET /api/v1/admin/runtime.
+CREATE TABLE service_instances (
+    instance_id  uuid PRIMARY KEY,
+    service      text NOT NULL,
+    version      text NOT NULL,
+    started_at   timestamptz NOT NULL,
+    last_seen_at timestamptz NOT NULL
+);

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod error;
+pub mod heartbeat;
 pub mod ops;
 pub mod process;
 pub mod routes;

@@ -22,6 +22,7 @@
 pub mod database;
 pub mod json;
 pub mod personal;
+pub mod status;
 
 use chrono::{DateTime, Utc};
 use domain::{LogPosition, RecordedEvent};

@@ -414,7 +414,7 @@ async fn a_broker_outage_loses_nothing_and_writes_keep_being_answered() {
     two_hundred_writes(&setup.app, &org, &env).await;
     assert_eq!(setup.logged().await.len(), before + 200);
     // Nothing was acknowledged during the outage, and the publisher's lag shows it.
-    let kafka = projector::status::statuses(&setup.app.db.pool)
+    let kafka = event_log::status::statuses(&setup.app.db.pool)
         .await
         .unwrap()
         .into_iter()

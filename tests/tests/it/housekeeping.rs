@@ -64,6 +64,15 @@ async fn the_projector_purges_expired_rows_and_keeps_live_ones() {
         .execute(&db.pool)
         .await
         .expect("a recorded refusal");
+        // "25 hours" unseen is past the day a stopped instance's heartbeat is kept.
+        sqlx::query(
+            "INSERT INTO service_instances VALUES (gen_random_uuid(), 'old-service', '1', \
+             now() - $1::interval - interval '1 hour', now() - $1::interval)",
+        )
+        .bind(age)
+        .execute(&db.pool)
+        .await
+        .expect("a heartbeat");
     }
 
     let mut stack = Stack::new(&db, &issuer);
@@ -82,6 +91,26 @@ async fn the_projector_purges_expired_rows_and_keeps_live_ones() {
         }
         assert_eq!(count(&db, table).await, 2, "{table}: the live rows stay");
     }
+    let heartbeats = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM service_instances WHERE service = 'old-service'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    while heartbeats().await > 2 {
+        assert!(
+            Instant::now() < deadline,
+            "stale heartbeats were not purged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        heartbeats().await,
+        2,
+        "the instances seen within a day stay"
+    );
 }
 
 #[tokio::test]

@@ -275,7 +275,7 @@ async fn a_projection_that_cannot_apply_an_event_says_where_and_reads_waiting_on
     // The catalog runner isolates the event and records it.
     let mut stuck = None;
     for _ in 0..200 {
-        let statuses = projector::status::statuses(&app.db.pool).await.unwrap();
+        let statuses = event_log::status::statuses(&app.db.pool).await.unwrap();
         let catalog = statuses.into_iter().find(|s| s.name == "catalog").unwrap();
         if catalog.failed_attempts >= 2 && catalog.failed_position.is_some() {
             stuck = Some(catalog);

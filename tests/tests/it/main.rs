@@ -23,6 +23,7 @@ mod openapi;
 mod ownership;
 mod processed_queue;
 mod projections;
+mod runtime;
 mod sandboxes;
 mod secrets;
 mod security_events;

@@ -1008,7 +1008,7 @@ async fn write_to_receipt(
 /// Waits until each projection named has applied the whole log.
 async fn caught_up(app: &TestApp, projections: &[&str]) -> anyhow::Result<()> {
     loop {
-        let statuses = projector::status::statuses(&app.db.pool).await?;
+        let statuses = event_log::status::statuses(&app.db.pool).await?;
         let behind = statuses
             .iter()
             .any(|s| projections.contains(&s.name.as_str()) && s.behind > 0);
