@@ -15,6 +15,7 @@ pub mod export;
 pub mod extract;
 pub mod feedback;
 pub mod members;
+pub mod model_health;
 pub mod notifications;
 pub mod organizations;
 pub mod ownership;
@@ -202,6 +203,7 @@ pub fn api_routes() -> Routes<AppState> {
         .add(Method::GET, "/api/v1/admin/users", ownership::users)
         .add(Method::GET, "/api/v1/admin/sandboxes", sandboxes::list)
         .add(Method::GET, "/api/v1/admin/runtime", runtime::runtime)
+        .add(Method::GET, "/api/v1/admin/models", model_health::list)
         .add(Method::GET, "/api/v1/admin/billing", usage::billing)
         .add(
             Method::GET,

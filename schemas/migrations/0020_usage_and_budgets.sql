@@ -133,6 +133,9 @@ ALTER TABLE read_models.executions ADD COLUMN environment_id uuid NOT NULL;
 CREATE INDEX executions_running ON read_models.executions (environment_id) WHERE status = 'running';
 CREATE INDEX executions_by_environment ON read_models.executions (environment_id, requested_at DESC);
 CREATE INDEX executions_recent ON read_models.executions (requested_at);
+-- And by model, for the model catalog's health.
+CREATE INDEX executions_by_model ON read_models.executions (model_id, requested_at DESC);
+CREATE INDEX catalog_by_model ON read_models.catalog (model_id) WHERE model_id IS NOT NULL;
 
 ALTER TABLE read_models.execution_totals
     ADD COLUMN environment_id uuid NOT NULL,

@@ -515,3 +515,94 @@ async fn the_hard_stop_holds_under_concurrent_executions_to_the_executions_in_fl
         .await;
     assert_eq!(status, 402);
 }
+
+#[tokio::test]
+async fn the_model_catalog_shows_each_models_use_and_health_from_its_executions() {
+    let s = Setup::start().await;
+    let ok = s.model("ok", "openai").await;
+    let failing = s.model("echo-credential", "anthropic").await;
+    let good = s.template("Hi {{name}}", &ok).await;
+    let bad = s.template("Hi {{name}}", &failing).await;
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(run(&s, &good).await);
+    }
+    let failed = run(&s, &bad).await;
+    assert_eq!(failed["status"], "failed");
+
+    let (status, page) = s
+        .app
+        .get(&format!(
+            "/api/v1/admin/models?organizationId={}&window=7d",
+            s.org
+        ))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["pagination"]["total"], 2);
+    let model = |id: &str| {
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let healthy = model(&ok);
+    assert_eq!(healthy["kind"], "model");
+    assert_eq!(healthy["provider"], "openai");
+    assert_eq!(
+        healthy["usedBy"],
+        json!({"promptTemplates": 1, "prompts": 0})
+    );
+    let health = &healthy["health"];
+    assert_eq!(health["window"], "7d");
+    assert_eq!(health["executions"], 3);
+    assert_eq!(health["failures"], 0);
+    assert_eq!(health["successRate"], 1.0);
+    let mine: Vec<&Value> = runs.iter().collect();
+    let expected = sums(&mine);
+    assert_eq!(health["inputTokens"], expected["inputTokens"]);
+    assert_eq!(health["outputTokens"], expected["outputTokens"]);
+    let cost = health["cost"]["USD"].as_f64().unwrap();
+    assert!(
+        (cost - expected["cost"].as_f64().unwrap()).abs() < 1e-9,
+        "{health}"
+    );
+    let latencies: Vec<f64> = runs
+        .iter()
+        .map(|r| r["latencyMs"].as_f64().unwrap())
+        .collect();
+    let p50 = health["latencyMs"]["p50"].as_f64().unwrap();
+    assert!(
+        latencies.iter().cloned().fold(f64::MAX, f64::min) <= p50
+            && p50 <= latencies.iter().cloned().fold(0.0, f64::max),
+        "{health} vs {latencies:?}"
+    );
+    assert_eq!(health["lastError"], Value::Null);
+
+    let unhealthy = model(&failing)["health"].clone();
+    assert_eq!(unhealthy["failures"], 1);
+    assert_eq!(unhealthy["successRate"], 0.0);
+    assert_eq!(
+        unhealthy["lastError"]["reason"], "provider_refused",
+        "{unhealthy}"
+    );
+    assert!(unhealthy["lastError"]["at"].is_string());
+    assert!(
+        !unhealthy.to_string().contains("sk-live-"),
+        "the provider echoed the credential; the catalog must not: {unhealthy}"
+    );
+
+    for query in ["window=1h", "kind=models", "provider=mistral"] {
+        let (status, _) = s.app.get(&format!("/api/v1/admin/models?{query}")).await;
+        assert_eq!(status, 400, "{query}");
+    }
+    s.app.add_member(&s.org, "org-admin", "admin").await;
+    let (status, _) = send(
+        s.app
+            .as_user("org-admin", Method::GET, "/api/v1/admin/models"),
+    )
+    .await;
+    assert_eq!(status, 403);
+}
