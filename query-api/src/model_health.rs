@@ -16,7 +16,7 @@ use sqlx::{Postgres, QueryBuilder};
 
 use crate::consistency::ReadConsistency;
 use crate::extract::{Caller, Params};
-use crate::pagination::{contains_pattern, rows_and_total, Page, PageRequest};
+use crate::pagination::{contains_pattern, page_of, Page, PageRequest};
 use crate::AppState;
 
 /// The windows health is measured over, as PostgreSQL intervals.
@@ -96,12 +96,8 @@ pub async fn list(
                  ORDER BY x.requested_at DESC LIMIT 1)))"
     ));
     conditions(&mut rows);
-    rows.push(" ORDER BY m.created_at DESC, m.id DESC LIMIT ")
-        .push_bind(page.limit)
-        .push(" OFFSET ")
-        .push_bind(page.offset());
+    rows.push(" ORDER BY m.created_at DESC, m.id DESC");
     let mut total = QueryBuilder::new("SELECT count(*)");
     conditions(&mut total);
-    let (rows, total) = rows_and_total(&state.pool, rows, total).await?;
-    Ok(Json(Page::new(rows, page, total)))
+    Ok(Json(page_of(&state.pool, rows, total, page).await?))
 }

@@ -15,7 +15,7 @@ use sqlx::{Postgres, QueryBuilder};
 
 use crate::consistency::ReadConsistency;
 use crate::extract::{Caller, Params};
-use crate::pagination::{rows_and_total, Page, PageRequest};
+use crate::pagination::{page_of, Page, PageRequest};
 use crate::AppState;
 
 const STATES: [&str; 3] = ["unread", "acknowledged", "resolved"];
@@ -72,14 +72,10 @@ pub async fn list(
     };
     let mut rows = QueryBuilder::new(format!("SELECT {VIEW} FROM read_models.notifications n"));
     conditions(&mut rows);
-    rows.push(" ORDER BY n.last_at DESC, n.id DESC LIMIT ")
-        .push_bind(page.limit)
-        .push(" OFFSET ")
-        .push_bind(page.offset());
+    rows.push(" ORDER BY n.last_at DESC, n.id DESC");
     let mut total = QueryBuilder::new("SELECT count(*) FROM read_models.notifications n");
     conditions(&mut total);
-    let (rows, total) = rows_and_total(&state.pool, rows, total).await?;
-    Ok(Json(Page::new(rows, page, total)))
+    Ok(Json(page_of(&state.pool, rows, total, page).await?))
 }
 
 pub async fn unread(

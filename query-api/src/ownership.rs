@@ -21,7 +21,7 @@ use sqlx::{Postgres, QueryBuilder};
 
 use crate::consistency::ReadConsistency;
 use crate::extract::{Caller, Params};
-use crate::pagination::{contains_pattern, rows_and_total, Page, PageRequest};
+use crate::pagination::{contains_pattern, page_of, Page, PageRequest};
 use crate::AppState;
 
 pub async fn organizations(
@@ -63,14 +63,10 @@ pub async fn organizations(
     );
     rows.push_bind(budget::period(Utc::now())).push("), '{}'))");
     conditions(&mut rows);
-    rows.push(" ORDER BY o.created_at DESC, o.id DESC LIMIT ")
-        .push_bind(page.limit)
-        .push(" OFFSET ")
-        .push_bind(page.offset());
+    rows.push(" ORDER BY o.created_at DESC, o.id DESC");
     let mut total = QueryBuilder::new("SELECT count(*)");
     conditions(&mut total);
-    let (rows, total) = rows_and_total(&state.pool, rows, total).await?;
-    Ok(Json(Page::new(rows, page, total)))
+    Ok(Json(page_of(&state.pool, rows, total, page).await?))
 }
 
 pub async fn users(
@@ -114,12 +110,8 @@ pub async fn users(
     rows.push_bind(state.auth.configured_system_admins())
         .push(") THEN 'configuration' END AS source) r");
     conditions(&mut rows);
-    rows.push(" ORDER BY u.created_at DESC, u.id DESC LIMIT ")
-        .push_bind(page.limit)
-        .push(" OFFSET ")
-        .push_bind(page.offset());
+    rows.push(" ORDER BY u.created_at DESC, u.id DESC");
     let mut total = QueryBuilder::new("SELECT count(*) FROM read_models.users u");
     conditions(&mut total);
-    let (rows, total) = rows_and_total(&state.pool, rows, total).await?;
-    Ok(Json(Page::new(rows, page, total)))
+    Ok(Json(page_of(&state.pool, rows, total, page).await?))
 }

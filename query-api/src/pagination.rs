@@ -88,6 +88,22 @@ pub fn contains_pattern(search: &str) -> String {
     pattern
 }
 
+/// The page `page` of what `rows` selects (ordered; its `LIMIT` and `OFFSET` are added here) with the
+/// total `total` counts.
+pub async fn page_of(
+    pool: &PgPool,
+    mut rows: QueryBuilder<'_, Postgres>,
+    total: QueryBuilder<'_, Postgres>,
+    page: PageRequest,
+) -> Result<Page<Value>, ApiError> {
+    rows.push(" LIMIT ")
+        .push_bind(page.limit)
+        .push(" OFFSET ")
+        .push_bind(page.offset());
+    let (rows, total) = rows_and_total(pool, rows, total).await?;
+    Ok(Page::new(rows, page, total))
+}
+
 /// A page's rows (one JSON value each) and its total, each from its own query, run at once on two
 /// connections.
 pub async fn rows_and_total(

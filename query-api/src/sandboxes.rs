@@ -19,7 +19,7 @@ use sqlx::{Postgres, QueryBuilder};
 
 use crate::consistency::ReadConsistency;
 use crate::extract::{Caller, Params};
-use crate::pagination::{contains_pattern, rows_and_total, Page, PageRequest};
+use crate::pagination::{contains_pattern, page_of, Page, PageRequest};
 use crate::AppState;
 
 /// Environments with executions in flight or run in the last hour, with those counts.
@@ -90,12 +90,7 @@ pub async fn list(
     } else {
         rows.push(" ORDER BY e.created_at DESC, e.id DESC");
     }
-    rows.push(" LIMIT ")
-        .push_bind(page.limit)
-        .push(" OFFSET ")
-        .push_bind(page.offset());
     let mut total = QueryBuilder::new("SELECT count(*)");
     conditions(&mut total);
-    let (rows, total) = rows_and_total(&state.pool, rows, total).await?;
-    Ok(Json(Page::new(rows, page, total)))
+    Ok(Json(page_of(&state.pool, rows, total, page).await?))
 }

@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::consistency::ReadConsistency;
 use crate::extract::{parse_id, Caller, Params};
-use crate::pagination::{rows_and_total, Page, PageRequest};
+use crate::pagination::{page_of, Page, PageRequest};
 use crate::AppState;
 
 /// What usage can be grouped by: the SQL of each group over `execution_totals t` (or the monthly sums,
@@ -300,12 +300,8 @@ pub async fn billing(
            'alertAt', x.alert_at, 'hardStop', x.hard_stop, 'state', x.state) ",
     );
     conditions(&mut rows);
-    rows.push(" ORDER BY x.spent / x.monthly_limit DESC, x.organization_id LIMIT ")
-        .push_bind(page.limit)
-        .push(" OFFSET ")
-        .push_bind(page.offset());
+    rows.push(" ORDER BY x.spent / x.monthly_limit DESC, x.organization_id");
     let mut total = QueryBuilder::new("SELECT count(*) ");
     conditions(&mut total);
-    let (rows, total) = rows_and_total(&state.pool, rows, total).await?;
-    Ok(Json(Page::new(rows, page, total)))
+    Ok(Json(page_of(&state.pool, rows, total, page).await?))
 }
