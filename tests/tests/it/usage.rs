@@ -375,6 +375,19 @@ async fn a_budget_alerts_once_per_threshold_and_its_hard_stop_refuses_executions
         .await;
     assert_eq!(status, 402);
     assert_eq!(usage_alerts(&s, &s.org).await.len(), 2);
+    // A threshold never reached this month, already passed by the spend when the budget is set: alerted
+    // at once, by the setting.
+    set_budget(
+        &s,
+        json!({"monthlyLimit": cost * 2.5, "currency": "USD", "alertAt": [0.8], "hardStop": false}),
+    )
+    .await;
+    let alerts = usage_alerts(&s, &s.org).await;
+    assert_eq!(alerts.len(), 3, "{alerts:#?}");
+    assert_eq!(
+        alerts[1]["subject"],
+        "Spend reached 80% of the monthly budget"
+    );
 
     // Removed: no stop, no row in billing health; removing again is 404.
     let (status, _) = s.app.delete(&budget_path).await;
