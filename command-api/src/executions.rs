@@ -400,31 +400,50 @@ pub async fn resolve_model(
             format!("no model or visible system model with id {id} in this organization"),
         )
     };
+    match load_model(state, id).await? {
+        Some((target, owner, visible))
+            if owner == Some(organization_id) || (owner.is_none() && visible) =>
+        {
+            Ok(target)
+        }
+        _ => Err(unknown()),
+    }
+}
+
+/// Any live model or system model by id, with its credential unsealed: the target, its organization
+/// (none for a system model) and whether it is visible to organizations.
+pub async fn load_model(
+    state: &AppState,
+    id: Uuid,
+) -> Result<Option<(Target, Option<Uuid>, bool)>, ApiError> {
     let model_stream = Document::<Model>::stream_id(id);
     let (model, sealed) =
         fold_document(state, &model_stream, Model::INFO.type_name, i64::MAX).await?;
     let (live, kind, owner, stream, sealed) = match model.live {
-        Some(live) if live.organization_id() == Some(organization_id) => (
-            live,
-            ModelKind::Model,
-            organization_id,
-            model_stream,
-            sealed,
-        ),
-        Some(_) => return Err(unknown()),
+        Some(live) => {
+            let Some(organization_id) = live.organization_id() else {
+                return Ok(None);
+            };
+            (
+                live,
+                ModelKind::Model,
+                organization_id,
+                model_stream,
+                sealed,
+            )
+        }
         None => {
             let stream = Document::<SystemModel>::stream_id(id);
             let (system, sealed) =
                 fold_document(state, &stream, SystemModel::INFO.type_name, i64::MAX).await?;
-            let live = system.live.ok_or_else(unknown)?;
+            let Some(live) = system.live else {
+                return Ok(None);
+            };
             // Platform-wide values are sealed for the nil owner (`catalog::seal`).
             (live, ModelKind::SystemModel, Uuid::nil(), stream, sealed)
         }
     };
     let fields: CallingFields = stored_fields(live)?;
-    if kind == ModelKind::SystemModel && !fields.visible {
-        return Err(unknown());
-    }
     let credential = match sealed.get("token") {
         Some(value) => Some(
             state
@@ -456,7 +475,7 @@ pub async fn resolve_model(
             input_per_million_tokens: input.unwrap_or(0.0),
             output_per_million_tokens: output.unwrap_or(0.0),
         });
-    Ok(Target {
+    let target = Target {
         id,
         kind,
         provider: fields
@@ -467,7 +486,9 @@ pub async fn resolve_model(
             .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("stored model URL")))?,
         price,
         credential,
-    })
+    };
+    let owner = (kind == ModelKind::Model).then_some(owner);
+    Ok(Some((target, owner, fields.visible)))
 }
 
 fn stored_fields<T: serde::de::DeserializeOwned>(live: DocumentData) -> Result<T, ApiError> {

@@ -15,7 +15,9 @@ pub mod executions;
 pub mod extract;
 pub mod feedback;
 pub mod fields;
+pub mod jobs;
 pub mod members;
+pub mod model_probes;
 pub mod notifications;
 pub mod organizations;
 pub mod outbound;
@@ -290,6 +292,14 @@ pub fn api_routes() -> Routes<AppState> {
             Method::DELETE,
             "/api/v1/admin/organizations/{id}/budget",
             budgets::remove,
+        )
+        .add(Method::POST, "/api/v1/admin/jobs", jobs::request)
+        .add(Method::POST, "/api/v1/admin/jobs/{id}/cancel", jobs::cancel)
+        .add(Method::POST, "/api/v1/admin/usage/exports", jobs::export)
+        .add(
+            Method::POST,
+            "/api/v1/admin/models/{id}/probe",
+            model_probes::probe,
         )
         .add(Method::GET, "/api/auth/login", sign_in::login)
         .add(Method::GET, "/api/auth/callback", sign_in::callback)

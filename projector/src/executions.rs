@@ -4,7 +4,8 @@
 //! model and currency, counted when an execution finishes, on the day it finished (when its cost was
 //! incurred, the day budgets count it on); the same by month in `execution_totals_monthly`, so that a
 //! report over whole months reads a thirtieth of the rows; and platform-wide per day and currency in
-//! `execution_totals_platform`, for the platform's trend over time.
+//! `execution_totals_platform`, for the platform's trend over time. It also keeps each model's latest
+//! on-demand probe (`model_probes`, from `model_probe-<model id>` streams).
 //!
 //! A batch folds the executions it touches in memory with the aggregate's own `apply`, starting from
 //! their stored rows, and writes them back with one statement per table. The totals are increments:
@@ -17,6 +18,7 @@ use chrono::NaiveDate;
 use contracts::read_models::EXECUTIONS;
 use domain::aggregate::Aggregate;
 use domain::execution::{Execution, ExecutionData, ExecutionEvent, Status};
+use domain::model_probe::{ModelProbe, ModelProbeEvent};
 use domain::RecordedEvent;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -37,14 +39,22 @@ impl Projection for Executions {
             "execution_totals",
             "execution_totals_monthly",
             "execution_totals_platform",
+            "model_probes",
         ]
     }
 
     fn handles(&self, stream_type: &str) -> bool {
-        stream_type == Execution::TYPE
+        stream_type == Execution::TYPE || stream_type == ModelProbe::TYPE
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        let (probes, events): (Vec<&RecordedEvent>, Vec<&RecordedEvent>) = events
+            .iter()
+            .partition(|e| e.stream_id.starts_with("model_probe-"));
+        record_probes(conn, &probes).await?;
+        if events.is_empty() {
+            return Ok(());
+        }
         let ids: Vec<Uuid> = events
             .iter()
             .filter(|e| e.stream_version > 1)
@@ -158,6 +168,32 @@ impl Projection for Executions {
         }
         Ok(())
     }
+}
+
+/// Keeps each model's latest probe.
+async fn record_probes(conn: &mut PgConnection, probes: &[&RecordedEvent]) -> anyhow::Result<()> {
+    for event in probes {
+        let model_id: Uuid = event.stream_id["model_probe-".len()..].parse()?;
+        let ModelProbeEvent::Recorded(probe) = event.decode()?;
+        sqlx::query(
+            "INSERT INTO model_probes (model_id, organization_id, probed_at, ok, latency_ms, provider_status, error, probed_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (model_id) DO UPDATE SET organization_id = EXCLUDED.organization_id, \
+               probed_at = EXCLUDED.probed_at, ok = EXCLUDED.ok, latency_ms = EXCLUDED.latency_ms, \
+               provider_status = EXCLUDED.provider_status, error = EXCLUDED.error, probed_by = EXCLUDED.probed_by",
+        )
+        .bind(model_id)
+        .bind(probe.organization_id)
+        .bind(event.recorded_at)
+        .bind(probe.ok)
+        .bind(probe.latency_ms as i64)
+        .bind(probe.provider_status.map(i32::from))
+        .bind(probe.error)
+        .bind(&event.metadata.actor.id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 fn status_name(status: Status) -> &'static str {

@@ -1,8 +1,9 @@
 //! Housekeeping: deletes what has expired from the tables the APIs keep beside the log: sign-in
 //! attempts past their time to come back, sessions past their end, idempotency records older
 //! than the 24 hours a key is honoured, recorded refusals (`security_refusals`) older than
-//! [`REFUSALS_KEPT_DAYS`] (probes once reported into the triage queue), and the heartbeats of service
-//! instances not seen for a day (`service_instances`). It runs in the projector process, every
+//! [`REFUSALS_KEPT_DAYS`] (probes once reported into the triage queue), the heartbeats of service
+//! instances not seen for a day (`service_instances`), and usage export files older than
+//! [`EXPORTS_KEPT_DAYS`] (`export_files`; the export answers `410` after). It runs in the projector process, every
 //! `HOUSEKEEPING_INTERVAL_SECS`.
 //!
 //! Each statement deletes at most one batch and commits on its own, skipping rows another
@@ -20,6 +21,9 @@ pub const BATCH: i64 = 1_000;
 
 /// How long refused requests stay among the security events.
 pub const REFUSALS_KEPT_DAYS: i64 = 90;
+
+/// How long a usage export's file is kept.
+pub const EXPORTS_KEPT_DAYS: i64 = 7;
 
 /// Deletes everything expired, a batch at a time; returns how many rows it deleted.
 pub async fn purge(pool: &PgPool) -> sqlx::Result<u64> {
@@ -44,6 +48,10 @@ pub async fn purge(pool: &PgPool) -> sqlx::Result<u64> {
         "DELETE FROM service_instances WHERE instance_id IN (SELECT instance_id FROM service_instances \
          WHERE last_seen_at < now() - interval '1 day' LIMIT $1 FOR UPDATE SKIP LOCKED)"
             .to_owned(),
+        format!(
+            "DELETE FROM export_files WHERE (job_id, part) IN (SELECT job_id, part FROM export_files \
+             WHERE written_at < now() - interval '{EXPORTS_KEPT_DAYS} days' LIMIT $1 FOR UPDATE SKIP LOCKED)"
+        ),
     ];
     let mut deleted = 0;
     for purge in &purges {

@@ -19,12 +19,14 @@
 //!   records their workflow id and times, or why they are unparsed.
 //! - **Reconciliation.** When it starts, and then every `reconcile_interval`, it walks each prefix
 //!   whole and compares it with the index page by page: objects added behind its back (a key before
-//!   the cursor) are indexed, keys whose object is gone are removed.
+//!   the cursor) are indexed, keys whose object is gone are removed. An operator's `reconcile` job
+//!   (`POST /api/v1/admin/jobs`) is taken between steps and runs the same comparison at once.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use domain::job::JobKind;
 use domain::processed_queue::{
     prefix, MessageKey, MessageStatus, ProcessedQueue, ProcessedQueueEvent, Summary,
 };
@@ -34,9 +36,11 @@ use futures::stream::{self, StreamExt};
 use http_layer::shutdown::Shutdown;
 use processed_queue::bucket::{ListPage, Listed};
 use processed_queue::{index, Bucket};
+use serde_json::json;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::job_runner::{self, Recorder, Reporter};
 use crate::projection::{ensure_checkpoint, lock_checkpoint, record_failure, save_checkpoint};
 use crate::worker::become_runner;
 
@@ -115,6 +119,11 @@ async fn hold_and_index(
         bucket,
         config,
     };
+    let recorder = Recorder::new(
+        pool,
+        format!("projector indexer (process {})", std::process::id()),
+        "projector".into(),
+    );
     tracing::info!(bucket = bucket.name(), "indexing the processed queue");
     // The first reconciliation comes right after the first discovery: whatever changed while no
     // indexer ran is found at once.
@@ -125,6 +134,23 @@ async fn hold_and_index(
         indexer.summarise().await?;
         if last_reconcile.is_none_or(|at| at.elapsed() >= config.reconcile_interval) {
             indexer.reconcile().await?;
+            last_reconcile = Some(Instant::now());
+        }
+        // An operator's reconciliation job, run here so that it never interleaves with the rest.
+        if let Some(claimed) = job_runner::claim_next(pool, &recorder, JobKind::Reconcile).await? {
+            let work = async {
+                let (added, removed) = indexer.reconcile().await?;
+                Ok(json!({ "added": added, "removed": removed }))
+            };
+            job_runner::run_claimed(
+                pool,
+                &recorder,
+                claimed,
+                Reporter::default(),
+                work,
+                Some(&config.shutdown),
+            )
+            .await?;
             last_reconcile = Some(Instant::now());
         }
         indexer.follow_log().await?;

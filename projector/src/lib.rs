@@ -10,9 +10,12 @@ pub mod access;
 pub mod audit;
 pub mod catalog;
 pub mod executions;
+pub mod export;
 pub mod feedback;
 pub mod housekeeping;
 pub mod indexer;
+pub mod job_runner;
+pub mod jobs;
 pub mod notifications;
 pub mod ops;
 pub mod projection;
@@ -42,6 +45,7 @@ pub fn projections() -> Vec<Arc<dyn Projection>> {
         }),
         Arc::new(security::Security),
         Arc::new(notifications::Notifications),
+        Arc::new(jobs::Jobs),
         Arc::new(audit::Audit),
     ]
 }
@@ -62,4 +66,13 @@ pub fn spawn_workers(
         .into_iter()
         .map(|projection| tokio::spawn(worker::run(pool.clone(), projection, config.clone())))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_projections_jobs_may_name_are_the_projections_that_run() {
+        let running: Vec<&str> = super::projections().iter().map(|p| p.name()).collect();
+        assert_eq!(running, contracts::read_models::PROJECTIONS);
+    }
 }

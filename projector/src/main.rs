@@ -1,6 +1,7 @@
 //! The projector process: `projector` runs every projection (and the Kafka publisher when
 //! `KAFKA_BROKERS` is set, the processed queue's indexer when `S3_BUCKET` is set); `projector rebuild <name|all>`, `projector verify [--log]`,
-//! `projector replay --until … --into …` and `projector status` are the operator's commands;
+//! `projector replay --until … --into …` (each run as a job, `projector::job_runner`, as the API's
+//! jobs are, which the running projector takes) and `projector status` are the operator's commands;
 //! `projector tail` prints the domain events from Kafka. Running, it stops on SIGTERM or SIGINT
 //! (see [`http_layer::shutdown`]), and serves its health and metrics with [`http_layer::serve`].
 
@@ -9,20 +10,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use contracts::read_models::PROJECTIONS;
+use domain::job::JobSpec;
 use event_log::status::statuses;
 use http_layer::config::{seconds, ConnectionLimitArgs};
 use http_layer::shutdown::Shutdown;
 use processed_queue::S3Args;
 use projector::housekeeping;
 use projector::indexer::{self, IndexerConfig};
+use projector::job_runner::{self, Ended};
 use projector::publisher::{self, PublisherConfig};
-use projector::rebuild::rebuild;
-use projector::replay::replay;
-use projector::scratch::{Progress, Until};
+use projector::spawn_workers;
 use projector::tail::tail;
-use projector::verify::{verify, verify_log, ProjectionReport, VerifyProgress};
 use projector::worker::WorkerConfig;
-use projector::{projections, spawn_workers};
 
 #[derive(Parser)]
 #[command(about = "Projection workers and the operator commands around them")]
@@ -174,7 +174,12 @@ async fn main() -> anyhow::Result<()> {
                 }
                 None => tracing::info!("S3_BUCKET is not set: no processed queue to index"),
             }
-            http_layer::heartbeat::spawn(pool.clone(), "projector");
+            let instance = http_layer::heartbeat::spawn(pool.clone(), "projector");
+            tasks.push(tokio::spawn(job_runner::run(
+                pool.clone(),
+                instance,
+                shutdown.clone(),
+            )));
             tasks.push(tokio::spawn(housekeeping::run(
                 pool.clone(),
                 cli.housekeeping_interval,
@@ -197,71 +202,20 @@ async fn main() -> anyhow::Result<()> {
             }
             tracing::info!("projector stopped");
         }
-        Command::Rebuild { name } => {
-            for projection in chosen(&name)? {
-                let done = rebuild(&pool, projection.as_ref(), |p| {
-                    print_progress(&format!("rebuild {}", projection.name()), p)
-                })
-                .await
-                .with_context(|| format!("rebuilding {}", projection.name()))?;
-                println!(
-                    "rebuilt {}: {} events in {:.2} s ({:.0} events/s)",
-                    projection.name(),
-                    done.applied,
-                    done.elapsed.as_secs_f64(),
-                    done.events_per_second()
-                );
-            }
-        }
-        Command::Verify { log: true, .. } => {
-            let report = verify_log(&pool, |checked, streams| {
-                println!("verify --log: {checked}/{streams} streams checked")
-            })
-            .await?;
-            match report.first_problem {
-                None => println!(
-                    "log verified: {} events in {} streams, every hash and chain matches",
-                    report.events, report.streams
-                ),
-                Some(p) => {
-                    println!(
-                        "log does not verify: event {} at global position {} (stream {} version {}): {}",
-                        p.event_id, p.global_position, p.stream_id, p.stream_version, p.problem
-                    );
-                    std::process::exit(1);
-                }
-            }
-        }
-        Command::Verify { name, log: false } => {
-            let mut all_match = true;
-            for projection in chosen(&name)? {
-                let what = format!("verify {}", projection.name());
-                let report = verify(&pool, projection.as_ref(), |p| match p {
-                    VerifyProgress::Building(p) => print_progress(&what, p),
-                    VerifyProgress::Comparing { table, rows } => {
-                        println!("{what}: comparing {table}, {rows} rows compared")
-                    }
-                })
-                .await
-                .with_context(|| format!("verifying {}", projection.name()))?;
-                print_verification(&report);
-                all_match &= report.matches();
-            }
-            if !all_match {
-                println!("verification failed: the rebuilt read models differ from the live ones");
-                std::process::exit(1);
-            }
+        Command::Rebuild { name } => run_job(&pool, JobSpec::Rebuild { projection: name }).await?,
+        Command::Verify { name, log } => {
+            run_job(
+                &pool,
+                JobSpec::Verify {
+                    projection: name,
+                    log,
+                },
+            )
+            .await?
         }
         Command::Replay { until, into } => {
-            let until = Until::parse(&until)?;
-            let done = replay(&pool, until, &into, |p| print_progress("replay", p)).await?;
-            println!(
-                "replayed into schema {into}: {} of {} events in {:.2} s ({:.0} events/s)",
-                done.applied,
-                done.read,
-                done.elapsed.as_secs_f64(),
-                done.events_per_second()
-            );
+            let until = until.parse().map_err(|e| anyhow::anyhow!("--until: {e}"))?;
+            run_job(&pool, JobSpec::Replay { until, into }).await?
         }
         Command::Status => {
             println!(
@@ -290,46 +244,22 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The projections `name` picks: one by name, or `all`.
-fn chosen(name: &str) -> anyhow::Result<Vec<std::sync::Arc<dyn projector::Projection>>> {
-    let chosen: Vec<_> = projections()
-        .into_iter()
-        .filter(|p| name == "all" || p.name() == name)
-        .collect();
-    anyhow::ensure!(!chosen.is_empty(), "no projection named {name:?}");
-    Ok(chosen)
-}
-
-fn print_progress(what: &str, p: Progress) {
-    println!(
-        "{what}: {}/{} events read, {} applied, {:.0} events/s",
-        p.read,
-        p.total,
-        p.applied,
-        p.events_per_second()
-    );
-}
-
-fn print_verification(report: &ProjectionReport) {
-    println!(
-        "verify {} at log position {}:",
-        report.projection, report.position
-    );
-    for t in &report.tables {
-        println!(
-            "  {:<24} live {:>9} rows {}  rebuilt {:>9} rows {}  {}",
-            t.table,
-            t.live_rows,
-            t.live_checksum,
-            t.rebuilt_rows,
-            t.rebuilt_checksum,
-            if t.matches() { "equal" } else { "DIFFERENT" }
-        );
-        for row in &t.only_live {
-            println!("    only in live:    {row}");
+/// Runs an operator command as a job (see `projector::job_runner`), printing its progress; exits 1
+/// when it fails (a verification that finds a difference fails) or is cancelled.
+async fn run_job(pool: &sqlx::PgPool, spec: JobSpec) -> anyhow::Result<()> {
+    let spec = spec
+        .checked(&PROJECTIONS)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    match job_runner::run_from_cli(pool, spec).await? {
+        Ended::Succeeded(result) => println!("done: {result}"),
+        Ended::Failed(error) => {
+            println!("failed: {error}");
+            std::process::exit(1);
         }
-        for row in &t.only_rebuilt {
-            println!("    only in rebuilt: {row}");
+        Ended::Cancelled => {
+            println!("cancelled");
+            std::process::exit(1);
         }
     }
+    Ok(())
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use domain::job::ReplayPoint;
 use domain::{LogPosition, RecordedEvent};
 use event_log::read_log;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -42,21 +43,17 @@ pub enum Until {
     Time(DateTime<Utc>),
 }
 
-impl Until {
-    /// `replay --until`: a global position (an integer) or an RFC 3339 time.
-    pub fn parse(raw: &str) -> anyhow::Result<Until> {
-        if let Ok(position) = raw.parse::<i64>() {
-            return Ok(Until::GlobalPosition(position));
+/// A replay's bound as a job records it.
+impl From<ReplayPoint> for Until {
+    fn from(point: ReplayPoint) -> Until {
+        match point {
+            ReplayPoint::GlobalPosition(position) => Until::GlobalPosition(position),
+            ReplayPoint::Time(at) => Until::Time(at),
         }
-        DateTime::parse_from_rfc3339(raw)
-            .map(|at| Until::Time(at.with_timezone(&Utc)))
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "--until {raw:?} is neither a log position (an integer) nor an RFC 3339 time"
-                )
-            })
     }
+}
 
+impl Until {
     pub fn includes(&self, event: &RecordedEvent) -> bool {
         match self {
             Until::End => true,
@@ -115,26 +112,9 @@ pub async fn create_copies(
 }
 
 /// Refuses a schema name that is not a plain lower-case identifier, or that names a schema the system
-/// itself uses.
+/// itself uses (the rule replay jobs are checked against when requested).
 pub fn check_schema_name(schema: &str) -> anyhow::Result<()> {
-    let plain = schema.len() <= 63
-        && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && schema
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    anyhow::ensure!(
-        plain,
-        "{schema:?} is not a plain schema name (lower-case letters, digits and _, at most 63)"
-    );
-    let reserved = [LIVE_SCHEMA, "public", "information_schema"];
-    anyhow::ensure!(
-        !reserved.contains(&schema)
-            && !["pg_", "rebuild_", "retired_", "verify_"]
-                .iter()
-                .any(|prefix| schema.starts_with(prefix)),
-        "schema {schema:?} is used by the system itself; choose another name"
-    );
-    Ok(())
+    domain::job::check_schema_name(schema).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Vacuums and analyzes the copies in `schema`: freshly filled tables have no planner statistics and
@@ -227,12 +207,13 @@ mod tests {
 
     #[test]
     fn replay_bounds_parse_and_schema_names_are_checked() {
-        assert_eq!(Until::parse("42").unwrap(), Until::GlobalPosition(42));
+        let parse = |raw: &str| raw.parse::<ReplayPoint>().map(Until::from);
+        assert_eq!(parse("42").unwrap(), Until::GlobalPosition(42));
         assert!(matches!(
-            Until::parse("2026-11-30T12:00:00Z").unwrap(),
+            parse("2026-11-30T12:00:00Z").unwrap(),
             Until::Time(_)
         ));
-        assert!(Until::parse("yesterday").is_err());
+        assert!(parse("yesterday").is_err());
         assert!(check_schema_name("audit_2026_q3").is_ok());
         for bad in [
             "read_models",

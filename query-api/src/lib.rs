@@ -14,6 +14,7 @@ pub mod executions;
 pub mod export;
 pub mod extract;
 pub mod feedback;
+pub mod jobs;
 pub mod members;
 pub mod model_health;
 pub mod notifications;
@@ -203,6 +204,18 @@ pub fn api_routes() -> Routes<AppState> {
         .add(Method::GET, "/api/v1/admin/users", ownership::users)
         .add(Method::GET, "/api/v1/admin/sandboxes", sandboxes::list)
         .add(Method::GET, "/api/v1/admin/runtime", runtime::runtime)
+        .add(Method::GET, "/api/v1/admin/jobs", jobs::list)
+        .add(Method::GET, "/api/v1/admin/jobs/{id}", jobs::get)
+        .add(
+            Method::GET,
+            "/api/v1/admin/usage/exports/{id}",
+            jobs::export,
+        )
+        .add(
+            Method::GET,
+            "/api/v1/admin/usage/exports/{id}/file",
+            jobs::export_file,
+        )
         .add(Method::GET, "/api/v1/admin/models", model_health::list)
         .add(Method::GET, "/api/v1/admin/billing", usage::billing)
         .add(

@@ -2,7 +2,8 @@
 //! organization's model with its provider and visibility, how many prompt templates and prompts use
 //! it, and its health from the executions of the last `window` (`24h` by default, `7d` or `30d`):
 //! executions, failures, success rate, p50 and p99 latency, the last error (as recorded: credentials
-//! scrubbed) and when, tokens and cost per currency. Newest first; `kind` (`model`, `system_model`),
+//! scrubbed) and when, tokens and cost per currency; and its latest on-demand probe (`lastProbe`,
+//! `POST /api/v1/admin/models/{id}/probe`). Newest first; `kind` (`model`, `system_model`),
 //! `organizationId`, `provider` and `search` (the name) filter; paged as elsewhere.
 
 use axum::extract::State;
@@ -93,7 +94,11 @@ pub async fn list(
                'lastError', (SELECT jsonb_build_object('reason', x.data->'failure'->'reason', \
                    'message', x.data->'failure'->'message', 'at', api_time((x.data->>'finishedAt')::timestamptz)) \
                  FROM read_models.executions x WHERE x.model_id = m.id AND x.status = 'failed' \
-                 ORDER BY x.requested_at DESC LIMIT 1)))"
+                 ORDER BY x.requested_at DESC LIMIT 1)), \
+           'lastProbe', (SELECT jsonb_build_object('ok', p.ok, 'latencyMs', p.latency_ms, \
+               'providerStatus', p.provider_status, 'error', p.error, 'at', api_time(p.probed_at), \
+               'by', p.probed_by) \
+             FROM read_models.model_probes p WHERE p.model_id = m.id))"
     ));
     conditions(&mut rows);
     rows.push(" ORDER BY m.created_at DESC, m.id DESC");

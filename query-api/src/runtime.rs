@@ -7,7 +7,8 @@
 //!   error), `stalled` (behind, and its checkpoint has not moved for [`STALLED_AFTER_SECONDS`]), or
 //!   `running`;
 //! - the database: this instance's pool (size, idle, most) and PostgreSQL's connections;
-//! - the queues: probe reports waiting for the intake, with the oldest;
+//! - the queues: probe reports waiting for the intake, and operator jobs waiting for a runner
+//!   (pending) and running, each with the oldest;
 //! - the service instances' heartbeats (`http_layer::heartbeat`): version, start, uptime, and `up`
 //!   or `stale` (not seen for three intervals).
 
@@ -99,6 +100,18 @@ pub async fn runtime(
     )
     .fetch_one(pool)
     .await?;
+    let (jobs_pending, oldest_job, jobs_running, oldest_running): (
+        i64,
+        Option<DateTime<Utc>>,
+        i64,
+        Option<DateTime<Utc>>,
+    ) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state = 'pending'), min(requested_at) FILTER (WHERE state = 'pending'), \
+                count(*) FILTER (WHERE state = 'running'), min(started_at) FILTER (WHERE state = 'running') \
+         FROM read_models.jobs WHERE state IN ('pending', 'running')",
+    )
+    .fetch_one(pool)
+    .await?;
     let instances: Vec<Instance> = sqlx::query_as(
         "SELECT instance_id, service, version, started_at, last_seen_at FROM service_instances \
          ORDER BY service, started_at",
@@ -139,6 +152,12 @@ pub async fn runtime(
         },
         "queues": {
             "probeReports": { "depth": probes, "oldestAt": oldest_probe.map(time) },
+            "jobs": {
+                "depth": jobs_pending,
+                "oldestAt": oldest_job.map(time),
+                "running": jobs_running,
+                "oldestRunningSince": oldest_running.map(time),
+            },
         },
         "services": services,
     })))

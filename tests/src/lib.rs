@@ -360,6 +360,19 @@ impl TestApp {
         }
     }
 
+    /// Starts the projector's job runner (not started by [`TestApp::spawn`], so that no other test
+    /// shares a runner); stopped with the projector's workers.
+    pub fn start_job_runner(&mut self) {
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_lazy_with(self.db.connect_options());
+        self.projector.push(tokio::spawn(projector::job_runner::run(
+            pool,
+            uuid::Uuid::now_v7(),
+            Default::default(),
+        )));
+    }
+
     /// Another command-api over this app's database, as a second process would run it (its own pool,
     /// executor and caches); its base URL.
     pub async fn another_command_api(&self) -> String {

@@ -18,7 +18,9 @@ use domain::catalog::{kinds, SEALED_VALUES, SENTIMENT_ANALYZED};
 use domain::environment::{Environment, EnvironmentEvent};
 use domain::execution::{Execution, ExecutionEvent};
 use domain::feedback::{Feedback, FeedbackEvent};
+use domain::job::{Job, JobEvent};
 use domain::members::{Members, MembersEvent};
+use domain::model_probe::{ModelProbe, ModelProbeEvent};
 use domain::notification::{Notification, NotificationEvent};
 use domain::organization::{Organization, OrganizationEvent};
 use domain::processed_queue::{ProcessedQueue, ProcessedQueueEvent};
@@ -54,6 +56,8 @@ pub fn aggregate_types() -> Vec<&'static str> {
         Feedback::TYPE,
         Notification::TYPE,
         Budget::TYPE,
+        Job::TYPE,
+        ModelProbe::TYPE,
     ];
     types.extend(kinds::ALL.iter().map(|kind| kind.type_name));
     types
@@ -138,6 +142,8 @@ pub fn schemas() -> BTreeMap<String, Value> {
         schemars::schema_for!(FeedbackEvent),
         schemars::schema_for!(NotificationEvent),
         schemars::schema_for!(BudgetEvent),
+        schemars::schema_for!(JobEvent),
+        schemars::schema_for!(ModelProbeEvent),
     ] {
         add_variants(&mut schemas, root.to_value());
     }

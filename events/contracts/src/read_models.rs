@@ -56,6 +56,9 @@ pub fn feedback_count(filter: &str, value: &str) -> String {
     format!("{filter}:{value}")
 }
 
+/// The projection that keeps `jobs` (the operator's long-running jobs).
+pub const JOBS: &str = "jobs";
+
 /// The projection that keeps `notifications` (the operator surface's platform alerts).
 pub const NOTIFICATIONS: &str = "notifications";
 
@@ -101,3 +104,17 @@ pub const EXECUTIONS: &str = "executions";
 /// `processed_queue_cursors` from the S3 bucket and applies the deletions the log records. Not a
 /// projection (its rows come from the bucket), but its checkpoint is waited for like one.
 pub const PROCESSED_QUEUE: &str = "processed_queue";
+
+/// Every projection, by name: what a rebuild or verification job may name (besides `all`). The
+/// projector's list of the projections it runs is checked against it.
+pub const PROJECTIONS: [&str; 9] = [
+    TENANTS,
+    ACCESS,
+    CATALOG,
+    EXECUTIONS,
+    FEEDBACK,
+    SECURITY,
+    NOTIFICATIONS,
+    JOBS,
+    AUDIT,
+];

@@ -12,6 +12,7 @@ use domain::budget::Limits;
 use domain::environment::EnvironmentData;
 use domain::feedback::classify::{ProbeGroup, Quality};
 use domain::feedback::{FeedbackData, Severity, Source, TriageState};
+use domain::job::Job;
 use domain::members::Membership;
 use domain::organization::OrganizationData;
 use domain::user::UserData;
@@ -20,6 +21,16 @@ use domain::EventMetadata;
 /// Timestamps are rendered as the API shows them (contract §8): RFC 3339, milliseconds, `Z`.
 fn timestamp<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+fn optional_timestamp<S: Serializer>(
+    at: &Option<DateTime<Utc>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => timestamp(at, serializer),
+        None => serializer.serialize_none(),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -248,5 +259,54 @@ impl BudgetView {
             hard_stop: limits.hard_stop,
             updated_at,
         }
+    }
+}
+
+/// An operator job (`/api/v1/admin/jobs`, and usage exports under `/api/v1/admin/usage/exports`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    pub id: Uuid,
+    pub kind: String,
+    pub args: serde_json::Value,
+    /// `api` or `cli`.
+    pub source: String,
+    /// `pending`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub state: String,
+    pub requested_by: String,
+    #[serde(serialize_with = "timestamp")]
+    pub requested_at: DateTime<Utc>,
+    pub runner: Option<String>,
+    #[serde(serialize_with = "optional_timestamp")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "optional_timestamp")]
+    pub finished_at: Option<DateTime<Utc>>,
+    pub cancel_requested: bool,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+    /// The runner's latest report while it works (`{message, done, total}`), and its last after.
+    pub progress: Option<serde_json::Value>,
+}
+
+impl JobView {
+    /// A job as its stream folds (what a write answers), before any progress.
+    pub fn new(id: Uuid, job: &Job, requested_by: &str) -> Option<JobView> {
+        let spec = job.spec.as_ref()?;
+        Some(JobView {
+            id,
+            kind: spec.kind().as_str().into(),
+            args: spec.args(),
+            source: job.source.map_or("api", |s| s.as_str()).into(),
+            state: job.state.as_str().into(),
+            requested_by: requested_by.into(),
+            requested_at: job.requested_at?,
+            runner: job.runner.clone(),
+            started_at: job.started_at,
+            finished_at: job.finished_at,
+            cancel_requested: job.cancel_requested,
+            result: job.result.clone(),
+            error: job.error.clone(),
+            progress: None,
+        })
     }
 }

@@ -20,7 +20,9 @@ use crate::catalog::{Change, DocumentState, KindInfo, SEALED_VALUES};
 use crate::environment::Environment;
 use crate::execution::Execution;
 use crate::feedback::Feedback;
+use crate::job::Job;
 use crate::members::Members;
+use crate::model_probe::ModelProbe;
 use crate::notification::Notification;
 use crate::organization::Organization;
 use crate::personal::{self, ERASED};
@@ -50,6 +52,8 @@ pub fn resource_types() -> Vec<&'static str> {
         Feedback::TYPE,
         Notification::TYPE,
         Budget::TYPE,
+        Job::TYPE,
+        ModelProbe::TYPE,
     ];
     types.extend(kinds::ALL.iter().map(|kind| kind.type_name));
     types
@@ -133,6 +137,8 @@ pub enum StreamState {
     Feedback(Box<Feedback>),
     Notification(Notification),
     Budget(Budget),
+    Job(Job),
+    ModelProbe(ModelProbe),
     Document(&'static KindInfo, DocumentState),
 }
 
@@ -159,6 +165,8 @@ impl StreamState {
             Feedback::TYPE => StreamState::Feedback(Box::default()),
             Notification::TYPE => StreamState::Notification(Notification::default()),
             Budget::TYPE => StreamState::Budget(Budget::default()),
+            Job::TYPE => StreamState::Job(Job::default()),
+            ModelProbe::TYPE => StreamState::ModelProbe(ModelProbe::default()),
             other => StreamState::Document(by_type_name(other)?, DocumentState::default()),
         })
     }
@@ -176,6 +184,8 @@ impl StreamState {
             StreamState::Feedback(state) => serde_json::to_value(state),
             StreamState::Notification(state) => serde_json::to_value(state),
             StreamState::Budget(state) => serde_json::to_value(state),
+            StreamState::Job(state) => serde_json::to_value(state),
+            StreamState::ModelProbe(state) => serde_json::to_value(state),
             StreamState::Document(_, state) => serde_json::to_value(state),
         }
     }
@@ -204,6 +214,8 @@ impl StreamState {
                 StreamState::Notification(serde_json::from_value(stored)?)
             }
             StreamState::Budget(_) => StreamState::Budget(serde_json::from_value(stored)?),
+            StreamState::Job(_) => StreamState::Job(serde_json::from_value(stored)?),
+            StreamState::ModelProbe(_) => StreamState::ModelProbe(serde_json::from_value(stored)?),
             StreamState::Document(info, _) => {
                 StreamState::Document(info, serde_json::from_value(stored)?)
             }
@@ -253,6 +265,12 @@ impl StreamState {
             StreamState::Budget(state) => {
                 state.apply(&event.decode().map_err(|e| failed(e.to_string()))?, at)
             }
+            StreamState::Job(state) => {
+                state.apply(&event.decode().map_err(|e| failed(e.to_string()))?, at)
+            }
+            StreamState::ModelProbe(state) => {
+                state.apply(&event.decode().map_err(|e| failed(e.to_string()))?, at)
+            }
             StreamState::Document(info, state) => {
                 let action = event
                     .event_type
@@ -282,7 +300,9 @@ impl StreamState {
             | StreamState::Execution(_)
             | StreamState::Feedback(_)
             | StreamState::Notification(_)
-            | StreamState::Budget(_) => None,
+            | StreamState::Budget(_)
+            | StreamState::Job(_)
+            | StreamState::ModelProbe(_) => None,
         }
     }
 
@@ -360,6 +380,22 @@ impl StreamState {
                     fields.insert("currency".into(), json!(limits.currency));
                     fields.insert("alertAt".into(), json!(limits.alert_at));
                     fields.insert("hardStop".into(), json!(limits.hard_stop));
+                }
+            }
+            StreamState::Job(state) => {
+                if let Some(spec) = &state.spec {
+                    fields.insert("kind".into(), json!(spec.kind()));
+                    fields.insert("state".into(), json!(state.state));
+                    fields.insert("cancelRequested".into(), json!(state.cancel_requested));
+                    fields.insert("error".into(), json!(state.error));
+                }
+            }
+            StreamState::ModelProbe(state) => {
+                if let Some(last) = &state.last {
+                    fields.insert("ok".into(), json!(last.ok));
+                    fields.insert("latencyMs".into(), json!(last.latency_ms));
+                    fields.insert("providerStatus".into(), json!(last.provider_status));
+                    fields.insert("error".into(), json!(last.error));
                 }
             }
             StreamState::Document(info, state) => {

@@ -7,7 +7,10 @@
 //!   organization, failure reason and UTC hour, so an outage is one alert with a count rather than a
 //!   flood; high severity but for rate limits and refused addresses (medium);
 //! - usage events ([`usage`]): an organization's spend this month reaching a threshold of its budget,
-//!   once per threshold and month; high severity from the whole budget on, medium below.
+//!   once per threshold and month; high severity from the whole budget on, medium below;
+//! - schedule events: an operator job (`job-<id>`: rebuild, verify, replay, reconcile, export) that
+//!   succeeded (low severity) or failed (high), one alert per job. A cancelled job raises none: an
+//!   operator cancelled it.
 //!
 //! A new occurrence after the alert was resolved makes it unread again; an acknowledged one stays
 //! acknowledged.
@@ -22,6 +25,7 @@ use contracts::read_models::NOTIFICATIONS;
 use domain::aggregate::Aggregate;
 use domain::budget::Budget;
 use domain::execution::{Execution, ExecutionEvent, FailureReason};
+use domain::job::{Job, JobEvent};
 use domain::notification::{Notification, NotificationEvent};
 use domain::RecordedEvent;
 use serde_json::{json, Value};
@@ -76,15 +80,42 @@ struct Occurrence {
 enum Cause {
     /// Failures counted over the alert's hour.
     ExecutionFailures,
-    /// A threshold reached, once.
-    Usage,
+    /// A threshold reached, or a job ended: once.
+    Once,
 }
 
 /// The alert `event` is an occurrence of, if any.
 fn occurrence(event: &RecordedEvent) -> anyhow::Result<Option<Occurrence>> {
-    let Some(execution) = event.stream_id.strip_prefix("execution-") else {
-        return Ok(None);
+    if let Some(execution) = event.stream_id.strip_prefix("execution-") {
+        return execution_failure(event, execution);
+    }
+    if let Some(job) = event.stream_id.strip_prefix("job-") {
+        return job_outcome(event, job);
+    }
+    Ok(None)
+}
+
+/// A job's success or failure.
+fn job_outcome(event: &RecordedEvent, job: &str) -> anyhow::Result<Option<Occurrence>> {
+    let (severity, kind, outcome, detail) = match event.decode::<JobEvent>()? {
+        JobEvent::Succeeded { kind, result } => (0, kind, "succeeded", result.to_string()),
+        JobEvent::Failed { kind, error } => (2, kind, "failed", error),
+        _ => return Ok(None),
     };
+    Ok(Some(Occurrence {
+        id: Uuid::new_v5(&ALERTS, format!("schedule/{job}").as_bytes()),
+        kind: "schedule",
+        severity,
+        organization_id: None,
+        subject: format!("Job {outcome}: {}", kind.as_str()),
+        cause: Cause::Once,
+        detail: detail.chars().take(QUOTED).collect(),
+        source: json!({ "type": format!("job.{outcome}"), "jobId": job, "jobKind": kind }),
+    }))
+}
+
+/// A failed prompt execution.
+fn execution_failure(event: &RecordedEvent, execution: &str) -> anyhow::Result<Option<Occurrence>> {
     let ExecutionEvent::Failed {
         reason,
         message,
@@ -164,7 +195,7 @@ impl Alert {
                 self.occurred_at.format("%H:%M"),
                 occurrence.detail
             ),
-            Cause::Usage => occurrence.detail,
+            Cause::Once => occurrence.detail,
         };
         if self.state == "resolved" {
             self.state = "unread".into();
@@ -190,6 +221,7 @@ impl Projection for Notifications {
         stream_type == Execution::TYPE
             || stream_type == Notification::TYPE
             || stream_type == Budget::TYPE
+            || stream_type == Job::TYPE
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {

@@ -231,7 +231,7 @@ impl Occurrence {
             severity: if threshold >= 1.0 { 2 } else { 1 },
             organization_id: Some(organization),
             subject: format!("Spend reached {percent}% of the monthly budget"),
-            cause: Cause::Usage,
+            cause: Cause::Once,
             detail: format!(
                 "{spent:.2} {currency} spent in {month} of a budget of {limit:.2} {currency}{stop}",
                 currency = limits.currency,

@@ -16,6 +16,7 @@ mod gateway;
 mod history;
 mod housekeeping;
 mod http_contract;
+mod jobs;
 mod layering;
 mod limits;
 mod migrations;

@@ -30,7 +30,7 @@ async fn template_in(s: &Setup, env: &str, model: &str) -> String {
 }
 
 /// A new organization, and one execution of its own.
-async fn an_execution_of_another_organization(s: &Setup) -> (String, Value) {
+pub(crate) async fn an_execution_of_another_organization(s: &Setup) -> (String, Value) {
     let org = s.app.create_organization("Other").await;
     let env = s.app.create_environment(&org, "Production").await;
     let (status, model) = s
@@ -616,6 +616,93 @@ async fn the_model_catalog_shows_each_models_use_and_health_from_its_executions(
         s.app
             .as_user("org-admin", Method::GET, "/api/v1/admin/models"),
     )
+    .await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn a_probe_calls_the_model_once_through_the_outbound_path_and_the_catalog_shows_it() {
+    let s = Setup::start().await;
+    let ok = s.model("ok", "openai").await;
+    let failing = s.model("echo-credential", "anthropic").await;
+    let calls = s.provider.requests().len();
+    let (status, probe) = s
+        .app
+        .post(&format!("/api/v1/admin/models/{ok}/probe"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{probe}");
+    assert_eq!(probe["ok"], true);
+    assert!(probe["latencyMs"].is_u64() && probe["probedAt"].is_string());
+    let sent = s.provider.requests();
+    assert_eq!(sent.len(), calls + 1, "one request per probe");
+    assert_eq!(
+        sent.last().unwrap().body["max_tokens"],
+        1,
+        "{:?}",
+        sent.last().unwrap().body
+    );
+
+    let (status, probe) = s
+        .app
+        .post(&format!("/api/v1/admin/models/{failing}/probe"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{probe}");
+    assert_eq!(probe["ok"], false);
+    assert!(probe["providerStatus"].is_u64(), "{probe}");
+    assert!(!probe.to_string().contains("sk-live-"), "{probe}");
+
+    // A probe is no execution: usage and spend stay as they were.
+    let (_, usage) = s
+        .app
+        .get(&format!("/api/v1/admin/usage?organizationId={}", s.org))
+        .await;
+    assert_eq!(usage["total"]["executions"], 0, "{usage}");
+    let (_, page) = s
+        .app
+        .get(&format!("/api/v1/admin/models?organizationId={}", s.org))
+        .await;
+    let last_probe = |id: &str| {
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .unwrap()["lastProbe"]
+            .clone()
+    };
+    assert_eq!(last_probe(&ok)["ok"], true);
+    assert_eq!(last_probe(&ok)["by"], s.app.admin_id.as_str());
+    let failed = last_probe(&failing);
+    assert_eq!(failed["ok"], false);
+    assert!(
+        failed["error"].is_string() && !failed.to_string().contains("sk-live-"),
+        "{failed}"
+    );
+
+    // A model at a private address is refused by the outbound guard, as an execution would be.
+    let guarded = s
+        .model_at("http://10.255.255.1/v1/chat/completions", "openai")
+        .await;
+    let (status, probe) = s
+        .app
+        .post(&format!("/api/v1/admin/models/{guarded}/probe"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{probe}");
+    assert_eq!(probe["ok"], false);
+    assert_eq!(probe["providerStatus"], Value::Null);
+
+    let missing = uuid::Uuid::now_v7();
+    let (status, _) = s
+        .app
+        .post(&format!("/api/v1/admin/models/{missing}/probe"), json!({}))
+        .await;
+    assert_eq!(status, 404);
+    s.app.add_member(&s.org, "org-admin", "admin").await;
+    let (status, _) = send(s.app.as_user(
+        "org-admin",
+        Method::POST,
+        &format!("/api/v1/admin/models/{ok}/probe"),
+    ))
     .await;
     assert_eq!(status, 403);
 }
