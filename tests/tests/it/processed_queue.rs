@@ -632,6 +632,48 @@ async fn objects_added_or_removed_behind_the_indexers_back_are_reconciled() {
 }
 
 #[tokio::test]
+async fn an_operators_reconciliation_job_is_run_by_the_indexer() {
+    let setup = Setup::start().await;
+    for n in 0..2 {
+        setup.put(&setup.env, MessageStatus::Success, 0, n).await;
+    }
+    setup.wait_indexed(2).await;
+    let (status, job) = setup
+        .app
+        .post(
+            "/api/v1/admin/jobs",
+            serde_json::json!({"kind": "reconcile"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let path = format!("/api/v1/admin/jobs/{}", job["id"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let (_, job) = setup.get(&path).await;
+        if job["state"] == "succeeded" {
+            break job;
+        }
+        assert!(
+            job["state"] == "pending" || job["state"] == "running",
+            "{job}"
+        );
+        assert!(Instant::now() < deadline, "not run: {job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        done["runner"]
+            .as_str()
+            .unwrap()
+            .starts_with("projector indexer"),
+        "{done}"
+    );
+    assert!(
+        done["result"]["added"].is_u64() && done["result"]["removed"].is_u64(),
+        "{done}"
+    );
+}
+
+#[tokio::test]
 async fn the_indexer_killed_mid_pass_loses_nothing_and_counts_nothing_twice() {
     let mut setup = Setup::start().await;
     // The environment is projected; then the indexer runs only here, with no reconciliation to mend

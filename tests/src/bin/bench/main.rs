@@ -25,6 +25,7 @@
 //! operator surface's triage queue (`feedback`): capture with classification against the same
 //! requests without it, and list latency with `--list-rows` submissions. (m) is usage reports over
 //! `--usage-executions` executions' sums, each against the same aggregate sent straight to PostgreSQL.
+//! (n) is a usage export of `--export-executions` executions against a raw `COPY` of the same records.
 //!
 //! `--only <letters>` runs the sections named (`--only i`), with those they build on: (b) is compared
 //! with (a), (g) uses (f)'s publisher, and (h) reads (c)'s events.
@@ -57,6 +58,7 @@ use tests::s3::S3Server;
 use tests::TestApp;
 use uuid::Uuid;
 
+mod export;
 mod feedback;
 mod usage;
 mod write_path;
@@ -108,6 +110,9 @@ struct Args {
     /// Executions whose sums (m) reports over.
     #[arg(long, default_value_t = 10_000_000)]
     usage_executions: i64,
+    /// Executions a usage export holds in (n).
+    #[arg(long, default_value_t = 1_000_000)]
+    export_executions: i64,
     /// Only these sections (letters, e.g. `i` or `dei`), with those they build on.
     #[arg(long)]
     only: Option<String>,
@@ -268,6 +273,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.runs('m') {
         usage::run(&app, args.usage_executions, args.list_requests).await?;
+    }
+    if args.runs('n') {
+        export::run(&app, args.export_executions).await?;
     }
     Ok(())
 }
