@@ -15,6 +15,9 @@
 //!   with the cursor moved in the same transaction: killed anywhere, it lists the page again and
 //!   indexing it again adds nothing. Keys sort by day, and the runtime's message ids by time, so new
 //!   objects come after the cursor.
+//!   Failed messages (`…/fail/`) are recorded as found (`processed_failures`) before they are
+//!   indexed, by discovery or reconciliation, for the platform's alerts
+//!   ([`Indexer::record_failures`]).
 //! - **Summaries.** It reads the bodies of newly indexed objects (`read_concurrency` at once) and
 //!   records their workflow id and times, or why they are unparsed.
 //! - **Reconciliation.** When it starts, and then every `reconcile_interval`, it walks each prefix
@@ -26,17 +29,22 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use chrono::Utc;
+use commands::{Caller, Executor, Idempotency, Outcome, WriteSet};
 use domain::job::JobKind;
+use domain::processed_failures::{Found, ProcessedFailures};
 use domain::processed_queue::{
     prefix, MessageKey, MessageStatus, ProcessedQueue, ProcessedQueueEvent, Summary,
 };
-use domain::Aggregate;
+use domain::{Actor, ActorRef, Aggregate, EventMetadata, Role};
 use event_log::{listen_for_appends, read_log};
 use futures::stream::{self, StreamExt};
 use http_layer::shutdown::Shutdown;
+use http_layer::ApiError;
 use processed_queue::bucket::{ListPage, Listed};
 use processed_queue::{index, Bucket};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -258,8 +266,11 @@ impl Indexer<'_> {
         last: &str,
         objects: Vec<Listed>,
     ) -> anyhow::Result<u64> {
+        let objects = keyed(objects);
+        self.record_failures(&objects.iter().map(|(key, _)| key).collect::<Vec<_>>())
+            .await?;
         let mut tx = self.pool.begin().await?;
-        let indexed = index::insert(&mut *tx, &keyed(objects)).await?;
+        let indexed = index::insert(&mut *tx, &objects).await?;
         sqlx::query(
             "INSERT INTO read_models.processed_queue_cursors (prefix, last_key, listed_at) \
              VALUES ($1, $2, now()) \
@@ -271,6 +282,87 @@ impl Indexer<'_> {
         .await?;
         tx.commit().await?;
         Ok(indexed)
+    }
+
+    /// Records the failed messages among `keys` (of one prefix) that are not indexed yet
+    /// (`processed_failures`, which the platform's alerts are derived from), before they are indexed,
+    /// by discovery or by a reconciliation. Killed in between, the
+    /// indexer lists the page again and records it again under the same idempotency key (the hash of
+    /// the keys), which the executor answers with the first record instead of appending twice; only a
+    /// page that grew meanwhile is recorded again, and then its alert counts those messages twice.
+    pub async fn record_failures(&self, keys: &[&MessageKey]) -> anyhow::Result<()> {
+        let failed: Vec<&MessageKey> = keys
+            .iter()
+            .copied()
+            .filter(|key| key.status == MessageStatus::Fail)
+            .collect();
+        let Some(first) = failed.first() else {
+            return Ok(());
+        };
+        let (organization_id, environment_id) = (first.organization_id, first.environment_id);
+        let keys: Vec<String> = failed.iter().map(|key| key.key.clone()).collect();
+        let indexed: HashSet<String> = sqlx::query_scalar(
+            "SELECT key FROM read_models.processed_messages WHERE key = ANY($1)",
+        )
+        .bind(&keys)
+        .fetch_all(self.pool)
+        .await?
+        .into_iter()
+        .collect();
+        let new: Vec<String> = keys.into_iter().filter(|k| !indexed.contains(k)).collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let hash = hex(&Sha256::digest(new.join("\n").as_bytes()));
+        let system = Actor {
+            user_id: Uuid::nil(),
+            system: true,
+            memberships: Default::default(),
+        };
+        let idempotency = Idempotency {
+            key: format!("processed-failures:{hash}"),
+            fingerprint: hash.clone(),
+        };
+        let caller = Caller {
+            actor: &system,
+            idempotency: Some(&idempotency),
+        };
+        let metadata = EventMetadata {
+            actor: ActorRef {
+                id: "projector".into(),
+                role: Some(Role::System),
+            },
+            organization_id: Some(organization_id),
+            request_id: hash.clone(),
+            correlation_id: hash,
+            causation_id: None,
+            client_ip: None,
+            user_agent: None,
+        };
+        let executor = Executor::new(self.pool.clone());
+        let (executor, new, metadata) = (&executor, &new, &metadata);
+        executor
+            .run(caller, || async move {
+                let mut failures = executor.load::<ProcessedFailures>(organization_id).await?;
+                let expected = failures.version;
+                let found = Found {
+                    environment_id,
+                    keys: new.clone(),
+                };
+                let events = failures.state.decide(found)?;
+                let events = failures.record(events, metadata, Utc::now());
+                let write = WriteSet::append(
+                    &ProcessedFailures::stream_id(organization_id),
+                    expected,
+                    events,
+                );
+                Ok::<_, ApiError>(
+                    Outcome::new(200, serde_json::Value::Null, failures.version)
+                        .appending(write, None),
+                )
+            })
+            .await?;
+        Ok(())
     }
 
     /// Reads the bodies of the objects indexed as `pending` and records what they say.
@@ -345,11 +437,15 @@ impl Indexer<'_> {
                     .cloned()
                     .collect();
                 removed += index::remove(&mut *tx, &gone).await?;
-                let missing = objects
-                    .into_iter()
-                    .filter(|o| !indexed.contains(&o.key))
-                    .collect();
-                added += index::insert(&mut *tx, &keyed(missing)).await?;
+                let missing = keyed(
+                    objects
+                        .into_iter()
+                        .filter(|o| !indexed.contains(&o.key))
+                        .collect(),
+                );
+                self.record_failures(&missing.iter().map(|(key, _)| key).collect::<Vec<_>>())
+                    .await?;
+                added += index::insert(&mut *tx, &missing).await?;
                 tx.commit().await?;
                 match next {
                     Some(token) => {
@@ -405,6 +501,10 @@ impl Indexer<'_> {
 }
 
 /// The listed objects whose keys are keys of the queue; others are skipped (and counted).
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn keyed(objects: Vec<Listed>) -> Vec<(MessageKey, Listed)> {
     let listed = objects.len();
     let keyed: Vec<(MessageKey, Listed)> = objects

@@ -23,6 +23,7 @@ use domain::members::{Members, MembersEvent};
 use domain::model_probe::{ModelProbe, ModelProbeEvent};
 use domain::notification::{Notification, NotificationEvent};
 use domain::organization::{Organization, OrganizationEvent};
+use domain::processed_failures::{ProcessedFailures, ProcessedFailuresEvent};
 use domain::processed_queue::{ProcessedQueue, ProcessedQueueEvent};
 use domain::sentiment::SentimentAnalysis;
 use domain::upcast::current_version;
@@ -58,6 +59,7 @@ pub fn aggregate_types() -> Vec<&'static str> {
         Budget::TYPE,
         Job::TYPE,
         ModelProbe::TYPE,
+        ProcessedFailures::TYPE,
     ];
     types.extend(kinds::ALL.iter().map(|kind| kind.type_name));
     types
@@ -144,6 +146,7 @@ pub fn schemas() -> BTreeMap<String, Value> {
         schemars::schema_for!(BudgetEvent),
         schemars::schema_for!(JobEvent),
         schemars::schema_for!(ModelProbeEvent),
+        schemars::schema_for!(ProcessedFailuresEvent),
     ] {
         add_variants(&mut schemas, root.to_value());
     }

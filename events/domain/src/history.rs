@@ -26,6 +26,7 @@ use crate::model_probe::ModelProbe;
 use crate::notification::Notification;
 use crate::organization::Organization;
 use crate::personal::{self, ERASED};
+use crate::processed_failures::ProcessedFailures;
 use crate::processed_queue::ProcessedQueue;
 use crate::user::User;
 use crate::RecordedEvent;
@@ -54,6 +55,7 @@ pub fn resource_types() -> Vec<&'static str> {
         Budget::TYPE,
         Job::TYPE,
         ModelProbe::TYPE,
+        ProcessedFailures::TYPE,
     ];
     types.extend(kinds::ALL.iter().map(|kind| kind.type_name));
     types
@@ -139,6 +141,7 @@ pub enum StreamState {
     Budget(Budget),
     Job(Job),
     ModelProbe(ModelProbe),
+    ProcessedFailures(ProcessedFailures),
     Document(&'static KindInfo, DocumentState),
 }
 
@@ -167,6 +170,7 @@ impl StreamState {
             Budget::TYPE => StreamState::Budget(Budget::default()),
             Job::TYPE => StreamState::Job(Job::default()),
             ModelProbe::TYPE => StreamState::ModelProbe(ModelProbe::default()),
+            ProcessedFailures::TYPE => StreamState::ProcessedFailures(ProcessedFailures::default()),
             other => StreamState::Document(by_type_name(other)?, DocumentState::default()),
         })
     }
@@ -186,6 +190,7 @@ impl StreamState {
             StreamState::Budget(state) => serde_json::to_value(state),
             StreamState::Job(state) => serde_json::to_value(state),
             StreamState::ModelProbe(state) => serde_json::to_value(state),
+            StreamState::ProcessedFailures(state) => serde_json::to_value(state),
             StreamState::Document(_, state) => serde_json::to_value(state),
         }
     }
@@ -216,6 +221,9 @@ impl StreamState {
             StreamState::Budget(_) => StreamState::Budget(serde_json::from_value(stored)?),
             StreamState::Job(_) => StreamState::Job(serde_json::from_value(stored)?),
             StreamState::ModelProbe(_) => StreamState::ModelProbe(serde_json::from_value(stored)?),
+            StreamState::ProcessedFailures(_) => {
+                StreamState::ProcessedFailures(serde_json::from_value(stored)?)
+            }
             StreamState::Document(info, _) => {
                 StreamState::Document(info, serde_json::from_value(stored)?)
             }
@@ -271,6 +279,9 @@ impl StreamState {
             StreamState::ModelProbe(state) => {
                 state.apply(&event.decode().map_err(|e| failed(e.to_string()))?, at)
             }
+            StreamState::ProcessedFailures(state) => {
+                state.apply(&event.decode().map_err(|e| failed(e.to_string()))?, at)
+            }
             StreamState::Document(info, state) => {
                 let action = event
                     .event_type
@@ -302,7 +313,8 @@ impl StreamState {
             | StreamState::Notification(_)
             | StreamState::Budget(_)
             | StreamState::Job(_)
-            | StreamState::ModelProbe(_) => None,
+            | StreamState::ModelProbe(_)
+            | StreamState::ProcessedFailures(_) => None,
         }
     }
 
@@ -389,6 +401,9 @@ impl StreamState {
                     fields.insert("cancelRequested".into(), json!(state.cancel_requested));
                     fields.insert("error".into(), json!(state.error));
                 }
+            }
+            StreamState::ProcessedFailures(state) => {
+                fields.insert("found".into(), json!(state.found));
             }
             StreamState::ModelProbe(state) => {
                 if let Some(last) = &state.last {

@@ -20,6 +20,7 @@ pub mod model_probe;
 pub mod notification;
 pub mod organization;
 pub mod personal;
+pub mod processed_failures;
 pub mod processed_queue;
 pub mod sentiment;
 pub mod upcast;

@@ -5,7 +5,9 @@
 //! Its causes:
 //! - message events: prompt executions that failed (not those the client cancelled), gathered per
 //!   organization, failure reason and UTC hour, so an outage is one alert with a count rather than a
-//!   flood; high severity but for rate limits and refused addresses (medium);
+//!   flood; high severity but for rate limits and refused addresses (medium); and processed messages
+//!   the workflow runtime filed as failed (`processed_failures`, found by the processed queue's
+//!   indexer), gathered per organization and UTC hour with their count, high severity;
 //! - usage events ([`usage`]): an organization's spend this month reaching a threshold of its budget,
 //!   once per threshold and month; high severity from the whole budget on, medium below;
 //! - schedule events: an operator job (`job-<id>`: rebuild, verify, replay, reconcile, export) that
@@ -27,6 +29,7 @@ use domain::budget::Budget;
 use domain::execution::{Execution, ExecutionEvent, FailureReason};
 use domain::job::{Job, JobEvent};
 use domain::notification::{Notification, NotificationEvent};
+use domain::processed_failures::{ProcessedFailures, ProcessedFailuresEvent};
 use domain::RecordedEvent;
 use serde_json::{json, Value};
 use sqlx::types::Json;
@@ -73,6 +76,8 @@ struct Occurrence {
     cause: Cause,
     /// What the summary says of this occurrence (the latest one's is kept).
     detail: String,
+    /// How many of the cause it stands for (failed messages found at once), usually 1.
+    count: i64,
     source: Value,
 }
 
@@ -80,6 +85,8 @@ struct Occurrence {
 enum Cause {
     /// Failures counted over the alert's hour.
     ExecutionFailures,
+    /// Failed processed messages counted over the alert's hour.
+    MessageFailures,
     /// A threshold reached, or a job ended: once.
     Once,
 }
@@ -92,7 +99,43 @@ fn occurrence(event: &RecordedEvent) -> anyhow::Result<Option<Occurrence>> {
     if let Some(job) = event.stream_id.strip_prefix("job-") {
         return job_outcome(event, job);
     }
+    if event.stream_id.starts_with("processed_failures-") {
+        return failed_messages(event).map(Some);
+    }
     Ok(None)
+}
+
+/// Failed processed messages the indexer found.
+fn failed_messages(event: &RecordedEvent) -> anyhow::Result<Occurrence> {
+    let ProcessedFailuresEvent::Found {
+        environment_id,
+        count,
+        keys,
+    } = event.decode()?;
+    let organization_id = event.metadata.organization_id;
+    let hour = event
+        .recorded_at
+        .duration_trunc(chrono::Duration::hours(1))?;
+    let key = format!(
+        "message/{}/processed_failure/{}",
+        organization_id.map_or_else(String::new, |o| o.to_string()),
+        hour.to_rfc3339()
+    );
+    Ok(Occurrence {
+        id: Uuid::new_v5(&ALERTS, key.as_bytes()),
+        kind: "message",
+        severity: 2,
+        organization_id,
+        subject: "Processed messages failing".into(),
+        cause: Cause::MessageFailures,
+        detail: keys.last().cloned().unwrap_or_default(),
+        count: count as i64,
+        source: json!({
+            "type": "processed_failures.found",
+            "environmentId": environment_id,
+            "keys": keys,
+        }),
+    })
 }
 
 /// A job's success or failure.
@@ -110,6 +153,7 @@ fn job_outcome(event: &RecordedEvent, job: &str) -> anyhow::Result<Option<Occurr
         subject: format!("Job {outcome}: {}", kind.as_str()),
         cause: Cause::Once,
         detail: detail.chars().take(QUOTED).collect(),
+        count: 1,
         source: json!({ "type": format!("job.{outcome}"), "jobId": job, "jobKind": kind }),
     }))
 }
@@ -151,6 +195,7 @@ fn execution_failure(event: &RecordedEvent, execution: &str) -> anyhow::Result<O
         subject: "Prompt executions failing".into(),
         cause: Cause::ExecutionFailures,
         detail: message.chars().take(QUOTED).collect(),
+        count: 1,
         source: json!({
             "type": "execution.failed",
             "reason": cause,
@@ -182,7 +227,7 @@ impl Alert {
     }
 
     fn occur(&mut self, occurrence: Occurrence, at: DateTime<Utc>) {
-        self.occurrences += 1;
+        self.occurrences += occurrence.count;
         self.last_at = self.last_at.max(at);
         self.source = Json(occurrence.source);
         self.summary = match occurrence.cause {
@@ -191,6 +236,15 @@ impl Alert {
                 match self.occurrences {
                     1 => "1 failure".to_owned(),
                     n => format!("{n} failures"),
+                },
+                self.occurred_at.format("%H:%M"),
+                occurrence.detail
+            ),
+            Cause::MessageFailures => format!(
+                "{} since {} UTC; the last: {}",
+                match self.occurrences {
+                    1 => "1 failed message".to_owned(),
+                    n => format!("{n} failed messages"),
                 },
                 self.occurred_at.format("%H:%M"),
                 occurrence.detail
@@ -222,6 +276,7 @@ impl Projection for Notifications {
             || stream_type == Notification::TYPE
             || stream_type == Budget::TYPE
             || stream_type == Job::TYPE
+            || stream_type == ProcessedFailures::TYPE
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {

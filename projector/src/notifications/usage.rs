@@ -243,6 +243,7 @@ impl Occurrence {
                     ""
                 },
             ),
+            count: 1,
             source: serde_json::json!({
                 "type": "budget",
                 "period": period,

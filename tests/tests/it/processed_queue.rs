@@ -631,6 +631,105 @@ async fn objects_added_or_removed_behind_the_indexers_back_are_reconciled() {
     assert_eq!(setup.counts("").await["total"], 3);
 }
 
+/// The platform's alert about the organization's failed processed messages, once it counts `count`.
+async fn failure_alert(setup: &Setup, count: i64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, page) = setup
+            .get("/api/v1/admin/notifications?kind=message&limit=100")
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let alert = page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| {
+                a["subject"] == "Processed messages failing"
+                    && a["organizationId"] == setup.org.as_str()
+            })
+            .cloned();
+        if let Some(alert) = alert.filter(|a| a["occurrences"] == count) {
+            return alert;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no alert counting {count}: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn failed_messages_raise_one_alert_with_their_count_once_however_they_are_found() {
+    let setup = Setup::start().await;
+    let mut failed = Vec::new();
+    for n in 0..3 {
+        failed.push(setup.put(&setup.env, MessageStatus::Fail, 0, n).await);
+    }
+    setup.put(&setup.env, MessageStatus::Success, 0, 10).await;
+    setup.wait_indexed(4).await;
+    let alert = failure_alert(&setup, 3).await;
+    assert_eq!(alert["kind"], "message");
+    assert_eq!(alert["severity"], "high");
+    assert_eq!(alert["source"]["environmentId"], setup.env.as_str());
+    let named: HashSet<String> = alert["source"]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(named, failed.iter().cloned().collect());
+    assert!(
+        alert["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 failed messages since"),
+        "{alert}"
+    );
+    let recorded = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM events WHERE event_type = 'processed_failures.found'",
+        )
+        .fetch_one(&setup.app.db.pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(recorded().await, 1);
+
+    // The indexer killed after recording a page and before indexing it records the page again when
+    // it lists it again: the second record is the first.
+    let (organization, environment) = setup.ids();
+    let later: Vec<MessageKey> = (30..32)
+        .map(|n| {
+            let generated = message(
+                organization,
+                environment,
+                MessageStatus::Fail,
+                Utc::now(),
+                n,
+            );
+            MessageKey::parse(&generated.key).unwrap()
+        })
+        .collect();
+    let config = IndexerConfig::default();
+    let indexer = Indexer {
+        pool: &setup.app.db.pool,
+        bucket: setup.bucket(),
+        config: &config,
+    };
+    let page: Vec<&MessageKey> = later.iter().collect();
+    indexer.record_failures(&page).await.unwrap();
+    indexer.record_failures(&page).await.unwrap();
+    assert_eq!(recorded().await, 2, "the page was recorded twice");
+    failure_alert(&setup, 5).await;
+
+    // A failed message filed behind the indexer's back (before its cursor) is found by the
+    // reconciliation, and counts too.
+    setup.put(&setup.env, MessageStatus::Fail, 20, 40).await;
+    failure_alert(&setup, 6).await;
+    assert_eq!(recorded().await, 3);
+}
+
 #[tokio::test]
 async fn an_operators_reconciliation_job_is_run_by_the_indexer() {
     let setup = Setup::start().await;
