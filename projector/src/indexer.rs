@@ -36,7 +36,7 @@ use domain::processed_failures::{Found, ProcessedFailures};
 use domain::processed_queue::{
     prefix, MessageKey, MessageStatus, ProcessedQueue, ProcessedQueueEvent, Summary,
 };
-use domain::{Actor, ActorRef, Aggregate, EventMetadata, Role};
+use domain::Aggregate;
 use event_log::{listen_for_appends, read_log};
 use futures::stream::{self, StreamExt};
 use http_layer::shutdown::Shutdown;
@@ -51,6 +51,7 @@ use uuid::Uuid;
 use crate::job_runner::{self, Recorder, Reporter};
 use crate::projection::{ensure_checkpoint, lock_checkpoint, record_failure, save_checkpoint};
 use crate::worker::become_runner;
+use crate::writes;
 
 pub use contracts::read_models::PROCESSED_QUEUE as NAME;
 
@@ -314,11 +315,7 @@ impl Indexer<'_> {
             return Ok(());
         }
         let hash = hex(&Sha256::digest(new.join("\n").as_bytes()));
-        let system = Actor {
-            user_id: Uuid::nil(),
-            system: true,
-            memberships: Default::default(),
-        };
+        let system = writes::system_actor();
         let idempotency = Idempotency {
             key: format!("processed-failures:{hash}"),
             fingerprint: hash.clone(),
@@ -327,18 +324,7 @@ impl Indexer<'_> {
             actor: &system,
             idempotency: Some(&idempotency),
         };
-        let metadata = EventMetadata {
-            actor: ActorRef {
-                id: "projector".into(),
-                role: Some(Role::System),
-            },
-            organization_id: Some(organization_id),
-            request_id: hash.clone(),
-            correlation_id: hash,
-            causation_id: None,
-            client_ip: None,
-            user_agent: None,
-        };
+        let metadata = writes::metadata("projector", Some(organization_id), hash);
         let executor = Executor::new(self.pool.clone());
         let (executor, new, metadata) = (&executor, &new, &metadata);
         executor

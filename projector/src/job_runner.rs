@@ -25,7 +25,7 @@ use anyhow::Context;
 use chrono::Utc;
 use commands::{Caller, Executor, Outcome, WriteSet};
 use domain::job::{Job, JobCommand, JobKind, JobSource, JobSpec, JobState};
-use domain::{Actor, ActorRef, Aggregate, EventMetadata, Role};
+use domain::Aggregate;
 use http_layer::shutdown::Shutdown;
 use http_layer::ApiError;
 use serde_json::{json, Value};
@@ -37,6 +37,7 @@ use crate::rebuild::rebuild;
 use crate::replay::replay;
 use crate::scratch::{Progress, Until};
 use crate::verify::{verify, verify_log, VerifyProgress};
+use crate::writes;
 
 /// How often a running job's progress is saved and its stream checked for a cancel request, and how
 /// often the runner looks for pending jobs when no append wakes it.
@@ -125,27 +126,12 @@ impl Recorder {
 
     /// Decides `commands` on job `id` in turn and appends what they decided; the job after them.
     pub async fn record(&self, id: Uuid, commands: &[JobCommand]) -> Result<Job, ApiError> {
-        let system = Actor {
-            user_id: Uuid::nil(),
-            system: true,
-            memberships: HashMap::new(),
-        };
+        let system = writes::system_actor();
         let caller = Caller {
             actor: &system,
             idempotency: None,
         };
-        let metadata = EventMetadata {
-            actor: ActorRef {
-                id: self.actor.clone(),
-                role: Some(Role::System),
-            },
-            organization_id: None,
-            request_id: id.to_string(),
-            correlation_id: id.to_string(),
-            causation_id: None,
-            client_ip: None,
-            user_agent: None,
-        };
+        let metadata = writes::metadata(&self.actor, None, id.to_string());
         let answer = self
             .executor
             .run(caller, || async {

@@ -28,6 +28,7 @@ pub mod tail;
 pub mod tenants;
 pub mod verify;
 pub mod worker;
+pub mod writes;
 
 use std::sync::Arc;
 
