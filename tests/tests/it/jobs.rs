@@ -172,9 +172,25 @@ async fn a_pending_job_is_cancelled_at_once_and_a_running_one_stops_at_its_runne
     let claimed = claim(&app, &recorder, JobKind::Export).await;
     assert_eq!(claimed.id.to_string(), job["id"].as_str().unwrap());
     let pool = app.db.pool.clone();
+    let job_id = claimed.id;
     let running = tokio::spawn(async move {
-        let never = std::future::pending::<anyhow::Result<Value>>();
-        job_runner::run_claimed(&pool, &recorder, claimed, Reporter::default(), never, None).await
+        // Part of the file is written, then the export goes on for ever.
+        let endless = async {
+            sqlx::query("INSERT INTO export_files (job_id, part, data) VALUES ($1, 0, 'a,b')")
+                .bind(job_id)
+                .execute(&pool)
+                .await?;
+            std::future::pending::<anyhow::Result<Value>>().await
+        };
+        job_runner::run_claimed(
+            &pool,
+            &recorder,
+            claimed,
+            Reporter::default(),
+            endless,
+            None,
+        )
+        .await
     });
     let (status, body) = app
         .post(
@@ -191,6 +207,12 @@ async fn a_pending_job_is_cancelled_at_once_and_a_running_one_stops_at_its_runne
         .unwrap()
         .unwrap();
     assert_eq!(ended_as, Ended::Cancelled);
+    let parts: i64 = sqlx::query_scalar("SELECT count(*) FROM export_files WHERE job_id = $1")
+        .bind(job_id)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(parts, 0, "a cancelled export's file is deleted");
     let done = ended(
         &app,
         &format!(
