@@ -46,11 +46,20 @@ pub async fn request(State(state): State<AppState>, write: Write) -> Result<Resp
     let permission = Permission::platform(Resource::Operations, Action::Create);
     write.actor.authorize(&permission)?;
     let body = write.parse::<JobRequest>()?;
-    let spec: JobSpec = serde_json::from_value(json!({
-        "kind": body.kind,
-        "args": body.args.unwrap_or_else(|| json!({})),
-    }))
-    .map_err(|e| ApiError::invalid("args", e))?;
+    let args = body.args.unwrap_or_else(|| json!({}));
+    let spec: JobSpec = serde_json::from_value(json!({"kind": body.kind, "args": args}))
+        .map_err(|e| ApiError::invalid("args", e))?;
+    // Every argument a kind takes is in its spec's `args`; anything else is a mistake to say so.
+    let taken = spec.args();
+    if let Some(unknown) = args
+        .as_object()
+        .and_then(|given| given.keys().find(|key| taken.get(key.as_str()).is_none()))
+    {
+        return Err(ApiError::invalid(
+            &format!("args.{unknown}"),
+            format!("a {} job takes no such argument", body.kind.as_str()),
+        ));
+    }
     start(&state, &write, permission, spec, "jobs").await
 }
 

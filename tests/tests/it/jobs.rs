@@ -408,6 +408,14 @@ async fn jobs_are_for_operators_and_nonsense_is_refused_changing_nothing() {
         ),
         (json!({"kind": "reconcile"}), "kind"),
         (json!({"kind": "rebuild", "extra": 1}), "extra"),
+        (
+            json!({"kind": "rebuild", "args": {"projection": "tenants", "force": true}}),
+            "args.force",
+        ),
+        (
+            json!({"kind": "reconcile", "args": {"dryRun": true}}),
+            "args.dryRun",
+        ),
     ] {
         let (status, answer) = app.post("/api/v1/admin/jobs", body.clone()).await;
         assert_eq!(status, 400, "{body}: {answer}");
