@@ -244,7 +244,7 @@ pub async fn claim_for_cli(
         .fetch_optional(pool)
         .await?;
         anyhow::bail!(
-            "a {} job is running{}; wait for it to end, or cancel it (POST /api/v1/admin/jobs/{{id}}/cancel)",
+            "a job of kind {} is running{}; wait for it to end, or cancel it (POST /api/v1/admin/jobs/{{id}}/cancel)",
             kind.as_str(),
             running.map(|id| format!(" ({id})")).unwrap_or_default()
         );
