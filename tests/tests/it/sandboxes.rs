@@ -68,8 +68,11 @@ async fn operators_trace_running_and_failing_executions_to_their_environment() {
         .map(|_| tokio::spawn(send(s.app.admin(Method::POST, &path).json(&json!({})))))
         .collect();
 
+    // A page's rows and its total are two statements run side by side, so the wait is for both to
+    // have seen the executions start.
     let busy = sandboxes(&s, "active=true", |page| {
         find(page, &staging).is_some_and(|row| row["executionsInFlight"] == 2)
+            && page["pagination"]["total"] == 2
     })
     .await;
     assert_eq!(busy["pagination"]["total"], 2, "Idle is not active: {busy}");
