@@ -429,17 +429,31 @@ ensure_moto() {
     export MOTO_SERVER="$path"
 }
 
+# The official MCP Python SDK, which tests/mcp/client.py drives against the MCP server.
+MCP_SDK_VERSION=2.3.0
+
+# ensure_mcp_sdk: makes sure python3 imports `mcp` at MCP_SDK_VERSION, installing it with pip if not.
+ensure_mcp_sdk() {
+    command -v python3 >/dev/null 2>&1 || ensure_packages python3 python3-pip
+    python3 -m pip --version >/dev/null 2>&1 || ensure_packages python3-pip
+    if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("mcp"))' 2>/dev/null)" != "$MCP_SDK_VERSION" ]; then
+        log "installing the MCP Python SDK (mcp $MCP_SDK_VERSION) with pip"
+        PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check \
+            "mcp==$MCP_SDK_VERSION"
+    fi
+}
+
 # ---------------------------------------------------------------------------------------------
 # nginx
 # ---------------------------------------------------------------------------------------------
 
 # render_gateway: writes the gateway's nginx config, $RUN_DIR/nginx.conf, from
-# deploy/nginx.conf.template with the addresses in GATEWAY_ADDR, COMMAND_API_ADDR and QUERY_API_ADDR,
-# and the routing rule of deploy/gateway-routes.map.
+# deploy/nginx.conf.template with the addresses in GATEWAY_ADDR, COMMAND_API_ADDR, QUERY_API_ADDR and
+# MCP_API_ADDR, and the routing rule of deploy/gateway-routes.map.
 render_gateway() {
     # shellcheck disable=SC2016 # the list names the variables envsubst may replace; no expansion here
     GATEWAY_ROUTES="$REPO_ROOT/deploy/gateway-routes.map" RUN_DIR="$RUN_DIR" \
-        envsubst '${RUN_DIR} ${GATEWAY_ADDR} ${COMMAND_API_ADDR} ${QUERY_API_ADDR} ${GATEWAY_ROUTES}' \
+        envsubst '${RUN_DIR} ${GATEWAY_ADDR} ${COMMAND_API_ADDR} ${QUERY_API_ADDR} ${MCP_API_ADDR} ${GATEWAY_ROUTES}' \
         <"$REPO_ROOT/deploy/nginx.conf.template" >"$RUN_DIR/nginx.conf"
 }
 

@@ -3,9 +3,9 @@
 # deploy/test.sh — runs the whole test suite.
 #
 # It owns the test run: it makes sure the Rust toolchain, the build dependencies, nginx, a local
-# PostgreSQL (127.0.0.1:5432, see deploy/lib.sh), the tansu Kafka broker and moto's S3 server are
-# there, builds the binaries, then runs `cargo test` over the workspace with TEST_DATABASE_URL
-# pointing at that server's `postgres` database and MOTO_SERVER at moto's server command. Tests
+# PostgreSQL (127.0.0.1:5432, see deploy/lib.sh), the tansu Kafka broker, moto's S3 server and the
+# MCP Python SDK are there, builds the binaries, then runs `cargo test` over the workspace with
+# TEST_DATABASE_URL pointing at that server's `postgres` database and MOTO_SERVER at moto's server command. Tests
 # create (and drop) their own randomly named databases from it, and start their own S3 servers, so
 # nothing needs to be running beforehand and the local stack's database is not touched. Then it
 # fuzzes the API against schemas/openapi.yaml with deploy/fuzz.sh (on its own database and ports).
@@ -31,6 +31,8 @@ ensure_tansu
 # The processed-queue tests start their own S3 servers (`"$MOTO_SERVER" -H 127.0.0.1 -p PORT`, each
 # in memory on its own port); ensure_moto installs moto and exports MOTO_SERVER.
 ensure_moto
+# The MCP tests drive the official Python SDK too (tests/mcp/client.py).
+ensure_mcp_sdk
 
 export TEST_DATABASE_URL="$PG_ADMIN_URL"
 

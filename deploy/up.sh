@@ -13,8 +13,8 @@
 #      deploy/.run/<name>.pid: the tansu Kafka broker (PostgreSQL storage in its own database, so
 #      its data survives a restart), moto (an S3 server holding the processed queue's bucket, in
 #      memory only), dev-issuer (local token issuer), fake-provider (a local model provider speaking
-#      OpenAI's and Anthropic's wire formats), command-api, query-api, projector (which publishes the
-#      domain events to the broker), and the nginx gateway (config rendered from
+#      OpenAI's and Anthropic's wire formats), command-api, query-api, mcp-api (the MCP server),
+#      projector (which publishes the domain events to the broker), and the nginx gateway (config rendered from
 #      deploy/nginx.conf.template);
 #   5. waiting until every process answers, registering two visible system models on the fake
 #      provider (one per wire format; kept if they exist), creating the organization "Demo" and its
@@ -107,6 +107,11 @@ ensure_setting TANSU_STORAGE_URL postgres://postgres:postgres@localhost:5432/tan
 ensure_setting FAKE_PROVIDER_ADDR 127.0.0.1:8093
 ensure_setting OUTBOUND_ALLOW 127.0.0.1/32
 
+# The MCP server (mcp-api), behind the gateway at /mcp. The gateway passes the client's Host on, so
+# the allowed hosts are those clients use to reach the gateway.
+ensure_setting MCP_API_ADDR 127.0.0.1:8084
+ensure_setting MCP_ALLOWED_HOSTS localhost,127.0.0.1
+
 # The processed queue: the bucket the workflow runtime writes processed messages into, on the local
 # S3 server (moto, on S3_ADDR), with the credentials and region the services sign their calls with
 # (moto accepts any).
@@ -132,10 +137,10 @@ timed "the Kafka broker" ensure_tansu
 timed "the S3 server" ensure_moto
 # Only the binaries the stack runs, in the dev profile: three minutes on 2 cores instead of ten for a
 # release build, and the tests reuse them. The benchmark builds its own release binaries when run.
-log "cargo build (command-api, query-api, projector, dev-issuer, fake-provider, queue-producer)"
-timed "the build" cargo build --locked -p command-api -p query-api -p projector -p tests \
-    --bin command-api --bin query-api --bin projector --bin dev-issuer --bin fake-provider \
-    --bin queue-producer
+log "cargo build (command-api, query-api, mcp-api, projector, dev-issuer, fake-provider, queue-producer)"
+timed "the build" cargo build --locked -p command-api -p query-api -p mcp-api -p projector -p tests \
+    --bin command-api --bin query-api --bin mcp-api --bin projector --bin dev-issuer \
+    --bin fake-provider --bin queue-producer
 
 # ---------------------------------------------------------------------------------------------
 # 4. Start the processes
@@ -197,6 +202,7 @@ wait_ready dev-issuer "http://$DEV_ISSUER_ADDR/.well-known/jwks.json" "$RUN_DIR/
 start_process fake-provider
 start_process command-api
 start_process query-api
+start_process mcp-api
 start_process projector # no arguments: run the projection workers
 
 # The gateway: render the template (only our placeholders; nginx's own $variables stay as they
@@ -218,6 +224,7 @@ run_nginx
 
 wait_ready command-api "http://$COMMAND_API_ADDR/readyz" "$RUN_DIR/command-api.log"
 wait_ready query-api "http://$QUERY_API_ADDR/readyz" "$RUN_DIR/query-api.log"
+wait_ready mcp-api "http://$MCP_API_ADDR/readyz" "$RUN_DIR/mcp-api.log"
 wait_ready projector "http://$PROJECTOR_ADDR/readyz" "$RUN_DIR/projector.log"
 wait_ready nginx "http://$GATEWAY_ADDR/healthz" "$RUN_DIR/nginx-error.log"
 wait_ready fake-provider "http://$FAKE_PROVIDER_ADDR/_requests" "$RUN_DIR/fake-provider.log"
@@ -294,6 +301,7 @@ cat <<EOF
 The admin platform is running.
 
   Gateway:    $PUBLIC_URL/   (GET/HEAD -> query-api, other methods and sign-in -> command-api)
+  MCP:        $PUBLIC_URL/mcp   (for AI agents; a bearer token from deploy/dev-token; see README)
   Sign in:    $PUBLIC_URL/api/auth/login   (in a browser; any user name, no password)
   Models:     a fake provider on $FAKE_PROVIDER_ADDR, as the visible system models
               "Local fake (openai)" and "Local fake (anthropic)" (GET /api/system-models/visible)

@@ -11,7 +11,7 @@ use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use commands::{Caller, Idempotency};
-use domain::{Actor, EventMetadata, RequestContext, Role};
+use domain::{Actor, Channel, EventMetadata, RequestContext, Role};
 use http_layer::ApiError;
 use identity::auth::{Authenticated, Credentials};
 use serde::de::DeserializeOwned;
@@ -171,7 +171,9 @@ pub fn request_context(parts: &Parts) -> RequestContext {
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_string());
-    RequestContext::from_headers(|name| header(&parts.headers, name), peer_ip)
+    let mut context = RequestContext::from_headers(|name| header(&parts.headers, name), peer_ip);
+    context.channel = parts.extensions.get::<Channel>().copied();
+    context
 }
 
 /// The CSRF defence for cookie-authenticated writes (contract §2, `events/docs/contract.md`): browsers

@@ -133,8 +133,19 @@ pub struct AppState {
 /// How often refused requests recorded as probes become triage reports (`probes`).
 const PROBE_INTAKE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// command-api as `config` says, over `pool` (migrated), recording its metrics for `metrics`.
+/// command-api as `config` says, over `pool` (migrated), recording its metrics for `metrics`: its
+/// state, with the work an instance does in the background (turning refused probes into reports, its
+/// heartbeat) started.
 pub fn build(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow::Result<AppState> {
+    let state = state(config, pool.clone(), metrics)?;
+    tokio::spawn(probes::run(state.executor.clone(), PROBE_INTAKE_INTERVAL));
+    http_layer::heartbeat::spawn(pool, "command-api");
+    Ok(state)
+}
+
+/// command-api's state alone, for a service that serves its routes in-process (the MCP server) and
+/// runs as an instance of its own.
+pub fn state(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow::Result<AppState> {
     let secrets_key = required(
         &config.secrets_key,
         "SECRETS_KEY is not set (base64 of 32 bytes)",
@@ -150,8 +161,6 @@ pub fn build(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow
     // to them is the one that keeps it (commands::access).
     let executor_pool = pool.clone();
     let executor = Executor::with_access_cache(pool);
-    tokio::spawn(probes::run(executor.clone(), PROBE_INTAKE_INTERVAL));
-    http_layer::heartbeat::spawn(executor_pool.clone(), "command-api");
     Ok(AppState {
         auth: Arc::new(Authenticator::with_executor(
             config.api.auth_config()?,

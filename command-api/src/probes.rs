@@ -124,6 +124,7 @@ async fn report(
         causation_id: None,
         client_ip: known(&probe.source),
         user_agent: probe.sample["userAgent"].as_str().map(str::to_owned),
+        channel: None,
     };
     let mut item = executor.load::<Feedback>(id).await?;
     let expected = item.version;

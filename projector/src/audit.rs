@@ -63,9 +63,10 @@ impl Projection for Audit {
         let metadata: Vec<_> = events.iter().map(|e| &e.metadata).collect();
         sqlx::query(
             "INSERT INTO audit_index (global_position, organization_id, resource_type, resource_id, actor_id, occurred_at, \
-                                      event_id, event_type, actor_role, request_id, client_ip, user_agent, changes, large_values) \
+                                      event_id, event_type, actor_role, request_id, client_ip, user_agent, channel, changes, large_values) \
              SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::timestamptz[], \
-                                  $7::uuid[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::jsonb[], $14::jsonb[])",
+                                  $7::uuid[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+                                  $14::jsonb[], $15::jsonb[])",
         )
         .bind(events.iter().map(|e| e.global_position).collect::<Vec<_>>())
         .bind(subjects.iter().map(|s| s.organization_id).collect::<Vec<_>>())
@@ -79,6 +80,7 @@ impl Projection for Audit {
         .bind(metadata.iter().map(|m| m.request_id.clone()).collect::<Vec<_>>())
         .bind(metadata.iter().map(|m| m.client_ip.clone()).collect::<Vec<_>>())
         .bind(metadata.iter().map(|m| m.user_agent.clone()).collect::<Vec<_>>())
+        .bind(metadata.iter().map(|m| m.channel.map(|c| c.as_str())).collect::<Vec<_>>())
         .bind(changes)
         .bind(large)
         .execute(&mut *conn)

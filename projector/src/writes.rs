@@ -31,5 +31,6 @@ pub fn metadata(actor: &str, organization_id: Option<Uuid>, request_id: String) 
         causation_id: None,
         client_ip: None,
         user_agent: None,
+        channel: None,
     }
 }

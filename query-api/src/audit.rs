@@ -192,6 +192,7 @@ struct IndexRow {
     request_id: String,
     client_ip: Option<String>,
     user_agent: Option<String>,
+    channel: Option<String>,
     changes: Stored,
     large_values: Stored,
 }
@@ -204,7 +205,7 @@ async fn audit_rows(pool: &PgPool, positions: &[i64]) -> Result<Vec<Value>, ApiE
     }
     let rows: Vec<IndexRow> = sqlx::query_as(
         "SELECT global_position, event_id, event_type, resource_type, resource_id, organization_id, actor_id, \
-                actor_role, occurred_at, request_id, client_ip, user_agent, changes, large_values \
+                actor_role, occurred_at, request_id, client_ip, user_agent, channel, changes, large_values \
          FROM read_models.audit_index WHERE global_position = ANY($1)",
     )
     .bind(positions)
@@ -271,6 +272,7 @@ fn row_json(row: IndexRow, values: &HashMap<String, Value>) -> Result<Value, Api
         "requestId": row.request_id,
         "ip": row.client_ip,
         "userAgent": row.user_agent,
+        "channel": row.channel,
         "changes": changes,
     }))
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, FromRequestParts, Query};
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
-use domain::RequestContext;
+use domain::{Channel, RequestContext};
 use http_layer::ApiError;
 use identity::auth::{Authenticated, Credentials};
 use uuid::Uuid;
@@ -28,7 +28,8 @@ impl FromRequestParts<AppState> for Caller {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip().to_string());
         // The first request of a new user records it, and that event records where it came from.
-        let context = RequestContext::from_headers(header, peer_ip);
+        let mut context = RequestContext::from_headers(header, peer_ip);
+        context.channel = parts.extensions.get::<Channel>().copied();
         let credentials = Credentials::from_headers(header("authorization"), header("cookie"));
         let authenticated = state.auth.authenticate(credentials, &context).await?;
         http_layer::security::note_caller(&parts.extensions, authenticated.actor.user_id);

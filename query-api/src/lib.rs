@@ -98,6 +98,12 @@ pub struct Config {
 /// query-api as `config` says, over `pool` (migrated), recording its metrics for `metrics`.
 pub fn build(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow::Result<AppState> {
     http_layer::heartbeat::spawn(pool.clone(), "query-api");
+    state(config, pool, metrics)
+}
+
+/// query-api's state alone, without its heartbeat, for a service that serves its routes in-process
+/// (the MCP server) and runs as an instance of its own.
+pub fn state(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow::Result<AppState> {
     Ok(AppState {
         consistency: Consistency::start(pool.clone(), config.consistency),
         auth: Arc::new(Authenticator::new(config.api.auth_config()?, pool.clone())),

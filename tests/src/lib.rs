@@ -396,6 +396,38 @@ impl TestApp {
         format!("http://{}", serve(command_api::router(state)).await)
     }
 
+    /// The MCP server over this app's database, as its binary builds it from command-api's
+    /// configuration and its own (`change` sets the latter; by default every tool, local hosts, no
+    /// browser origins); its base URL.
+    pub async fn start_mcp(&self, change: impl FnOnce(&mut mcp_api::McpArgs)) -> String {
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .connect_with(self.db.connect_options())
+            .await
+            .expect("a pool for the MCP server");
+        // The server is its own public origin here, so that the discovery flow resolves.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding a local port");
+        let url = format!("http://{}", listener.local_addr().expect("a bound address"));
+        let mut command = self.command_config.clone();
+        command.sign_in.public_url = Some(url.clone());
+        let mut mcp = mcp_api::McpArgs {
+            read_only: false,
+            allowed_hosts: "localhost,127.0.0.1".into(),
+            allowed_origins: String::new(),
+        };
+        change(&mut mcp);
+        let config = mcp_api::Config { command, mcp };
+        let state =
+            mcp_api::build(&config, pool, metrics_handle()).expect("building the MCP server");
+        serve_on(
+            listener,
+            mcp_api::router(state).expect("the MCP server's routes"),
+        );
+        url
+    }
+
     /// Kills the projector's workers wherever they are (as a crash would).
     pub fn stop_projector(&mut self) {
         for worker in self.projector.drain(..) {
@@ -541,6 +573,7 @@ pub fn metadata(actor_id: &str, organization_id: Option<uuid::Uuid>) -> domain::
         causation_id: None,
         client_ip: None,
         user_agent: None,
+        channel: None,
     }
 }
 

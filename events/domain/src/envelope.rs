@@ -76,6 +76,27 @@ pub struct EventMetadata {
     pub causation_id: Option<String>,
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The interface the request came through when it was not the REST API itself; absent for REST
+    /// (and in every event recorded before channels were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<Channel>,
+}
+
+/// An interface that serves the API's operations through another protocol. The service that
+/// forwards a request into the API marks it with a request extension, which no client can set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    /// The MCP server (`command-api/mcp`): a tool an AI agent called.
+    Mcp,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Mcp => "mcp",
+        }
+    }
 }
 
 /// Where a request came from: what every event it causes records besides the actor.
@@ -85,6 +106,8 @@ pub struct RequestContext {
     pub correlation_id: String,
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
+    /// Set by the API from the request's extensions, never from its headers.
+    pub channel: Option<Channel>,
 }
 
 impl RequestContext {
@@ -113,6 +136,7 @@ impl RequestContext {
             request_id,
             client_ip,
             user_agent: header("user-agent").map(str::to_owned),
+            channel: None,
         }
     }
 
@@ -125,6 +149,7 @@ impl RequestContext {
             causation_id: None,
             client_ip: self.client_ip.clone(),
             user_agent: self.user_agent.clone(),
+            channel: self.channel,
         }
     }
 }
@@ -224,6 +249,7 @@ impl EventMetadata {
             causation_id: None,
             client_ip: Some("10.0.0.1".into()),
             user_agent: None,
+            channel: None,
         }
     }
 }

@@ -29,4 +29,6 @@ pub mod values;
 
 pub use access::{AccessError, Action, Actor, Permission, Resource, Role};
 pub use aggregate::{Aggregate, DomainError, Loaded};
-pub use envelope::{ActorRef, EventMetadata, LogPosition, NewEvent, RecordedEvent, RequestContext};
+pub use envelope::{
+    ActorRef, Channel, EventMetadata, LogPosition, NewEvent, RecordedEvent, RequestContext,
+};

@@ -91,6 +91,7 @@ fn metadata() -> EventMetadata {
         causation_id: None,
         client_ip: None,
         user_agent: None,
+        channel: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The gateway, with real nginx: `deploy/nginx.conf.template` rendered as `deploy/up.sh` renders it,
-//! in front of the two APIs. Only `/api/` and the gateway's own `/healthz` are public; the services'
-//! `/metrics` and `/readyz` are for operators and answer 404 through it.
+//! in front of the two APIs and the MCP server. Only `/api/`, `/mcp` with its protected resource
+//! metadata, and the gateway's own `/healthz` are public; the services' `/metrics` and `/readyz` are
+//! for operators and answer 404 through it.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -25,8 +26,9 @@ impl Gateway {
         let addr = free_addr();
         let template = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/nginx.conf.template");
         let routes = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/gateway-routes.map");
+        let mcp = app.start_mcp(|_| {}).await;
         let rendered = Command::new("envsubst")
-            .arg("${RUN_DIR} ${GATEWAY_ADDR} ${COMMAND_API_ADDR} ${QUERY_API_ADDR} ${GATEWAY_ROUTES}")
+            .arg("${RUN_DIR} ${GATEWAY_ADDR} ${COMMAND_API_ADDR} ${QUERY_API_ADDR} ${MCP_API_ADDR} ${GATEWAY_ROUTES}")
             .env("RUN_DIR", &dir)
             .env("GATEWAY_ROUTES", routes)
             .env("GATEWAY_ADDR", addr.to_string())
@@ -38,6 +40,7 @@ impl Gateway {
                 "QUERY_API_ADDR",
                 app.query_url.trim_start_matches("http://"),
             )
+            .env("MCP_API_ADDR", mcp.trim_start_matches("http://"))
             .stdin(std::fs::File::open(template).expect("reading the template"))
             .output()
             .expect("envsubst (Debian package gettext-base; deploy/test.sh installs it)");
@@ -156,6 +159,39 @@ async fn the_gateway_serves_the_api_and_hides_the_operators_endpoints() {
             assert!(body["error"].is_string(), "{method} {path}: {body}");
         }
     }
+
+    // The MCP server answers at /mcp, and tells clients without a token where its metadata is.
+    let list_tools = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    let response = http
+        .post(format!("{}/mcp", gateway.url))
+        .json(&list_tools)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("/.well-known/oauth-protected-resource/mcp"));
+    let (status, metadata) = send(http.get(format!(
+        "{}/.well-known/oauth-protected-resource/mcp",
+        gateway.url
+    )))
+    .await;
+    assert_eq!(status, 200, "{metadata}");
+    let (status, body) = send(
+        through(Method::POST, "/mcp")
+            .header("accept", "application/json, text/event-stream")
+            .json(&list_tools),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["result"]["tools"]
+            .as_array()
+            .is_some_and(|t| t.len() > 20),
+        "{body}"
+    );
 }
 
 /// A streamed execution reaches the client through the gateway as it is written, not when it ends.
@@ -210,4 +246,35 @@ async fn streamed_executions_pass_the_gateway_as_they_are_written() {
         rest.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
     }
     assert!(rest.contains("event: done"), "{rest}");
+
+    // Through MCP too: the first progress message arrives while the provider still streams.
+    let response = reqwest::Client::new()
+        .post(format!("{}/mcp", gateway.url))
+        .bearer_auth(&app.admin_token)
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+            "name": "execute_prompt_template", "arguments": {"id": template["id"]},
+            "_meta": {"progressToken": "through-the-gateway"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("notifications/progress") {
+        seen.push_str(&String::from_utf8_lossy(
+            &body.next().await.unwrap().unwrap(),
+        ));
+    }
+    assert_eq!(
+        provider.requests().last().map(|r| r.outcome),
+        Some(Outcome::Streaming),
+        "the first progress message arrived only once the provider had finished"
+    );
+    while let Some(chunk) = body.next().await {
+        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(seen.contains("\"status\":\"succeeded\""), "{seen}");
 }

@@ -2,6 +2,7 @@
 //! (`commands`, where the executor, the one way anything is appended, lives), and the domain crate
 //! has no I/O dependencies at all. The projector is a writer in one narrow way: its job runner records
 //! how operator jobs end (`projector::job_runner`), through the executor; its projections only read.
+//! The MCP server (`mcp-api`) reaches neither the executor nor the log but through the APIs' routers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -85,6 +86,14 @@ fn readers_cannot_name_the_write_side_and_the_domain_does_no_io() {
         assert!(
             !closure(&graph, crate_without_writes).contains("commands"),
             "{crate_without_writes} reaches commands"
+        );
+    }
+    // The MCP server answers only through the APIs' own routers: it cannot name the executor or the
+    // log itself.
+    for store in ["commands", "event-log"] {
+        assert!(
+            !graph["mcp-api"].contains_key(store),
+            "mcp-api depends on {store} directly"
         );
     }
     let domain = &graph["domain"];

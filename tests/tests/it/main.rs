@@ -19,6 +19,7 @@ mod http_contract;
 mod jobs;
 mod layering;
 mod limits;
+mod mcp;
 mod migrations;
 mod openapi;
 mod ownership;

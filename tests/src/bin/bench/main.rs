@@ -26,6 +26,7 @@
 //! requests without it, and list latency with `--list-rows` submissions. (m) is usage reports over
 //! `--usage-executions` executions' sums, each against the same aggregate sent straight to PostgreSQL.
 //! (n) is a usage export of `--export-executions` executions against a raw `COPY` of the same records.
+//! (o) is MCP tool calls of a list tool against the equivalent REST reads (`mcp`).
 //!
 //! `--only <letters>` runs the sections named (`--only i`), with those they build on: (b) is compared
 //! with (a), (g) uses (f)'s publisher, and (h) reads (c)'s events.
@@ -60,6 +61,7 @@ use uuid::Uuid;
 
 mod export;
 mod feedback;
+mod mcp;
 mod usage;
 mod write_path;
 
@@ -276,6 +278,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.runs('n') {
         export::run(&app, args.export_executions).await?;
+    }
+    if args.runs('o') {
+        mcp::run(&app, args.clients, duration).await?;
     }
     Ok(())
 }
