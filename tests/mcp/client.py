@@ -12,6 +12,7 @@ a streamed execution's progress; resources and prompts. Exits non-zero on the fi
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from urllib.parse import urlsplit
 import httpx2
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import McpError
+from mcp.shared.exceptions import MCPError
 
 URL = os.environ["MCP_URL"]
 SYSTEM = os.environ["SYSTEM_TOKEN"]
@@ -56,27 +57,17 @@ async def discovery():
         check(keys.status_code == 200 and keys.json()["keys"], "the issuer publishes its keys")
 
 
-class Session:
+@contextlib.asynccontextmanager
+async def session(token):
     """An initialized SDK session with a bearer token."""
-
-    def __init__(self, token):
-        self.token = token
-
-    async def __aenter__(self):
-        self.http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
-        self.transport = streamable_http_client(URL, http_client=self.http)
-        read, write = await self.transport.__aenter__()
-        self.session = ClientSession(read, write)
-        await self.session.__aenter__()
-        result = await self.session.initialize()
-        check(result.protocol_version == "2025-11-25", f"version: {result.protocol_version}")
-        check(result.server_info.name == "admin-platform", f"server: {result.server_info}")
-        return self.session
-
-    async def __aexit__(self, *error):
-        await self.session.__aexit__(*error)
-        await self.transport.__aexit__(*error)
-        await self.http.aclose()
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+        async with streamable_http_client(URL, http_client=http) as (read, write):
+            async with ClientSession(read, write) as opened:
+                result = await opened.initialize()
+                check(result.protocol_version == "2025-11-25", f"version: {result.protocol_version}")
+                check(result.server_info.name == "admin-platform", f"server: {result.server_info}")
+                yield opened
 
 
 def refusal(result):
@@ -111,7 +102,7 @@ async def each_tool_as_each_role(system, guest):
         "list_variables": {"organizationId": ORG},
         "list_models": {"organizationId": ORG},
         "get_model": {"id": model_id},
-        "list_visible_system_models": {"organizationId": ORG},
+        "list_visible_system_models": {},
         "list_workflows": {"organizationId": ORG},
         "list_workflow_entities": {"organizationId": ORG},
         "list_prompt_templates": {"organizationId": ORG},
@@ -121,7 +112,6 @@ async def each_tool_as_each_role(system, guest):
         "list_prompt_template_executions": {"id": TEMPLATE},
         "list_prompts": {"organizationId": ORG},
         "get_prompt": {"id": prompt_id},
-        "list_audit_events": {"organizationId": ORG},
         # Running a template and analysing it take `entities:read`, as over REST.
         "analyze_prompt_template_sentiment": {"id": TEMPLATE},
     }
@@ -131,7 +121,9 @@ async def each_tool_as_each_role(system, guest):
         },
         "update_prompt": {"id": prompt_id, "title": "Renamed by {role}"},
     }
-    operator = {
+    # The audit trail is for admins; triage and notifications for System users.
+    beyond_a_guest = {
+        "list_audit_events": {"organizationId": ORG},
         "list_feedback": {},
         "list_feedback_groups": {},
         "list_notifications": {},
@@ -146,7 +138,7 @@ async def each_tool_as_each_role(system, guest):
             result = await session.call_tool(name, arguments)
             expected = None if role == "system" else 403
             check(refusal(result) == expected, f"{name} as {role}: {result.content}")
-        for name, arguments in operator.items():
+        for name, arguments in beyond_a_guest.items():
             result = await session.call_tool(name, arguments)
             expected = None if role == "system" else 403
             check(refusal(result) == expected, f"{name} as {role}: {result.content}")
@@ -200,13 +192,13 @@ async def resources_and_prompts(guest, prompt_id):
     try:
         await guest.read_resource(f"admin-platform://prompt-templates/{OTHER_ORG}")
         check(False, "reading a template that is not there")
-    except McpError as error:
+    except MCPError as error:
         check(error.error.code == -32002, f"not found: {error.error}")
 
 
 async def main():
     await discovery()
-    async with Session(SYSTEM) as system, Session(GUEST) as guest:
+    async with session(SYSTEM) as system, session(GUEST) as guest:
         prompt_id = await each_tool_as_each_role(system, guest)
         await streamed_execution(system)
         await resources_and_prompts(guest, prompt_id)
