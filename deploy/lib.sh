@@ -429,18 +429,26 @@ ensure_moto() {
     export MOTO_SERVER="$path"
 }
 
-# The official MCP Python SDK, which tests/mcp/client.py drives against the MCP server.
+# The official MCP Python SDK, which tests/mcp/client.py drives against the MCP server. It lives in a
+# virtual environment of its own, so that its dependencies and those of the other Python tools
+# (moto, Schemathesis) cannot displace each other.
 MCP_SDK_VERSION=2.3.0
+MCP_SDK_VENV="${HOME:-/root}/.cache/admin-platform/mcp-sdk-$MCP_SDK_VERSION"
 
-# ensure_mcp_sdk: makes sure python3 imports `mcp` at MCP_SDK_VERSION, installing it with pip if not.
+# ensure_mcp_sdk: makes sure the SDK's virtual environment exists, and exports MCP_PYTHON, its python.
 ensure_mcp_sdk() {
-    command -v python3 >/dev/null 2>&1 || ensure_packages python3 python3-pip
-    python3 -m pip --version >/dev/null 2>&1 || ensure_packages python3-pip
-    if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("mcp"))' 2>/dev/null)" != "$MCP_SDK_VERSION" ]; then
-        log "installing the MCP Python SDK (mcp $MCP_SDK_VERSION) with pip"
-        PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check \
-            "mcp==$MCP_SDK_VERSION"
+    command -v python3 >/dev/null 2>&1 || ensure_packages python3 python3-pip python3-venv
+    if ! "$MCP_SDK_VENV/bin/python" -c 'import mcp' >/dev/null 2>&1; then
+        log "installing the MCP Python SDK (mcp $MCP_SDK_VERSION) into $MCP_SDK_VENV"
+        rm -rf "$MCP_SDK_VENV"
+        python3 -m venv "$MCP_SDK_VENV" || {
+            ensure_packages python3-venv
+            python3 -m venv "$MCP_SDK_VENV"
+        }
+        "$MCP_SDK_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "mcp==$MCP_SDK_VERSION" \
+            || die "pip could not install mcp $MCP_SDK_VERSION"
     fi
+    export MCP_PYTHON="$MCP_SDK_VENV/bin/python"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ ensure_tansu
 # The processed-queue tests start their own S3 servers (`"$MOTO_SERVER" -H 127.0.0.1 -p PORT`, each
 # in memory on its own port); ensure_moto installs moto and exports MOTO_SERVER.
 ensure_moto
-# The MCP tests drive the official Python SDK too (tests/mcp/client.py).
+# The MCP tests drive the official Python SDK too (tests/mcp/client.py), on MCP_PYTHON.
 ensure_mcp_sdk
 
 export TEST_DATABASE_URL="$PG_ADMIN_URL"

@@ -124,13 +124,20 @@ impl ServerHandler for McpServer {
         Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2025_11_25))
     }
 
+    /// Every tool the caller may call: the operator's only to System users (as the caller's session
+    /// says).
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
+        let session = self.get(http_request(&context)?, "/api/auth/session").await;
+        if !session.is_success() {
+            return Err(rpc_error(&session));
+        }
+        let system_user = session.body["systemRole"] == true;
         Ok(ListToolsResult::with_all_items(
-            self.inner.tools.list().to_vec(),
+            self.inner.tools.list(system_user),
         ))
     }
 

@@ -168,11 +168,14 @@ pub struct ToolDefinition {
     pub tool: Tool,
     pub operation: Operation,
     pub effect: Effect,
+    /// Whether only System users may call it, as for every operation under `/api/v1/admin/`: the
+    /// tool is listed to them alone (a call by anyone else gets the REST API's `403`).
+    pub system_only: bool,
 }
 
-/// The tools this server offers.
+/// The tools this server offers, in the order they are listed.
 pub struct Tools {
-    listed: Vec<Tool>,
+    listed: Vec<String>,
     by_name: HashMap<String, ToolDefinition>,
 }
 
@@ -202,11 +205,12 @@ impl Tools {
             .with_title(operation.summary.clone())
             .with_raw_output_schema(Arc::new(object(&operation.answer)?))
             .with_annotations(effect.annotations(&operation.summary));
-            listed.push(tool.clone());
+            listed.push(name.to_owned());
             by_name.insert(
                 name.to_owned(),
                 ToolDefinition {
                     tool,
+                    system_only: operation.path.starts_with("/api/v1/admin/"),
                     operation,
                     effect,
                 },
@@ -215,8 +219,14 @@ impl Tools {
         Ok(Tools { listed, by_name })
     }
 
-    pub fn list(&self) -> &[Tool] {
-        &self.listed
+    /// The tools a caller sees: all of them for a System user, the others' without the operator's.
+    pub fn list(&self, system_user: bool) -> Vec<Tool> {
+        self.listed
+            .iter()
+            .map(|name| &self.by_name[name])
+            .filter(|definition| system_user || !definition.system_only)
+            .map(|definition| definition.tool.clone())
+            .collect()
     }
 
     pub fn get(&self, name: &str) -> Option<&ToolDefinition> {
@@ -459,7 +469,14 @@ mod tests {
         assert!(read_only.get(EXECUTE).is_none());
         assert!(read_only.get("create_prompt").is_none());
         assert!(read_only.get("list_variables").is_some());
-        assert!(read_only.list().iter().all(|tool| tool
+        let operators: Vec<_> = all.list(true).into_iter().map(|t| t.name).collect();
+        let members: Vec<_> = all.list(false).into_iter().map(|t| t.name).collect();
+        assert!(operators.iter().any(|name| name == "move_feedback"));
+        assert!(!members
+            .iter()
+            .any(|name| name.contains("feedback") || name.contains("notification")));
+        assert_eq!(operators.len() - members.len(), 8);
+        assert!(read_only.list(true).iter().all(|tool| tool
             .annotations
             .as_ref()
             .unwrap()

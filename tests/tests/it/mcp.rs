@@ -164,6 +164,23 @@ async fn tools_mirror_the_api_with_schemas_and_honest_annotations() {
         assert!(required.contains(&json!("organizationId")), "{required:?}");
         session.cancel().await.unwrap();
     }
+    // A member of an organization is not offered the operator's tools.
+    setup
+        .app
+        .add_member(&setup.org, "mcp-lister", "admin")
+        .await;
+    let member = connect(&mcp, &setup.app.issuer.token("mcp-lister")).await;
+    let theirs: Vec<String> = member
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.into_owned())
+        .collect();
+    assert!(theirs.contains(&"create_prompt".to_owned()), "{theirs:?}");
+    for operators in ["list_feedback", "move_feedback", "list_notifications"] {
+        assert!(!theirs.contains(&operators.to_owned()), "{theirs:?}");
+    }
 }
 
 #[tokio::test]
@@ -777,7 +794,8 @@ async fn the_processed_queue_answers_through_mcp_as_over_rest() {
 }
 
 /// The official Python SDK (`mcp` on PyPI) against the server: `tests/mcp/client.py` says what it
-/// checks. It needs `python3` with `mcp` installed (`.ci/run` installs it).
+/// checks. It runs on `MCP_PYTHON`, a python with `mcp` installed (`deploy/test.sh` makes one), or
+/// else on `python3`.
 #[tokio::test]
 async fn python_sdk_client() {
     let setup = Setup::start().await;
@@ -788,7 +806,8 @@ async fn python_sdk_client() {
     app.add_member(&setup.org, "py-guest", "guest").await;
     let other_org = app.create_organization("Other").await;
     let script = format!("{}/mcp/client.py", env!("CARGO_MANIFEST_DIR"));
-    let output = tokio::process::Command::new("python3")
+    let python = std::env::var("MCP_PYTHON").unwrap_or_else(|_| "python3".into());
+    let output = tokio::process::Command::new(&python)
         .arg(&script)
         .env("MCP_URL", format!("{mcp}/mcp"))
         .env("SYSTEM_TOKEN", &app.admin_token)
@@ -799,7 +818,7 @@ async fn python_sdk_client() {
         .env("TEMPLATE_ID", &template)
         .output()
         .await
-        .expect("running python3");
+        .unwrap_or_else(|e| panic!("running {python}: {e}"));
     assert!(
         output.status.success(),
         "{script} failed:\n{}\n{}",
