@@ -167,9 +167,13 @@ impl ServerHandler for McpServer {
             .as_ref()
             .and_then(|meta| meta.get_progress_token())
             .or_else(|| context.meta.get_progress_token());
+        let mut body = call.body;
+        if request.name == EXECUTE {
+            // An execution streams exactly when the call asks for progress.
+            let fields = body.get_or_insert_with(Map::new);
+            fields.insert("stream".into(), json!(progress.is_some()));
+        }
         if let (EXECUTE, Some(token)) = (request.name.as_ref(), progress) {
-            let mut body = call.body.unwrap_or_default();
-            body.insert("stream".into(), json!(true));
             let response = self
                 .inner
                 .rest
@@ -177,13 +181,13 @@ impl ServerHandler for McpServer {
                     from,
                     call.method,
                     &call.path_and_query,
-                    Some(&Value::Object(body)),
+                    body.map(Value::Object).as_ref(),
                     "text/event-stream",
                 )
                 .await;
             return Ok(stream_execution(response, token, &context).await.into());
         }
-        let body = call.body.map(Value::Object);
+        let body = body.map(Value::Object);
         let answer = self
             .inner
             .rest

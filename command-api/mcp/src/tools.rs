@@ -199,7 +199,7 @@ impl Tools {
             let operation = document.operation(operation_id)?;
             let tool = Tool::new(
                 name,
-                description(&operation),
+                description(name, &operation),
                 Arc::new(input_schema(&operation).with_context(|| format!("tool {name}"))?),
             )
             .with_title(operation.summary.clone())
@@ -314,12 +314,18 @@ fn scalar(value: &Value) -> Option<String> {
     }
 }
 
-fn description(operation: &Operation) -> String {
-    if operation.description.is_empty() {
-        operation.summary.clone()
-    } else {
-        format!("{}.\n\n{}", operation.summary, operation.description)
+fn description(name: &str, operation: &Operation) -> String {
+    let mut description = operation.summary.clone();
+    if !operation.description.is_empty() {
+        description = format!("{description}.\n\n{}", operation.description);
     }
+    if name == EXECUTE {
+        description.push_str(
+            "\n\nOver MCP, the output streams as progress notifications (each message the new \
+             text) when the call carries a progressToken; `stream` is set accordingly.",
+        );
+    }
+    description
 }
 
 /// The arguments' schema: path and query parameters and the body's fields in one object.

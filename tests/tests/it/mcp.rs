@@ -500,6 +500,15 @@ async fn an_execution_streams_its_output_as_progress_and_answers_json_otherwise(
         }
     }
 
+    // `stream` follows the progress token: without one the answer is the execution, as JSON.
+    let plain = ok(
+        &session,
+        "execute_prompt_template",
+        json!({"id": template, "variableSet": "default", "stream": true}),
+    )
+    .await;
+    assert_eq!(plain["output"], "Echo: Tell me about Ann and the order 1");
+
     // A failure before the model is called is the REST error.
     let missing = refused(&session, "execute_prompt_template", json!({"id": template})).await;
     assert_eq!(missing["status"], 400, "{missing}");
