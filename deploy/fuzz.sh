@@ -4,7 +4,7 @@
 #
 # It owns one throw-away stack and the fuzz run over it: a fresh, randomly named database on the
 # local PostgreSQL (see deploy/lib.sh), the debug binaries that `cargo build --workspace --bins`
-# leaves in ${CARGO_TARGET_DIR:-target}/debug (dev-issuer, command-api, query-api, projector; no
+# leaves in ${CARGO_TARGET_DIR:-target}/debug (dev-issuer, command-api, query-api, mcp-api, projector; no
 # Kafka) on free local ports, moto's S3 server with the processed queue's bucket (and a few
 # messages of the fuzzed organization, written by queue-producer), and the nginx gateway rendered
 # from deploy/nginx.conf.template, all under a temporary directory. It installs Schemathesis with pip when it is missing (its hooks are
@@ -106,12 +106,13 @@ psql -X -q "$PG_ADMIN_URL" -c "CREATE DATABASE $DB_NAME" >/dev/null
 DEV_ISSUER_ADDR="127.0.0.1:$(free_port)"
 COMMAND_API_ADDR="127.0.0.1:$(free_port)"
 QUERY_API_ADDR="127.0.0.1:$(free_port)"
+MCP_API_ADDR="127.0.0.1:$(free_port)"
 PROJECTOR_ADDR="127.0.0.1:$(free_port)"
 S3_ADDR="127.0.0.1:$(free_port)"
 GATEWAY_ADDR="127.0.0.1:$(free_port)"
 BASE_URL="http://$GATEWAY_ADDR"
 export DATABASE_URL="postgres://postgres:postgres@$PG_HOST:$PG_PORT/$DB_NAME"
-export DEV_ISSUER_ADDR COMMAND_API_ADDR QUERY_API_ADDR PROJECTOR_ADDR GATEWAY_ADDR
+export DEV_ISSUER_ADDR COMMAND_API_ADDR QUERY_API_ADDR MCP_API_ADDR PROJECTOR_ADDR GATEWAY_ADDR
 export DEV_ISSUER_KEY_FILE="$FUZZ_DIR/dev-issuer-key.pem"
 export AUTH_ISSUER="http://$DEV_ISSUER_ADDR/"
 export AUTH_AUDIENCE=admin-platform
@@ -149,6 +150,7 @@ start dev-issuer serve
 ready dev-issuer "http://$DEV_ISSUER_ADDR/.well-known/jwks.json"
 start command-api
 start query-api
+start mcp-api
 start projector
 
 RUN_DIR="$FUZZ_DIR"
@@ -162,6 +164,7 @@ NGINX_STARTED=1
 
 ready command-api "http://$COMMAND_API_ADDR/readyz"
 ready query-api "http://$QUERY_API_ADDR/readyz"
+ready mcp-api "http://$MCP_API_ADDR/readyz"
 ready projector "http://$PROJECTOR_ADDR/readyz"
 ready nginx "$BASE_URL/healthz"
 

@@ -41,17 +41,20 @@ pub fn free_addr() -> SocketAddr {
 pub struct Stack {
     pub command_addr: SocketAddr,
     pub query_addr: SocketAddr,
+    pub mcp_addr: SocketAddr,
     pub projector_addr: SocketAddr,
     env: Vec<(String, String)>,
 }
 
 impl Stack {
     pub fn new(db: &TestDb, issuer: &Issuer) -> Self {
-        let (command_addr, query_addr, projector_addr) = (free_addr(), free_addr(), free_addr());
+        let (command_addr, query_addr, mcp_addr, projector_addr) =
+            (free_addr(), free_addr(), free_addr(), free_addr());
         let env = [
             ("DATABASE_URL", db.url()),
             ("COMMAND_API_ADDR", command_addr.to_string()),
             ("QUERY_API_ADDR", query_addr.to_string()),
+            ("MCP_API_ADDR", mcp_addr.to_string()),
             ("PROJECTOR_ADDR", projector_addr.to_string()),
             ("AUTH_ISSUER", issuer.url.clone()),
             ("AUTH_AUDIENCE", AUDIENCE.into()),
@@ -65,6 +68,7 @@ impl Stack {
         Stack {
             command_addr,
             query_addr,
+            mcp_addr,
             projector_addr,
             env: env.map(|(k, v)| (k.to_owned(), v)).to_vec(),
         }
@@ -82,6 +86,10 @@ impl Stack {
 
     pub async fn query_api(&self) -> Service {
         Service::start(self, "query-api", self.query_addr).await
+    }
+
+    pub async fn mcp_api(&self) -> Service {
+        Service::start(self, "mcp-api", self.mcp_addr).await
     }
 
     pub async fn projector(&self) -> Service {

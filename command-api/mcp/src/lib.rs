@@ -50,6 +50,8 @@ pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 /// mcp-api's configuration: command-api's (it runs command-api's and query-api's handlers, which
 /// share the authentication, S3 and timeout settings) and its own.
 #[derive(clap::Args, Debug, Clone)]
+// Its own argument group: the command-api configuration it holds has the group `Config`.
+#[group(id = "mcp-api")]
 pub struct Config {
     #[command(flatten)]
     pub command: command_api::Config,

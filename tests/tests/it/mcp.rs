@@ -18,6 +18,7 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{json, Map, Value};
+use tests::process::Stack;
 use tests::processed_messages::produce;
 use tests::s3::S3Server;
 use tests::{send, TestApp};
@@ -800,6 +801,43 @@ async fn the_processed_queue_answers_through_mcp_as_over_rest() {
         [403, 404].contains(&refusal["status"].as_u64().unwrap()),
         "{refusal}"
     );
+}
+
+/// The `mcp-api` binary, configured from the environment as deployed: it serves the tools, and
+/// reports itself among the runtime's instances.
+#[tokio::test]
+async fn the_binary_serves_mcp_and_reports_its_heartbeat() {
+    let app = TestApp::spawn().await;
+    let instances = |service: &'static str| {
+        let pool = app.db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM service_instances WHERE service = $1",
+            )
+            .bind(service)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let before = (instances("command-api").await, instances("query-api").await);
+    let stack = Stack::new(&app.db, &app.issuer);
+    let service = stack.mcp_api().await;
+    let session = connect(&service.url, &app.admin_token).await;
+    let organizations = ok(&session, "list_organizations", json!({})).await;
+    assert!(organizations["data"].is_array(), "{organizations}");
+    wait_for_async(|| async {
+        let (_, runtime) = app.get("/api/v1/admin/runtime").await;
+        let services = runtime["services"].as_array()?.clone();
+        services
+            .iter()
+            .any(|s| s["service"] == "mcp-api")
+            .then_some(())
+    })
+    .await;
+    // It runs command-api's and query-api's handlers, but is not an instance of either.
+    let after = (instances("command-api").await, instances("query-api").await);
+    assert_eq!(after, before);
 }
 
 /// The official Python SDK (`mcp` on PyPI) against the server: `tests/mcp/client.py` says what it
