@@ -769,9 +769,16 @@ async fn the_processed_queue_answers_through_mcp_as_over_rest() {
     let mcp = app.start_mcp(|_| {}).await;
     let session = connect(&mcp, &app.admin_token).await;
     let scope = json!({"organizationId": org});
+    // Indexed, and every body read (so that the lists below are of settled rows).
     let counts = wait_for_async(|| async {
         let counts = ok(&session, "count_processed_messages", scope.clone()).await;
-        (counts["total"] == 3).then_some(counts)
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM read_models.processed_messages WHERE summary = 'pending'",
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        (counts["total"] == 3 && pending == 0).then_some(counts)
     })
     .await;
     let (_, rest) = app
