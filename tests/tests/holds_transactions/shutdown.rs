@@ -1,6 +1,7 @@
 //! Graceful shutdown of the real binaries: on SIGTERM, requests in flight finish and nothing is left
 //! half-written, the projector stops between batches with its checkpoint and read models in step,
-//! the Kafka publisher with its checkpoint behind what the broker holds, and every process exits 0.
+//! the Kafka publisher with its checkpoint behind what the broker holds, and every process exits 0
+//! (the MCP server's tool calls in flight included).
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
@@ -177,6 +178,59 @@ async fn query_api_answers_the_reads_in_flight_then_exits_0() {
     }
     let status = api.exit_status(Duration::from_secs(30)).await;
     assert!(status.success(), "query-api exited with {status}");
+}
+
+#[tokio::test]
+async fn mcp_api_answers_the_tool_calls_in_flight_then_exits_0() {
+    let db = TestDb::create().await.expect("a test database");
+    let issuer = start_issuer().await;
+    let stack = Stack::new(&db, &issuer);
+    // Tool calls read as REST reads do, waiting for the writes before them: the projector keeps up.
+    let _projector = stack.projector().await;
+    let mut api = stack.mcp_api().await;
+    let token = issuer.token(SYSTEM_ADMIN);
+    let http = reqwest::Client::new();
+    let call = || {
+        http.post(format!("{}/mcp", api.url))
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                          "params": {"name": "list_organizations", "arguments": {}}}))
+            .send()
+    };
+    // The first call records the System user.
+    let first: serde_json::Value = call().await.expect("calling").json().await.expect("JSON");
+    assert_eq!(first["result"]["isError"], false, "{first}");
+
+    let mut blocker = db.pool.begin().await.expect("a transaction");
+    sqlx::query("LOCK TABLE read_models.organizations IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .expect("locking the read model");
+    let mut calls = JoinSet::new();
+    for _ in 0..IN_FLIGHT {
+        let request = call();
+        calls.spawn(async move {
+            let response = request.await?;
+            let status = response.status();
+            let body: serde_json::Value = response.json().await?;
+            Ok::<_, reqwest::Error>((status, body))
+        });
+    }
+    wait_for_lock_waiters(&db.pool, &db.name, IN_FLIGHT as i64).await;
+    terminate_while_in_flight(&mut api).await;
+    blocker.rollback().await.expect("releasing the read model");
+
+    while let Some(answered) = calls.join_next().await {
+        let (status, body) = answered.expect("the request task").expect("an answer");
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body["result"]["structuredContent"]["data"].is_array(),
+            "{body}"
+        );
+    }
+    let status = api.exit_status(Duration::from_secs(30)).await;
+    assert!(status.success(), "mcp-api exited with {status}");
 }
 
 /// Appends one organization and `environments` environments straight into the log.
