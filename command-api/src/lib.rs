@@ -26,6 +26,7 @@ pub mod processed_messages;
 pub mod providers;
 pub mod sentiment;
 pub mod sign_in;
+pub mod sse;
 pub mod users;
 
 use std::sync::Arc;

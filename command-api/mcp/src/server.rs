@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode};
+use command_api::sse::{SseBuffer, SseEvent};
 use domain::execution::render;
 use futures::StreamExt;
 use rmcp::model::{
@@ -500,60 +501,40 @@ async fn stream_execution(
         return tool_result(rest::read(response).await);
     }
     let mut body = response.into_body().into_data_stream();
-    let mut buffer = String::new();
+    let mut events = SseBuffer::default();
     let mut pieces = 0u32;
-    loop {
-        while let Some(end) = buffer.find("\n\n") {
-            let frame: String = buffer.drain(..end + 2).collect();
-            let Some((event, data)) = sse_event(&frame) else {
-                continue;
-            };
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(error) => return stream_broke(error.to_string()),
+        };
+        for SseEvent { name, data } in events.push(&chunk) {
             let data: Value = serde_json::from_str(&data).unwrap_or(Value::String(data));
-            match event.as_str() {
-                "delta" => {
+            match name.as_deref() {
+                Some("delta") => {
                     pieces += 1;
                     let mut progress = ProgressNotificationParam::new(token.clone(), pieces.into());
                     progress.message = data["text"].as_str().map(str::to_owned);
                     // A client that no longer listens still gets the result.
                     let _ = context.peer.notify_progress(progress).await;
                 }
-                "done" => return CallToolResult::structured(data),
-                "error" => {
+                Some("done") => return CallToolResult::structured(data),
+                Some("error") => {
                     return CallToolResult::error(vec![ContentBlock::text(data.to_string())])
                 }
                 _ => {}
             }
         }
-        match body.next().await {
-            Some(Ok(bytes)) => buffer.push_str(&String::from_utf8_lossy(&bytes)),
-            Some(Err(error)) => {
-                return CallToolResult::error(vec![ContentBlock::text(
-                    json!({"status": 502, "error": "The execution's stream broke", "details": error.to_string()})
-                        .to_string(),
-                )])
-            }
-            None => {
-                return CallToolResult::error(vec![ContentBlock::text(
-                    json!({"status": 502, "error": "The execution's stream ended without a result", "details": ""})
-                        .to_string(),
-                )])
-            }
-        }
     }
+    stream_broke("the stream ended without a result".into())
 }
 
-/// The event name and data of one Server-Sent Events frame; comments and empty frames have none.
-fn sse_event(frame: &str) -> Option<(String, String)> {
-    let mut event = String::from("message");
-    let mut data = Vec::new();
-    for line in frame.lines() {
-        if let Some(name) = line.strip_prefix("event:") {
-            event = name.trim().to_owned();
-        } else if let Some(value) = line.strip_prefix("data:") {
-            data.push(value.strip_prefix(' ').unwrap_or(value));
-        }
-    }
-    (!data.is_empty()).then(|| (event, data.join("\n")))
+/// The result of a streamed execution whose stream broke off.
+fn stream_broke(details: String) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(
+        json!({"status": 502, "error": "The execution's stream broke off", "details": details})
+            .to_string(),
+    )])
 }
 
 #[cfg(test)]
@@ -571,15 +552,6 @@ mod tests {
         for bad in ["", "1.2", "0.0.1", "1.100.1", "1.0.0", "a.b.c", "1.0.1.1"] {
             assert_eq!(TemplateCursor::parse(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn sse_frames_give_their_event_and_data() {
-        assert_eq!(
-            sse_event("event: delta\ndata: {\"text\":\"Hi\"}\n\n"),
-            Some(("delta".into(), "{\"text\":\"Hi\"}".into()))
-        );
-        assert_eq!(sse_event(": keep-alive\n\n"), None);
     }
 
     #[test]
