@@ -466,7 +466,7 @@ async fn an_execution_streams_its_output_as_progress_and_answers_json_otherwise(
         "Echo: Tell me about Ann and the order 1"
     );
     let progress = session.service().progress.clone();
-    let streamed = wait_for(|| {
+    let streamed = wait_for(|| async {
         let pieces = progress.lock().unwrap();
         (pieces.concat() == "Echo: Tell me about Ann and the order 1").then(|| pieces.len())
     })
@@ -770,7 +770,7 @@ async fn the_processed_queue_answers_through_mcp_as_over_rest() {
     let session = connect(&mcp, &app.admin_token).await;
     let scope = json!({"organizationId": org});
     // Indexed, and every body read (so that the lists below are of settled rows).
-    let counts = wait_for_async(|| async {
+    let counts = wait_for(|| async {
         let counts = ok(&session, "count_processed_messages", scope.clone()).await;
         let pending: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM read_models.processed_messages WHERE summary = 'pending'",
@@ -833,7 +833,7 @@ async fn the_binary_serves_mcp_and_reports_its_heartbeat() {
     let session = connect(&service.url, &app.admin_token).await;
     let organizations = ok(&session, "list_organizations", json!({})).await;
     assert!(organizations["data"].is_array(), "{organizations}");
-    wait_for_async(|| async {
+    wait_for(|| async {
         let (_, runtime) = app.get("/api/v1/admin/runtime").await;
         let services = runtime["services"].as_array()?.clone();
         services
@@ -891,7 +891,7 @@ fn rpc(base: &str, token: &str, method: &str, params: Value) -> reqwest::Request
 }
 
 /// Waits until `check` gives a value (at most 30 s).
-async fn wait_for_async<T, F: std::future::Future<Output = Option<T>>>(
+async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
     mut check: impl FnMut() -> F,
 ) -> T {
     for _ in 0..300 {
@@ -901,15 +901,4 @@ async fn wait_for_async<T, F: std::future::Future<Output = Option<T>>>(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("not within 30 s")
-}
-
-/// Waits until `check` gives a value (at most 5 s).
-async fn wait_for<T>(mut check: impl FnMut() -> Option<T>) -> T {
-    for _ in 0..100 {
-        if let Some(value) = check() {
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("not within 5 s")
 }
