@@ -4,8 +4,8 @@
 #
 # It owns one throw-away stack and the fuzz run over it: a fresh, randomly named database on the
 # local PostgreSQL (see deploy/lib.sh), the debug binaries that `cargo build --workspace --bins`
-# leaves in ${CARGO_TARGET_DIR:-target}/debug (dev-issuer, command-api, query-api, mcp-api, projector; no
-# Kafka) on free local ports, moto's S3 server with the processed queue's bucket (and a few
+# leaves in ${CARGO_TARGET_DIR:-target}/debug (dev-issuer, command-api, query-api, mcp-api,
+# projector; no Kafka) on free local ports, moto's S3 server with the processed queue's bucket (and a few
 # messages of the fuzzed organization, written by queue-producer), and the nginx gateway rendered
 # from deploy/nginx.conf.template, all under a temporary directory. It installs Schemathesis with pip when it is missing (its hooks are
 # in deploy/fuzz_hooks.py), then runs `schemathesis run` twice through the gateway, once with a
