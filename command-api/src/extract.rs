@@ -3,15 +3,14 @@
 //! has to remember it), and the body, parsed into a request type on demand, with the API's answers for bad
 //! input (400, 413, 415).
 
-use std::net::SocketAddr;
-
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use commands::{Caller, Idempotency};
-use domain::{Actor, Channel, EventMetadata, RequestContext, Role};
+use domain::{Actor, EventMetadata, RequestContext, Role};
+use http_layer::context::request_context;
 use http_layer::ApiError;
 use identity::auth::{Authenticated, Credentials};
 use serde::de::DeserializeOwned;
@@ -164,16 +163,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Context {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         Ok(Context(request_context(parts)))
     }
-}
-
-pub fn request_context(parts: &Parts) -> RequestContext {
-    let peer_ip = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
-    let mut context = RequestContext::from_headers(|name| header(&parts.headers, name), peer_ip);
-    context.channel = parts.extensions.get::<Channel>().copied();
-    context
 }
 
 /// The CSRF defence for cookie-authenticated writes (contract §2, `events/docs/contract.md`): browsers

@@ -93,15 +93,20 @@ pub struct SignInArgs {
 }
 
 impl SignInArgs {
+    /// The gateway's public base URL (`PUBLIC_URL`), without a trailing slash.
+    pub fn public_url(&self) -> String {
+        non_empty(&self.public_url)
+            .unwrap_or("http://localhost:8080")
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
     pub fn config(&self, issuer: &str) -> SignInConfig {
         SignInConfig {
             issuer: issuer.to_owned(),
             client_id: non_empty(&self.auth_client_id).map(str::to_owned),
             client_secret: non_empty(&self.auth_client_secret).map(str::to_owned),
-            public_url: non_empty(&self.public_url)
-                .unwrap_or("http://localhost:8080")
-                .trim_end_matches('/')
-                .to_owned(),
+            public_url: self.public_url(),
             session_ttl: chrono::Duration::hours(self.session_ttl_hours as i64),
             max_attempts_per_ip: self.sign_in_attempts_per_ip as i64,
             max_attempts: self.sign_in_attempts_max as i64,

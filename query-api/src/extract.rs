@@ -2,12 +2,10 @@
 
 use std::collections::HashMap;
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, FromRequestParts, Query};
+use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
-use domain::{Channel, RequestContext};
+use http_layer::context::request_context;
 use http_layer::ApiError;
 use identity::auth::{Authenticated, Credentials};
 use uuid::Uuid;
@@ -23,13 +21,8 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-        let peer_ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
         // The first request of a new user records it, and that event records where it came from.
-        let mut context = RequestContext::from_headers(header, peer_ip);
-        context.channel = parts.extensions.get::<Channel>().copied();
+        let context = request_context(parts);
         let credentials = Credentials::from_headers(header("authorization"), header("cookie"));
         let authenticated = state.auth.authenticate(credentials, &context).await?;
         http_layer::security::note_caller(&parts.extensions, authenticated.actor.user_id);

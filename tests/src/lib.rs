@@ -384,11 +384,7 @@ impl TestApp {
         &self,
         change: impl FnOnce(&mut command_api::Config),
     ) -> String {
-        let pool = PgPoolOptions::new()
-            .max_connections(10)
-            .connect_with(self.db.connect_options())
-            .await
-            .expect("a pool for another command-api");
+        let pool = self.another_pool().await;
         let mut config = self.command_config.clone();
         change(&mut config);
         let state = command_api::build(&config, pool, metrics_handle())
@@ -400,11 +396,7 @@ impl TestApp {
     /// configuration and its own (`change` sets the latter; by default every tool, local hosts, no
     /// browser origins); its base URL.
     pub async fn start_mcp(&self, change: impl FnOnce(&mut mcp_api::McpArgs)) -> String {
-        let pool = PgPoolOptions::new()
-            .max_connections(10)
-            .connect_with(self.db.connect_options())
-            .await
-            .expect("a pool for the MCP server");
+        let pool = self.another_pool().await;
         // The server is its own public origin here, so that the discovery flow resolves.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -426,6 +418,15 @@ impl TestApp {
             mcp_api::router(state).expect("the MCP server's routes"),
         );
         url
+    }
+
+    /// A pool of its own over this app's database, as another process would have.
+    async fn another_pool(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(10)
+            .connect_with(self.db.connect_options())
+            .await
+            .expect("a pool over the test database")
     }
 
     /// Kills the projector's workers wherever they are (as a crash would).

@@ -129,7 +129,7 @@ pub fn build(config: &Config, pool: PgPool, metrics: PrometheusHandle) -> anyhow
         command,
         query,
         config: config.mcp.clone(),
-        public_url: config.command.sign_in.config("").public_url,
+        public_url: config.command.sign_in.public_url(),
         issuer: config.command.api.issuer()?.to_owned(),
     })
 }

@@ -47,14 +47,14 @@ impl Answer {
         self.status.is_success()
     }
 
-    /// The REST error as text: its status, `error` and `details`.
-    pub fn error_text(&self) -> String {
+    /// The REST error with its status: `{status, error, details}`.
+    pub fn error(&self) -> Value {
         let mut error = match &self.body {
             Value::Object(fields) => Value::Object(fields.clone()),
             other => json!({"error": self.status.canonical_reason(), "details": other}),
         };
         error["status"] = json!(self.status.as_u16());
-        error.to_string()
+        error
     }
 }
 

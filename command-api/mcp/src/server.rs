@@ -12,9 +12,11 @@ use std::sync::Arc;
 
 use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode};
+use axum::response::IntoResponse;
 use command_api::sse::{SseBuffer, SseEvent};
 use domain::execution::render;
 use futures::StreamExt;
+use http_layer::ApiError;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode,
     GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation, ListPromptsResult,
@@ -82,21 +84,20 @@ fn rpc_error(answer: &Answer) -> McpError {
         .as_str()
         .map(str::to_owned)
         .unwrap_or_else(|| answer.status.to_string());
-    McpError::new(code, message, Some(json!(answer.error_text())))
-}
-
-fn tool_error(details: String) -> CallToolResult {
-    CallToolResult::error(vec![ContentBlock::text(
-        json!({"status": 400, "error": "Invalid request", "details": details}).to_string(),
-    )])
+    McpError::new(code, message, Some(answer.error()))
 }
 
 fn tool_result(answer: Answer) -> CallToolResult {
     if answer.is_success() {
         CallToolResult::structured(answer.body)
     } else {
-        CallToolResult::error(vec![ContentBlock::text(answer.error_text())])
+        CallToolResult::error(vec![ContentBlock::text(answer.error().to_string())])
     }
+}
+
+/// A refusal made here (bad arguments, a broken stream), answered as the REST API answers it.
+async fn refused(error: ApiError) -> CallToolResult {
+    tool_result(rest::read(error.into_response()).await)
 }
 
 impl ServerHandler for McpServer {
@@ -161,7 +162,7 @@ impl ServerHandler for McpServer {
         let arguments = request.arguments.unwrap_or_default();
         let call = match tool.request(&arguments) {
             Ok(call) => call,
-            Err(details) => return Ok(tool_error(details).into()),
+            Err(error) => return Ok(refused(error).await.into()),
         };
         let progress = request
             .meta
@@ -506,7 +507,7 @@ async fn stream_execution(
     while let Some(chunk) = body.next().await {
         let chunk = match chunk {
             Ok(chunk) => chunk,
-            Err(error) => return stream_broke(error.to_string()),
+            Err(error) => return refused(stream_broke(error.to_string())).await,
         };
         for SseEvent { name, data } in events.push(&chunk) {
             let data: Value = serde_json::from_str(&data).unwrap_or(Value::String(data));
@@ -526,15 +527,15 @@ async fn stream_execution(
             }
         }
     }
-    stream_broke("the stream ended without a result".into())
+    refused(stream_broke("the stream ended without a result".into())).await
 }
 
-/// The result of a streamed execution whose stream broke off.
-fn stream_broke(details: String) -> CallToolResult {
-    CallToolResult::error(vec![ContentBlock::text(
-        json!({"status": 502, "error": "The execution's stream broke off", "details": details})
-            .to_string(),
-    )])
+/// A streamed execution whose stream broke off before its result.
+fn stream_broke(details: String) -> ApiError {
+    ApiError::BadGateway {
+        error: "The execution's stream broke off".into(),
+        details,
+    }
 }
 
 #[cfg(test)]

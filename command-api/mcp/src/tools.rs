@@ -7,11 +7,11 @@
 //! writes by default (the API's read-your-writes), and idempotency keys and `If-Match` are for
 //! clients that retry by themselves.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use axum::http::Method;
+use http_layer::ApiError;
 use rmcp::model::{JsonObject, Tool, ToolAnnotations};
 use serde_json::{json, Map, Value};
 use url::Url;
@@ -167,7 +167,6 @@ pub const EXECUTE: &str = "execute_prompt_template";
 pub struct ToolDefinition {
     pub tool: Tool,
     pub operation: Operation,
-    pub effect: Effect,
     /// Whether only System users may call it, as for every operation under `/api/v1/admin/`: the
     /// tool is listed to them alone (a call by anyone else gets the REST API's `403`).
     pub system_only: bool,
@@ -175,12 +174,11 @@ pub struct ToolDefinition {
 
 /// The tools this server offers, in the order they are listed.
 pub struct Tools {
-    listed: Vec<String>,
-    by_name: HashMap<String, ToolDefinition>,
+    definitions: Vec<ToolDefinition>,
 }
 
 /// A tool call as the REST request it makes.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub struct RestCall {
     pub method: Method,
     pub path_and_query: String,
@@ -190,8 +188,7 @@ pub struct RestCall {
 impl Tools {
     /// Every tool, or only those that change nothing when `read_only`.
     pub fn new(document: &Document, read_only: bool) -> anyhow::Result<Self> {
-        let mut listed = Vec::new();
-        let mut by_name = HashMap::new();
+        let mut definitions = Vec::new();
         for &(name, operation_id, effect) in TOOLS {
             if read_only && effect != Effect::Reads {
                 continue;
@@ -205,39 +202,35 @@ impl Tools {
             .with_title(operation.summary.clone())
             .with_raw_output_schema(Arc::new(object(&operation.answer)?))
             .with_annotations(effect.annotations(&operation.summary));
-            listed.push(name.to_owned());
-            by_name.insert(
-                name.to_owned(),
-                ToolDefinition {
-                    tool,
-                    system_only: operation.path.starts_with("/api/v1/admin/"),
-                    operation,
-                    effect,
-                },
-            );
+            definitions.push(ToolDefinition {
+                tool,
+                system_only: operation.path.starts_with("/api/v1/admin/"),
+                operation,
+            });
         }
-        Ok(Tools { listed, by_name })
+        Ok(Tools { definitions })
     }
 
     /// The tools a caller sees: all of them for a System user, the others' without the operator's.
     pub fn list(&self, system_user: bool) -> Vec<Tool> {
-        self.listed
+        self.definitions
             .iter()
-            .map(|name| &self.by_name[name])
             .filter(|definition| system_user || !definition.system_only)
             .map(|definition| definition.tool.clone())
             .collect()
     }
 
     pub fn get(&self, name: &str) -> Option<&ToolDefinition> {
-        self.by_name.get(name)
+        self.definitions
+            .iter()
+            .find(|definition| definition.tool.name == name)
     }
 }
 
 impl ToolDefinition {
-    /// The REST request for a call with `arguments`, or what is wrong with them (as the REST API's
-    /// `details` would say it).
-    pub fn request(&self, arguments: &Map<String, Value>) -> Result<RestCall, String> {
+    /// The REST request for a call with `arguments`, or the REST API's `400` naming what is wrong
+    /// with them.
+    pub fn request(&self, arguments: &Map<String, Value>) -> Result<RestCall, ApiError> {
         let operation = &self.operation;
         let mut url = Url::parse("http://rest/").expect("a valid base");
         {
@@ -251,7 +244,7 @@ impl ToolDefinition {
                 let value = arguments
                     .get(name)
                     .and_then(scalar)
-                    .ok_or_else(|| format!("{name}: required"))?;
+                    .ok_or_else(|| ApiError::invalid(name, "required"))?;
                 // A processed message's key holds slashes, and stays one path.
                 segments.extend(value.split('/'));
             }
@@ -261,14 +254,14 @@ impl ToolDefinition {
             for parameter in &operation.query_parameters {
                 match arguments.get(&parameter.name) {
                     None | Some(Value::Null) if parameter.required => {
-                        return Err(format!("{}: required", parameter.name))
+                        return Err(ApiError::invalid(&parameter.name, "required"))
                     }
                     None | Some(Value::Null) => {}
                     Some(value) => {
                         let value = scalar(value).ok_or_else(|| {
-                            format!(
-                                "{}: must be a string, a number or a boolean",
-                                parameter.name
+                            ApiError::invalid(
+                                &parameter.name,
+                                "must be a string, a number or a boolean",
                             )
                         })?;
                         query.append_pair(&parameter.name, &value);
@@ -288,7 +281,7 @@ impl ToolDefinition {
         let body = match (&operation.body, rest.keys().next()) {
             (Some(_), _) => Some(rest),
             (None, Some(unknown)) => {
-                return Err(format!("{unknown}: unknown argument"));
+                return Err(ApiError::invalid(unknown, "unknown argument"));
             }
             (None, None) => None,
         };
@@ -376,6 +369,14 @@ fn object(schema: &Value) -> anyhow::Result<JsonObject> {
 mod tests {
     use super::*;
 
+    /// What a refused call's `400` says.
+    fn details(refused: Result<RestCall, ApiError>) -> String {
+        match refused {
+            Err(ApiError::BadRequest { error, details }) if error == "Invalid request" => details,
+            other => panic!("not a 400: {other:?}"),
+        }
+    }
+
     fn tools() -> Tools {
         Tools::new(&Document::load().unwrap(), false).unwrap()
     }
@@ -421,23 +422,25 @@ mod tests {
         let tools = tools();
         let list = tools.get("list_prompt_templates").unwrap();
         assert_eq!(
-            list.request(&Map::new()),
-            Err("organizationId: required".into())
+            details(list.request(&Map::new())),
+            "organizationId: required"
         );
         assert_eq!(
-            list.request(
-                json!({"organizationId": "o", "force": true})
-                    .as_object()
-                    .unwrap()
+            details(
+                list.request(
+                    json!({"organizationId": "o", "force": true})
+                        .as_object()
+                        .unwrap()
+                )
             ),
-            Err("force: unknown argument".into())
+            "force: unknown argument"
         );
         assert_eq!(
-            list.request(json!({"organizationId": {"a": 1}}).as_object().unwrap()),
-            Err("organizationId: must be a string, a number or a boolean".into())
+            details(list.request(json!({"organizationId": {"a": 1}}).as_object().unwrap())),
+            "organizationId: must be a string, a number or a boolean"
         );
         let get = tools.get("get_prompt_template").unwrap();
-        assert_eq!(get.request(&Map::new()), Err("id: required".into()));
+        assert_eq!(details(get.request(&Map::new())), "id: required");
     }
 
     #[test]
